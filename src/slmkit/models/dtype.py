@@ -1,0 +1,84 @@
+"""Compute dtype per phase, chosen from the CPU's instruction set.
+
+Measured on the two kinds of CPU this project runs on (benchmarks/dtype_phase.py):
+
+* CPUs with native bf16 (`avx512_bf16` or `amx_bf16` flags): bf16 prefill is ~3x faster than
+  fp32 and decode about equal -> bf16 for both phases.
+* AVX2-only CPUs: bf16 decode (one token at a time, memory bound) is ~1.8x faster, but bf16
+  prefill (long matmuls, emulated bf16) is ~5x *slower* than fp32 -> fp32 for prefill-like work
+  (scoring, perplexity, calibration) and bf16 for token-by-token decoding.
+
+`resolve_dtype("auto", phase)` applies that rule; explicit names ("float32", "bf16", ...) pass
+through unchanged for every phase.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Literal
+
+from slmkit.errors import SlmkitError
+
+if TYPE_CHECKING:
+    import torch
+
+Phase = Literal["prefill", "decode"]
+
+_NAMES = {
+    "float32": "float32", "fp32": "float32", "f32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "f16": "float16",
+}
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+    flags = cpu_flags() if flags is None else flags
+    return any(f in flags for f in NATIVE_BF16_FLAGS)
+
+
+def auto_dtype_name(phase: Phase, flags: frozenset[str] | None = None) -> str:
+    """The dtype `auto` means for `phase` on a CPU with these flags."""
+    if phase not in ("prefill", "decode"):
+        raise SlmkitError(f"phase must be 'prefill' or 'decode', not {phase!r}")
+    if has_native_bf16(flags):
+        return "bfloat16"
+    return "bfloat16" if phase == "decode" else "float32"
+
+
+def resolve_dtype(dtype: "str | torch.dtype", phase: Phase = "prefill") -> "torch.dtype":
+    """Turn 'auto' / a dtype name / a torch.dtype into a torch.dtype for `phase`."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).lower().removeprefix("torch.")
+    if name == "auto":
+        name = auto_dtype_name(phase)
+    if name not in _NAMES:
+        raise SlmkitError(
+            f"unknown dtype {dtype!r}; use auto, float32 (fp32), bfloat16 (bf16) or float16 (fp16)"
+        )
+    return getattr(torch, _NAMES[name])
+
+
+def describe_policy() -> dict:
+    """What `auto` resolves to on this machine, and why (for reports and `slmkit info`)."""
+    return {
+        "native_bf16": has_native_bf16(),
+        "prefill": auto_dtype_name("prefill"),
+        "decode": auto_dtype_name("decode"),
+    }
