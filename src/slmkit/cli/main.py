@@ -127,11 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        ns = _parser().parse_args(argv)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # slmkit shows its own progress
-
-        ns = _parser().parse_args(argv)
         return COMMANDS[ns.command](ns)
     except SlmkitError as e:
         if debug:

@@ -1,0 +1,188 @@
+"""Evaluators against direct reference computations and constructed cases."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from slmkit.data import TextData, embedded_text, token_stream
+from slmkit.errors import SlmkitError
+from slmkit.eval import (GenConfig, MCConfig, PerplexityConfig, Report, SpeedConfig, evaluate,
+                         multiple_choice, perplexity, speed)
+from slmkit.eval.generation import extract_gsm8k
+from slmkit.eval.mc import MCItem, encode_pair
+from slmkit.eval.perplexity import rolling_windows, window_requests
+from slmkit.eval.scoring import score_requests
+from slmkit.models.tiny import tiny_model
+
+SMALL = TextData("small", embedded_text("eval").docs[0][:3000].split("\n\n")[:6])
+
+
+def uniform_model(model_type="llama"):
+    model = tiny_model(model_type)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()  # logits all zero -> uniform distribution
+    return model
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_uniform_logits_give_perplexity_equal_to_vocab(model_type, tiny_tok):
+    model = uniform_model(model_type)
+    out = perplexity(model, tiny_tok, SMALL, PerplexityConfig(window=64, max_length=64))
+    vocab = model.config.vocab_size
+    assert out["window"]["token_perplexity"] == pytest.approx(vocab, rel=1e-5)
+    assert out["rolling"]["token_perplexity"] == pytest.approx(vocab, rel=1e-5)
+    # word/byte perplexities rescale the same total log-likelihood
+    r = out["rolling"]
+    assert math.log(r["word_perplexity"]) * r["words"] == pytest.approx(r["tokens_scored"] * math.log(vocab), rel=1e-5)
+    assert r["bits_per_byte"] == pytest.approx(r["tokens_scored"] * math.log2(vocab) / r["bytes"], rel=1e-5)
+
+
+@pytest.mark.parametrize("stride", [None, 16])
+def test_window_protocol_matches_direct_loss_loop(tiny_tok, stride):
+    """Protocol (i) against HF's perplexity-guide loop (labels masked with -100)."""
+    model = tiny_model("qwen2", seed=3)
+    window = 48
+    ids = token_stream(tiny_tok, SMALL)
+    nll, count, prev_end = 0.0, 0, 0
+    with torch.no_grad():
+        for begin in range(0, ids.numel(), stride or window):
+            end = min(begin + window, ids.numel())
+            trg = end - prev_end
+            inp = ids[begin:end][None]
+            labels = inp.clone()
+            labels[:, :-trg] = -100
+            n = int((labels[:, 1:] != -100).sum())
+            if n:
+                nll += model(inp, labels=labels).loss.item() * n
+                count += n
+            prev_end = end
+            if end == ids.numel():
+                break
+    ours = perplexity(model, tiny_tok, SMALL, PerplexityConfig(protocols=["window"], window=window, stride=stride))
+    assert ours["window"]["tokens_scored"] == count
+    assert ours["window"]["token_perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_window_requests_score_each_token_once():
+    for n, window, stride in [(100, 10, 10), (101, 10, 4), (7, 10, 10), (50, 8, 3), (41, 10, 10)]:
+        scored = []
+        for begin, end, n_ctx in window_requests(n, window, stride, False):
+            assert end - begin <= window and n_ctx >= 1
+            scored += list(range(begin + n_ctx, end))
+        if stride < window:  # overlapping: every token but the very first, once, in order
+            assert scored == list(range(1, n))
+        else:  # non-overlapping: a window's first token has no context and is not scored
+            assert scored == [t for t in range(n) if t % window]
+    full = window_requests(45, 10, 10, drop_last=True)
+    assert [(b, e) for b, e, _ in full] == [(0, 10), (10, 20), (20, 30), (30, 40)]
+
+
+def test_rolling_windows_predict_every_token_once():
+    tokens = list(range(100, 137))
+    for max_length in (1, 5, 16, 37, 50):
+        predicted = []
+        for seq, n_ctx in rolling_windows(tokens, 1, max_length):
+            assert len(seq) - 1 <= max_length
+            predicted += seq[n_ctx:]
+        assert predicted == tokens
+    assert rolling_windows(tokens, 1, 8)[0][0][0] == 1  # first window starts with the prefix
+
+
+def test_scorer_batching_and_padding_do_not_change_scores(tiny_tok):
+    model = tiny_model("llama", seed=2)
+    reqs = [(list(range(3, 3 + n)), k) for n, k in [(20, 5), (7, 1), (33, 30), (12, 11)]]
+    alone = [score_requests(model, [r])[0].logprob for r in reqs]
+    batched = [s.logprob for s in score_requests(model, reqs, batch_tokens=10_000)]
+    assert batched == pytest.approx(alone, abs=1e-4)
+
+
+def test_sequence_longer_than_context_is_refused(tiny_tok):
+    model = tiny_model("llama")  # max_position_embeddings = 256
+    with pytest.raises(SlmkitError, match="context is 256"):
+        perplexity(model, tiny_tok, SMALL, PerplexityConfig(protocols=["window"], window=300))
+
+
+def test_mc_constructed_case_prefers_fewest_tokens_under_uniform_model(tiny_tok):
+    model = uniform_model()
+    choices = ["the", "the the the", "the the the the the"]
+    items = [MCItem("Pick one.", choices[i:] + choices[:i], (-i) % 3) for i in range(3)]
+    out = multiple_choice(model, tiny_tok, items, MCConfig())
+    assert out["acc"] == 1.0 and out["n"] == 3
+    for item, r in zip(items, out["items"]):
+        n_tok = [len(encode_pair(tiny_tok, "Question: Pick one.\nAnswer:", " " + c)[1]) for c in item.choices]
+        assert r["loglikelihoods"] == pytest.approx([-n * math.log(model.config.vocab_size) for n in n_tok], rel=1e-5)
+
+
+def test_mc_loglikelihoods_match_direct_computation(tiny_tok):
+    model = tiny_model("gemma3_text", seed=4)
+    item = MCItem("Which word is defined as: a domestic animal?", ["cat", "quantum", "run", "table"], 0)
+    out = multiple_choice(model, tiny_tok, [item], MCConfig())
+    for choice, ll in zip(item.choices, out["items"][0]["loglikelihoods"]):
+        ctx, cont = encode_pair(tiny_tok, "Question: " + item.question + "\nAnswer:", " " + choice)
+        ids = torch.tensor([ctx + cont])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
+        direct = sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
+        assert ll == pytest.approx(direct, abs=1e-4)
+
+
+def test_mc_file_errors(tmp_path):
+    from slmkit.eval.mc import load_items
+
+    bad = tmp_path / "mc.jsonl"
+    bad.write_text(json.dumps({"question": "q", "choices": ["a", "b"], "answer": 2}) + "\n")
+    with pytest.raises(SlmkitError, match="record 1.*answer 2"):
+        load_items(bad)
+    bad.write_text(json.dumps({"question": "q", "answer": 0}) + "\n")
+    with pytest.raises(SlmkitError, match="lacks choices"):
+        load_items(bad)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("so the total is 5 apples.\n#### 1,234", "1234"),
+    ("Janet has 3 eggs and sells 16. Answer: 18", "18"),
+    ("The answer is 7.0.", "7"),
+    ("no digits here", None),
+])
+def test_gsm8k_extraction(text, expected):
+    assert extract_gsm8k(text) == expected
+
+
+def test_generation_task_runs_and_scores(tiny_tok, tmp_path):
+    model = tiny_model("llama")
+    f = tmp_path / "gen.jsonl"
+    f.write_text("".join(json.dumps({"question": f"What is {i}+{i}?", "answer": f"#### {2 * i}"}) + "\n"
+                         for i in range(3)))
+    out = evaluate(model, tiny_tok, {"gen": GenConfig(path=str(f), max_new_tokens=4, batch_size=2)})
+    g = out["gen"]
+    assert g["n"] == 3 and len(g["items"]) == 3
+    assert g["exact_match"] == sum(r["correct"] for r in g["items"]) / 3
+    assert all(r["gold"] == str(2 * i) for i, r in enumerate(g["items"]))
+
+
+def test_speed_reports_phases_and_keeps_model_dtype(tiny_tok):
+    model = tiny_model("llama")
+    out = speed(model, tiny_tok, SpeedConfig(prompt_tokens=16, new_tokens=5, warmup=0, repeats=2,
+                                             prefill_dtype="float32", decode_dtype="bfloat16"))
+    assert next(model.parameters()).dtype == torch.float32  # decode ran on a converted copy
+    assert out["decode_dtype"] == "bfloat16" and out["prefill_dtype"] == "float32"
+    assert out["prefill_tok_s"] > 0 and out["decode_tok_s"] > 0 and out["ttft_s"] > 0
+    assert out["latency_p95_ms"] >= out["latency_p50_ms"] > 0
+    assert out["peak_rss_mb"] > 10 and out["params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_report_json_markdown_and_plot(tmp_path):
+    r = Report("t")
+    r.add("a", {"ppl": {"window": {"token_perplexity": 10.0}}, "speed": {"decode_tok_s": 5.0}})
+    r.add("b", {"ppl": {"window": {"token_perplexity": 12.5}}})
+    md = r.to_markdown()
+    assert "| a | 10.000 | 5.0 |" in md and "| b | 12.500 | - |" in md
+    written = r.save(tmp_path)
+    assert {p.name for p in written} == {"report.json", "report.md", "report.png"}
+    assert json.loads((tmp_path / "report.json").read_text())["models"]["b"]["ppl"]["window"]["token_perplexity"] == 12.5
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    single = Report("one")
+    single.add("a", {"mc": {"acc": 0.5}})
+    assert {p.name for p in single.save(tmp_path / "one")} == {"report.json", "report.md"}
