@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--lm-eval-tasks", default=None,
                     help="also run these lm-evaluation-harness tasks (needs slmkit[lm-eval])")
     ev.add_argument("--lm-eval-limit", type=int, default=None, help="items per lm-eval task")
+    ev.add_argument("--lm-eval-include", default=None, help="folder of extra lm-eval task YAMLs")
     for name, aliases in TASK_OPTIONS.items():
         add_config_args(ev, TASKS.get(name).config, name, f"{name}: {TASKS.get(name).help}", aliases)
 
@@ -48,9 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--dtype", default="bfloat16", help="dtype of the saved weights (default bfloat16)")
     cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    lm = sub.add_parser("lm-eval", add_help=False,
-                        help="run lm-eval's own CLI with `--model slmkit` available")
-    lm.add_argument("args", nargs=argparse.REMAINDER)
+    # handled in main() before parsing; listed here for --help
+    sub.add_parser("lm-eval", help="lm-eval's own command line, with `--model slmkit` available "
+                                   "(e.g. --model slmkit --model_args path=default --tasks ...)")
     return p
 
 
@@ -84,7 +85,8 @@ def cmd_eval(ns) -> int:
         if lm_tasks:
             from slmkit.eval.lm_eval_bridge import run_lm_eval
 
-            metrics["lm_eval"] = run_lm_eval(model, tok, lm_tasks, limit=ns.lm_eval_limit)
+            metrics["lm_eval"] = run_lm_eval(model, tok, lm_tasks, limit=ns.lm_eval_limit,
+                                             include_path=ns.lm_eval_include)
         report.add(source, metrics)
         del model, tok
     print_metrics(report)
@@ -113,13 +115,7 @@ def cmd_convert(ns) -> int:
     return 0
 
 
-def cmd_lm_eval(ns) -> int:
-    from slmkit.eval.lm_eval_bridge import cli_passthrough
-
-    return cli_passthrough(ns.args)
-
-
-COMMANDS = {"info": cmd_info, "eval": cmd_eval, "convert": cmd_convert, "lm-eval": cmd_lm_eval}
+COMMANDS = {"info": cmd_info, "eval": cmd_eval, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        rest = argv[1:] if argv[:1] == ["--debug"] else argv
+        if rest[:1] == ["lm-eval"]:  # lm-eval's own arguments, untouched by our parser
+            from slmkit.eval.lm_eval_bridge import cli_passthrough
+
+            return cli_passthrough(rest[1:])
         ns = _parser().parse_args(argv)
         from transformers.utils import logging as hf_logging
 

@@ -79,6 +79,7 @@ def load_gguf(path: str | Path, dtype: "torch.dtype"):
                           "dequantized (try dtype=float32 or a newer transformers)")
     clear_gguf_markers(model)
     model.config._name_or_path = str(p)
+    model._slmkit_source = {"kind": "gguf", "source": str(p), "path": str(p)}
     return model, tok
 
 
@@ -108,4 +109,6 @@ def load(source: str | os.PathLike = "default", dtype: "str | torch.dtype" = "au
     model.eval()
     model._slmkit_source = {"kind": kind, "source": os.fspath(source),
                             "path": location if kind != "hub" else None}
+    if kind == "hub":
+        model._slmkit_source["revision"] = getattr(model.config, "_commit_hash", None)
     return model, tok
