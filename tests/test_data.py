@@ -41,10 +41,6 @@ def test_embedded_parts_together_cover_every_topic():
         assert text in calib_set or any(text in d for d in ev.docs), f"topic {key!r} was lost"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src bug: embedded_text() splits pydoc topic *keys* by position, but pydoc_data.topics maps "
-    "two keys ('else' and 'if') to the same text ('The \"if\" statement'); 'else' lands in calib "
-    "and 'if' in eval, so the calibration part overlaps the evaluation part"))
 def test_embedded_parts_share_no_topic_text():
     ev, cal = embedded_text("eval"), embedded_text("calib")
     # substring check, both directions
@@ -178,9 +174,6 @@ def test_jsonl_empty_file(tmp_path):
     assert str(p) in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src bug: jsonl_field() converts every value with str(), so a JSON null becomes the document "
-    "'None' (and a list becomes its Python repr) and gets measured as if it were text"))
 def test_jsonl_null_field_does_not_become_text_none(tmp_path):
     p = _write_jsonl(tmp_path / "d.jsonl", [json.dumps({"text": "real text"}),
                                             json.dumps({"text": None})])

@@ -115,12 +115,17 @@ def cmd_convert(ns) -> int:
     return 0
 
 
+def one_line(e: BaseException) -> str:
+    """Messages from deep inside libraries carry newlines; the CLI prints one line."""
+    return " ".join(str(e).split())
+
+
 COMMANDS = {"info": cmd_info, "eval": cmd_eval, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    debug = "--debug" in argv  # accepted anywhere on the line
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         rest = argv[1:] if argv[:1] == ["--debug"] else argv
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             from slmkit.eval.lm_eval_bridge import cli_passthrough
 
             return cli_passthrough(rest[1:])
-        ns = _parser().parse_args(argv)
+        ns = _parser().parse_args([a for a in argv if a != "--debug"])
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # slmkit shows its own progress
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except SlmkitError as e:
         if debug:
             traceback.print_exc()
-        print(f"slmkit: error: {e}", file=sys.stderr)
+        print(f"slmkit: error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("slmkit: interrupted", file=sys.stderr)
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug, not bad input: say so, traceback on request
         if debug:
             traceback.print_exc()
-        print(f"slmkit: internal error: {type(e).__name__}: {e} (rerun with --debug for the "
+        print(f"slmkit: internal error: {type(e).__name__}: {one_line(e)} (rerun with --debug for the "
               "traceback, and please report it)", file=sys.stderr)
         return 1
 

@@ -60,17 +60,21 @@ def _check_nonempty(data: TextData, what: str) -> TextData:
 def embedded_text(part: Literal["eval", "calib"] = "eval") -> TextData:
     """CPython's `pydoc_data.topics`, split by topic: sorted keys at odd positions are the
     evaluation part (joined into 10 documents of consecutive topics), even positions the
-    calibration part (one document per topic). The text ships with every Python, so it is the
+    calibration part (one document per topic, minus any text that also stands at an odd position:
+    a few keys share one text). The text ships with every Python, so it is the
     same on every machine with the same Python version (the name records it)."""
     from pydoc_data import topics
 
     keys = sorted(topics.topics)
     version = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    texts = [topics.topics[k] for k in keys[1::2]]
     if part == "calib":
-        return TextData(f"embedded:calib({version})", [topics.topics[k] for k in keys[0::2]])
+        # some keys share one text (e.g. "else" and "if"): a text in the eval part never calibrates
+        held_out = set(texts)
+        return TextData(f"embedded:calib({version})",
+                        [topics.topics[k] for k in keys[0::2] if topics.topics[k] not in held_out])
     if part != "eval":
         raise SlmkitError(f"embedded text part must be 'eval' or 'calib', not {part!r}")
-    texts = [topics.topics[k] for k in keys[1::2]]
     n = EMBEDDED_EVAL_DOCS
     bounds = [round(i * len(texts) / n) for i in range(n + 1)]
     docs = ["\n\n".join(texts[a:b]) for a, b in zip(bounds, bounds[1:])]
@@ -127,7 +131,12 @@ def jsonl_field(path: str | Path, field: str = "text") -> TextData:
         if field not in rec:
             raise SlmkitError(f"{path}: record {i} has no field {field!r} (it has: "
                               f"{', '.join(rec)}); choose one with --field")
-        docs.append(str(rec[field]))
+        value = rec[field]
+        if value is None or isinstance(value, (bool, list, dict)):
+            raise SlmkitError(f"{path}: record {i} field {field!r} is "
+                              f"{'null' if value is None else type(value).__name__}, not text; "
+                              "give a field holding strings")
+        docs.append(str(value))  # strings, and numbers as written
     return _check_nonempty(TextData(f"{path}:{field}", docs), str(path))
 
 

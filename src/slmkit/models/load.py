@@ -103,7 +103,7 @@ def load(source: str | os.PathLike = "default", dtype: "str | torch.dtype" = "au
             hint = (" HF_HUB_OFFLINE is set, so only models already in the local HF cache load: "
                     "give a local folder or .gguf file instead" if offline else
                     " check the id and your network, or give a local folder or .gguf file")
-            raise SlmkitError(f"{e}.{hint}") from e.__cause__
+            raise SlmkitError(f"{str(e).rstrip('.')}.{hint}") from e.__cause__
     else:
         model, tok = _from_pretrained(location, torch_dtype, f"model folder {location}")
     model.eval()

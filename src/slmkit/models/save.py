@@ -47,7 +47,11 @@ def save(model, tokenizer, out: str | Path, manifest: dict | None = None, *,
     out = Path(out).expanduser().resolve()
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise SlmkitError(f"output {out} already exists; choose another path or pass overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SlmkitError(f"cannot create the folder for output {out}: {e.strerror or e} "
+                          f"({e.filename or out.parent}); choose another path") from None
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     clear_gguf_markers(model)
     try:
