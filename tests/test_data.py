@@ -279,3 +279,18 @@ def test_calibration_set_text_shorter_than_length(tiny_tok):
 def test_calibration_set_rejects_bad_sizes(tiny_tok, n, length):
     with pytest.raises(SlmkitError):
         calibration_set(tiny_tok, embedded_text("calib"), n=n, length=length)
+
+
+def test_hf_dataset_real_code_path_on_a_local_dataset(tmp_path):
+    """`hf:PATH` goes through `datasets.load_dataset`, which reads a local folder offline."""
+    pytest.importorskip("datasets")
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    rows = [{"text": f"document number {i}", "label": i} for i in range(5)]
+    (folder / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_text(f"hf:{folder}", split="train")
+    assert data.docs == [r["text"] for r in rows]
+    with pytest.raises(SlmkitError, match="no column 'body'"):
+        load_text(f"hf:{folder}", split="train", field="body")
+    with pytest.raises(SlmkitError, match="split"):
+        load_text(f"hf:{folder}", split="validation")

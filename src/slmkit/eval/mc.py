@@ -28,7 +28,7 @@ class MCConfig:
     prompt: str = field(default="Question: {question}\nAnswer:", metadata={
         "help": "context template; {question} is replaced"})
     delimiter: str = field(default=" ", metadata={"help": "text between context and choice"})
-    batch_tokens: int = field(default=4096, metadata={"help": "tokens per forward batch"})
+    batch_tokens: int = field(default=1024, metadata={"help": "tokens per forward batch"})
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ class PerplexityConfig:
         "help": "protocol (i): drop a final partial window (the GPTQ/Wanda papers' rule)"})
     max_length: int | None = field(default=None, metadata={
         "help": "protocol (ii) rolling window length (default: min(2048, model context))"})
-    batch_tokens: int = field(default=4096, metadata={
+    batch_tokens: int = field(default=1024, metadata={
         "help": "tokens per forward batch (memory vs. speed)"})
 
     def __post_init__(self):
