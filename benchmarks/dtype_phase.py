@@ -50,7 +50,7 @@ def main() -> int:
                   f"{rows['bfloat16']['prefill_tok_s']:.1f}", f"{ratio_prefill:.2f}x", policy["prefill"])
     table.add_row(f"decode ({args.new} tok)", f"{rows['float32']['decode_tok_s']:.1f}",
                   f"{rows['bfloat16']['decode_tok_s']:.1f}", f"{ratio_decode:.2f}x", policy["decode"])
-    Console().print(table)
+    Console(width=120).print(table)
     fastest = {"prefill": "bfloat16" if ratio_prefill > 1 else "float32",
                "decode": "bfloat16" if ratio_decode > 1 else "float32"}
     agrees = fastest == {"prefill": policy["prefill"], "decode": policy["decode"]}

@@ -337,3 +337,10 @@ def test_eval_two_models_also_writes_png(capsys, tiny_dir, small_txt, tmp_path):
     assert a == pytest.approx(b, rel=1e-6)
     md = (out / "report.md").read_text()
     assert first in md and second in md
+
+
+def test_info_describes_a_model(capsys, tiny_dir):
+    code, out, _ = run(capsys, "info", tiny_dir("phi3"))
+    assert code == 0
+    for expected in ("Phi3ForCausalLM", "phi3", "adapter", "yes", "auto dtype here"):
+        assert expected in out

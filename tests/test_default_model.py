@@ -26,12 +26,19 @@ def test_default_is_smollm2_and_has_a_manifest(default_model):
     assert "quantization_config" not in cfg
 
 
-def test_cached_folder_equals_a_fresh_gguf_load():
+def test_cli_convert_of_the_gguf_equals_the_cached_default(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from slmkit.cli.main import main
+
+    out = tmp_path / "smol"
+    assert main(["convert", str(default_gguf()), str(out)]) == 0
+    assert (out / "slmkit.json").is_file() and (out / "tokenizer.json").is_file()
     ids = torch.tensor([[504, 3458, 282, 1345, 30, 2]])
+    converted = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16)  # plain transformers
     cached, _ = load("default", "bfloat16")
-    fresh, _ = load(default_gguf(), "bfloat16")
     with torch.no_grad():
-        assert torch.equal(cached(ids).logits, fresh(ids).logits)
+        assert torch.equal(cached(ids).logits, converted(ids).logits)
 
 
 def test_real_model_perplexity_is_far_below_uniform(default_model):
