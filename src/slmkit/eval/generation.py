@@ -13,6 +13,7 @@ from pathlib import Path
 
 from slmkit.data.sources import read_jsonl
 from slmkit.errors import SlmkitError
+from slmkit.eval.scoring import pad_id
 from slmkit.progress import progress_bar
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
@@ -90,7 +91,7 @@ def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int) -
     """Greedy continuations of a batch of prompts (left padding, KV cache)."""
     import torch
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     width = max(len(e) for e in encoded)
     ids = torch.full((len(encoded), width), pad, dtype=torch.long)

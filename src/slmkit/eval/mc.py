@@ -16,7 +16,7 @@ from pathlib import Path
 
 from slmkit.data.sources import read_jsonl
 from slmkit.errors import SlmkitError
-from slmkit.eval.scoring import pad_id, score_requests
+from slmkit.eval.scoring import pad_id, prefix_token, score_requests
 from slmkit.progress import progress_bar
 
 
@@ -80,8 +80,7 @@ def multiple_choice(model, tokenizer, items: list[MCItem], cfg: MCConfig | None 
             if not cont:
                 raise SlmkitError(f"item {i + 1}: choice {choice!r} tokenises to nothing")
             if not ctx:
-                ctx = [tokenizer.bos_token_id if tokenizer.bos_token_id is not None
-                       else tokenizer.eos_token_id]
+                ctx = [prefix_token(tokenizer)]
             requests.append((ctx + cont, len(ctx)))
             owner.append(i)
     with progress_bar("multiple choice", sum(len(t) - 1 for t, _ in requests)) as advance:

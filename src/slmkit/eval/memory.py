@@ -8,6 +8,8 @@ import sys
 import threading
 from pathlib import Path
 
+from slmkit.models.manifest import WEIGHT_SUFFIXES
+
 
 def current_rss_bytes() -> int:
     """Resident set size of this process now (Linux /proc; elsewhere the peak so far)."""
@@ -61,5 +63,4 @@ def disk_bytes(model) -> int | None:
     p = Path(path)
     if p.is_file():
         return p.stat().st_size
-    return sum(f.stat().st_size for f in p.iterdir()
-               if f.is_file() and f.suffix in (".safetensors", ".bin", ".gguf"))
+    return sum(f.stat().st_size for f in p.iterdir() if f.is_file() and f.suffix in WEIGHT_SUFFIXES)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from slmkit.data.chunk import encode_docs, token_stream
 from slmkit.data.sources import TextData
 from slmkit.errors import SlmkitError
-from slmkit.eval.scoring import check_length, context_length, pad_id, score_requests
+from slmkit.eval.scoring import check_length, context_length, pad_id, prefix_token, score_requests
 from slmkit.progress import progress_bar
 
 PROTOCOLS = ("window", "rolling")
@@ -114,13 +114,6 @@ def rolling_windows(tokens: list[int], prefix: int, max_length: int) -> list[tup
         out.append((seq, len(seq) - pred_len))
         predicted = end
     return out
-
-
-def prefix_token(tokenizer) -> int:
-    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return tid
-    raise SlmkitError("the tokenizer has neither a BOS nor an EOS token to start documents with")
 
 
 def count_words(doc: str) -> int:

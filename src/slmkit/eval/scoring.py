@@ -50,6 +50,14 @@ def rows_per_batch(model, seq_len: int, batch_tokens: int) -> int:
     return max(1, min(batch_tokens // max(1, seq_len), by_logits))
 
 
+def prefix_token(tokenizer) -> int:
+    """The token that starts a sequence with no context: BOS, else EOS (lm-eval's rule)."""
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    raise SlmkitError("the tokenizer has neither a BOS nor an EOS token to start sequences with")
+
+
 def pad_id(tokenizer) -> int:
     for tid in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
         if tid is not None:
