@@ -26,9 +26,9 @@ def _require():
         import lm_eval.models  # noqa: F401  (fill lm-eval's own registry before adding ours)
         from lm_eval.api.registry import model_registry, register_model
         from lm_eval.models.huggingface import HFLM
-    except ImportError:
-        raise SlmkitError("the lm-eval bridge needs lm-evaluation-harness: "
-                          "pip install 'slmkit[lm-eval]'") from None
+    except ImportError as e:
+        raise SlmkitError(f"the lm-eval bridge needs lm-evaluation-harness and its dependencies "
+                          f"({e}): pip install 'slmkit[lm-eval]'") from None
     return model_registry, register_model, HFLM
 
 
