@@ -65,7 +65,7 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def accepts_logits_to_keep(model) -> bool:
     import inspect
 
     return "logits_to_keep" in inspect.signature(type(model).forward).parameters
@@ -100,7 +100,7 @@ def score_requests(model, requests: Sequence[tuple[Sequence[int], int]], *, pad:
     rows = _rows(requests)
     results: list[Score | None] = [None] * len(requests)
     device = next(model.parameters()).device
-    slicing = _accepts_logits_to_keep(model)
+    slicing = accepts_logits_to_keep(model)
     i = 0
     while i < len(rows):
         width = len(rows[i][0])

@@ -1,0 +1,97 @@
+"""THE layer-sequential calibration loop shared by every one-shot method (GPTQ, AWQ, Wanda,
+SparseGPT, ...), so only one decoder layer's activations are held at a time.
+
+1. Capture: one forward over the calibration batches with every decoder layer replaced by a
+   recorder that stores the layer's own call arguments (attention mask, position ids, rotary
+   embeddings — which differ between layers, e.g. Gemma 3's sliding and full layers) and passes
+   the hidden states through untouched. Cost: the embeddings, and nothing else of substance.
+2. For each layer in order: `on_layer(index, layer, run)` — the method registers its hooks and
+   calls `run()` to push every batch through the layer (collecting statistics), then edits the
+   layer's weights. The loop then pushes the batches through the edited layer once more; those
+   outputs are the next layer's inputs ("true sequential": later layers calibrate on what the
+   compressed earlier layers actually produce).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from slmkit.errors import SlmkitError
+from slmkit.eval.scoring import accepts_logits_to_keep
+from slmkit.models.arch import get_arch
+from slmkit.progress import progress_bar
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass
+class LayerCall:
+    """One batch's call of one decoder layer, minus the hidden states."""
+    args: tuple
+    kwargs: dict[str, Any]
+
+
+def _capture(model, layers, batches: list["torch.Tensor"]) -> tuple[list["torch.Tensor"], list[list[LayerCall]]]:
+    """Hidden states entering layer 0, and every layer's call arguments, for each batch."""
+    import torch
+
+    inputs: list[torch.Tensor] = []
+    calls: list[list[LayerCall]] = [[] for _ in layers]
+
+    def recorder(index: int):
+        def forward(hidden_states, *args, **kwargs):
+            if index == 0:
+                inputs.append(hidden_states)
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache")}
+            calls[index].append(LayerCall(args, kwargs))
+            return hidden_states
+        return forward
+
+    for i, layer in enumerate(layers):
+        layer.forward = recorder(i)  # instance attribute shadows the class's forward
+    extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    try:
+        with torch.inference_mode():
+            for ids in batches:
+                model(input_ids=ids, use_cache=False, **extra)
+    finally:
+        for layer in layers:
+            del layer.forward
+    return inputs, calls
+
+
+def _run_layer(layer, hidden: "torch.Tensor", call: LayerCall) -> "torch.Tensor":
+    out = layer(hidden, *call.args, **call.kwargs)
+    if isinstance(out, tuple):  # older transformers returned (hidden_states, ...)
+        out = out[0]
+    return out
+
+
+def sequential(model: "nn.Module", calib: "torch.Tensor",
+               on_layer: Callable[[int, "nn.Module", Callable[[], None]], None], *,
+               batch_size: int = 8, description: str = "calibrating") -> None:
+    """Walk the decoder layers in order with calibration token ids `calib` [n, length]."""
+    import torch
+
+    if calib.ndim != 2 or calib.shape[0] < 1 or calib.shape[1] < 2:
+        raise SlmkitError(f"calibration ids must be [n >= 1, length >= 2], got {tuple(calib.shape)}")
+    if batch_size < 1:
+        raise SlmkitError(f"batch_size must be >= 1, not {batch_size}")
+    layers = get_arch(model).decoder_layers(model)
+    batches = list(calib.split(batch_size))
+    hidden, calls = _capture(model, layers, batches)
+    if len(hidden) != len(batches):
+        raise SlmkitError("the model never called its first decoder layer during calibration capture")
+    with progress_bar(description, len(layers), unit="layers") as advance:
+        for i, layer in enumerate(layers):
+            def run(layer=layer, i=i):
+                with torch.inference_mode():
+                    for h, call in zip(hidden, calls[i]):
+                        _run_layer(layer, h, call)
+            on_layer(i, layer, run)
+            with torch.inference_mode():
+                hidden = [_run_layer(layer, h, call) for h, call in zip(hidden, calls[i])]
+            advance(1)

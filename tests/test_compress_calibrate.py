@@ -1,0 +1,88 @@
+"""The shared layer-sequential calibration loop and target selection."""
+
+import pytest
+import torch
+
+from slmkit.compress.calibrate import sequential
+from slmkit.compress.targets import all_targets, layer_targets
+from slmkit.errors import SlmkitError
+from slmkit.models import ARCHS, get_arch
+from slmkit.models.tiny import tiny_model
+
+
+def calib_ids(n=5, length=64, seed=0):
+    return torch.randint(3, 500, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHS))
+def test_each_layer_sees_exactly_the_hidden_states_of_a_full_forward(model_type):
+    """With no edits, the inputs `run()` feeds layer i equal hidden_states[i] of a normal forward
+    (gemma3: 64 tokens > its 32-token sliding window, so per-layer masks matter)."""
+    # 3 layers, so propagation through a layer of one kind feeds a layer of another kind
+    extra = {"layer_types": ["sliding_attention", "full_attention", "sliding_attention"]} \
+        if model_type == "gemma3_text" else {}
+    model = tiny_model(model_type, seed=7, num_hidden_layers=3, **extra)
+    ids = calib_ids()
+    with torch.no_grad():
+        ref = model(ids, output_hidden_states=True).hidden_states
+    seen: dict[int, list[torch.Tensor]] = {}
+
+    def on_layer(i, layer, run):
+        hook = layer.register_forward_pre_hook(lambda m, args: seen.setdefault(i, []).append(args[0].clone()))
+        run()
+        hook.remove()
+
+    sequential(model, ids, on_layer, batch_size=2)
+    n_layers = len(get_arch(model).decoder_layers(model))
+    assert sorted(seen) == list(range(n_layers))
+    for i in range(n_layers):
+        torch.testing.assert_close(torch.cat(seen[i]), ref[i], rtol=1e-5, atol=1e-5)
+
+
+def test_edits_propagate_to_the_next_layer():
+    """Zeroing a layer's output projections makes it the identity (residual only), so the next
+    layer must receive that layer's own inputs: later layers see the edited model."""
+    model = tiny_model("llama", seed=1)
+    spec = get_arch(model)
+    inputs: dict[int, torch.Tensor] = {}
+
+    def on_layer(i, layer, run):
+        hook = layer.register_forward_pre_hook(lambda m, args: inputs.setdefault(i, args[0].clone()))
+        run()
+        hook.remove()
+        if i == 0:
+            with torch.no_grad():
+                spec.linears(layer)["o"].weight.zero_()
+                spec.linears(layer)["down"].weight.zero_()
+
+    sequential(model, calib_ids(n=2), on_layer, batch_size=2)
+    torch.testing.assert_close(inputs[1], inputs[0])
+
+
+def test_bad_calibration_input_is_refused():
+    model = tiny_model("llama")
+    with pytest.raises(SlmkitError, match="calibration ids"):
+        sequential(model, torch.zeros(4, dtype=torch.long), lambda *a: None)
+    with pytest.raises(SlmkitError, match="batch_size"):
+        sequential(model, calib_ids(), lambda *a: None, batch_size=0)
+
+
+def test_unknown_architecture_is_refused_clearly():
+    from transformers import AutoModelForCausalLM, GPTNeoXConfig
+
+    model = AutoModelForCausalLM.from_config(GPTNeoXConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, vocab_size=64))
+    with pytest.raises(SlmkitError, match="gpt_neox"):
+        sequential(model, calib_ids(n=1, length=8) % 64, lambda *a: None)
+
+
+@pytest.mark.parametrize("model_type", sorted(ARCHS))
+def test_targets_name_real_modules(model_type):
+    model = tiny_model(model_type)
+    named = dict(model.named_modules())
+    targets = all_targets(model)
+    assert len(targets) == model.config.num_hidden_layers * len(get_arch(model).linear_paths())
+    for t in targets:
+        assert named[t.name] is t.module
+    kept = layer_targets(model, 0, skip=("down", "*.o_proj", "*.c_proj", "*.out_proj"))
+    assert all(t.role not in ("down", "o") for t in kept) and kept
