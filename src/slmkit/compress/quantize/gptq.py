@@ -1,0 +1,90 @@
+"""GPTQ (Frantar et al., 2023): quantize W column by column, each time spreading the rounding error
+over the not-yet-quantized columns through the inverse Hessian of the layer's inputs, so the layer's
+outputs on calibration data move as little as possible.
+
+    H = 2 X^T X / n   (X: the layer's calibration inputs, [n, in])
+
+Options as in the paper and its reference code: dampening (a fraction of mean(diag H) added to the
+diagonal), lazy block updates, act-order (quantize columns by decreasing diag H), static groups
+(group grids fixed from the original weights, so act-order keeps contiguous groups).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from slmkit.compress.quantize.rtn import QuantizedWeight, check_bits, grid, group_index, quantize_column
+from slmkit.errors import SlmkitError
+
+
+def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,
+         symmetric: bool = False, damp: float = 0.01, block_size: int = 128,
+         act_order: bool = False, static_groups: bool = False) -> QuantizedWeight:
+    check_bits(bits, group_size)
+    if not 0 < damp < 1:
+        raise SlmkitError(f"GPTQ dampening must be in (0, 1), not {damp}")
+    W = w.detach().float().clone()
+    rows, cols = W.shape
+    if hessian.shape != (cols, cols):
+        raise SlmkitError(f"Hessian is {tuple(hessian.shape)} but the weight has {cols} input columns")
+    H = hessian.detach().float().clone()
+    if not torch.isfinite(H).all():
+        raise SlmkitError("the Hessian has non-finite entries (inf/nan activations in calibration); "
+                          "check the model in float32 or use other calibration text")
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    g = group_size or cols
+    n_groups = -(-cols // g)
+
+    static = None
+    if static_groups:
+        static = [grid(W[:, j * g: min((j + 1) * g, cols)], bits, symmetric) for j in range(n_groups)]
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
+    W, H = W[:, perm], H[perm][:, perm]
+
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols)
+    try:
+        L = torch.linalg.cholesky(H)
+        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    except torch.linalg.LinAlgError:
+        raise SlmkitError(f"the dampened Hessian is not positive definite (damp={damp}); "
+                          "raise damp (e.g. 0.1) or calibrate on more text") from None
+
+    Q = torch.zeros_like(W)
+    scale = torch.zeros(rows, n_groups)
+    zero = torch.zeros(rows, n_groups)
+    current = None  # (scale, zero) of the group being filled (dynamic groups)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = int(perm[i1 + i])          # original column index
+            # the group's slot: by original column (static groups, or no act-order, where the two
+            # orders agree) or by quantization order (dynamic groups under act-order)
+            j = col // g if static is not None or not act_order else (i1 + i) // g
+            if static is not None:
+                s, z = static[j]
+            else:
+                if (i1 + i) % g == 0:         # first column of a new group (in quantization order)
+                    span = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
+                    current = grid(span, bits, symmetric)
+                s, z = current
+            scale[:, j], zero[:, j] = s, z
+            w_col = W1[:, i]
+            q = quantize_column(w_col, s, z, bits)
+            deq = (q - z) * s
+            Q[:, i1 + i] = q
+            err = (w_col - deq) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    inv = torch.argsort(perm)
+    Q = Q[:, inv]
+    if act_order and static is None:
+        g_idx = inv // g  # a column's group is set by its position in quantization order
+    else:
+        g_idx = group_index(cols, group_size)
+    return QuantizedWeight(Q.to(torch.uint8), scale, zero, g_idx, bits, group_size)

@@ -1,0 +1,83 @@
+"""Round-to-nearest (RTN) weight quantization: the grid every method here shares.
+
+A weight matrix W [out, in] is cut along `in` into groups of `group_size` columns (the last group
+may be shorter when `group_size` does not divide `in`; `group_size=None` = one group per row, i.e.
+per-channel). Each (row, group) gets a scale and an integer zero point; integers are unsigned in
+[0, 2^bits - 1] and dequantize as (q - zero) * scale. Symmetric grids fix zero = 2^(bits-1) and
+scale = max|w| / (2^(bits-1) - 1); asymmetric grids span [min(w, 0), max(w, 0)].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from slmkit.errors import SlmkitError
+
+MIN_BITS, MAX_BITS = 2, 8
+
+
+@dataclass
+class QuantizedWeight:
+    q: torch.Tensor        # uint8 [out, in], original column order
+    scale: torch.Tensor    # float32 [out, n_groups]
+    zero: torch.Tensor     # float32 [out, n_groups] (integer-valued)
+    g_idx: torch.Tensor    # int64 [in]: the group of each input column
+    bits: int
+    group_size: int | None
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.q.float() - self.zero[:, self.g_idx]) * self.scale[:, self.g_idx]
+
+
+def check_bits(bits: int, group_size: int | None, in_features: int | None = None) -> None:
+    if not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise SlmkitError(f"bits must be an integer in [{MIN_BITS}, {MAX_BITS}], not {bits!r}")
+    if group_size is not None and (not isinstance(group_size, int) or group_size < 1):
+        raise SlmkitError(f"group_size must be a positive integer or None (per-channel), not {group_size!r}")
+
+
+def grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point per row of `w` [rows, cols] -> ([rows], [rows])."""
+    maxq = 2 ** bits - 1
+    if symmetric:
+        amax = w.abs().amax(dim=1)
+        scale = amax / (2 ** (bits - 1) - 1 if bits > 1 else 1)
+        zero = torch.full_like(scale, 2 ** (bits - 1))
+    else:
+        lo = w.amin(dim=1).clamp(max=0)
+        hi = w.amax(dim=1).clamp(min=0)
+        scale = (hi - lo) / maxq
+        zero = torch.round(-lo / torch.where(scale > 0, scale, torch.ones_like(scale)))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero rows: any scale works
+    return scale, zero
+
+
+def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes of `w` on the grid (broadcasting scale/zero) as float."""
+    return torch.clamp(torch.round(w / scale) + zero, 0, 2 ** bits - 1)
+
+
+def group_index(in_features: int, group_size: int | None) -> torch.Tensor:
+    g = group_size or in_features
+    return torch.arange(in_features) // g
+
+
+def rtn(w: torch.Tensor, bits: int = 4, group_size: int | None = 128,
+        symmetric: bool = False) -> QuantizedWeight:
+    """Quantize `w` [out, in] to the nearest grid point, group by group."""
+    check_bits(bits, group_size)
+    w = w.detach().float()
+    g_idx = group_index(w.shape[1], group_size)
+    n_groups = int(g_idx[-1]) + 1
+    scale = torch.empty(w.shape[0], n_groups)
+    zero = torch.empty(w.shape[0], n_groups)
+    q = torch.empty_like(w, dtype=torch.uint8)
+    g = group_size or w.shape[1]
+    for j in range(n_groups):
+        cols = slice(j * g, min((j + 1) * g, w.shape[1]))
+        s, z = grid(w[:, cols], bits, symmetric)
+        scale[:, j], zero[:, j] = s, z
+        q[:, cols] = quantize_column(w[:, cols], s[:, None], z[:, None], bits).to(torch.uint8)
+    return QuantizedWeight(q, scale, zero, g_idx, bits, group_size)

@@ -1,0 +1,92 @@
+"""RTN and GPTQ math against direct checks (no models)."""
+
+import pytest
+import torch
+
+from slmkit.compress.quantize.gptq import gptq
+from slmkit.compress.quantize.rtn import rtn
+from slmkit.errors import SlmkitError
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("group_size", [None, 32, 48])
+def test_rtn_error_is_at_most_half_a_step(bits, symmetric, group_size):
+    w = torch.randn(16, 96, generator=gen(bits))
+    qw = rtn(w, bits, group_size, symmetric)
+    assert qw.q.dtype == torch.uint8 and int(qw.q.max()) <= 2 ** bits - 1
+    step = qw.scale[:, qw.g_idx]
+    err = (qw.dequantize() - w).abs()
+    # inside the grid's range the error is <= step/2; symmetric grids clip only the most negative code
+    assert (err <= step / 2 + 1e-6).all()
+
+
+def test_rtn_is_exact_on_weights_already_on_the_grid():
+    torch.manual_seed(0)
+    scale = torch.rand(8, 3) + 0.1
+    codes = torch.randint(0, 16, (8, 96)).float()
+    zero = torch.full((8, 3), 7.0)
+    g_idx = torch.arange(96) // 32
+    codes[:, ::32] = 0   # every group holds both ends of the grid, so RTN finds the same grid
+    codes[:, 1::32] = 15
+    w = (codes - zero[:, g_idx]) * scale[:, g_idx]
+    qw = rtn(w, 4, 32, symmetric=False)
+    torch.testing.assert_close(qw.dequantize(), w, rtol=0, atol=1e-5)
+
+
+def test_partial_last_group_when_group_size_does_not_divide_in_features():
+    w = torch.randn(4, 576, generator=gen(1))  # SmolLM2's hidden size, g128 leaves a 64-column tail
+    qw = rtn(w, 4, 128)
+    assert qw.scale.shape == (4, 5) and int(qw.g_idx[-1]) == 4 and (qw.g_idx == 4).sum() == 64
+    assert (qw.dequantize() - w).abs().max() < qw.scale.max()
+
+
+@pytest.mark.parametrize("bits, group_size", [(1, 128), (9, 128), (4, 0), (4, -5)])
+def test_out_of_range_settings_are_refused(bits, group_size):
+    with pytest.raises(SlmkitError):
+        rtn(torch.randn(2, 8), bits, group_size)
+
+
+def correlated_inputs(n=512, d=96, seed=0):
+    """Inputs with strongly correlated features and a few outlier channels, like real activations."""
+    g = gen(seed)
+    z = torch.randn(n, d // 4, generator=g)
+    x = z @ torch.randn(d // 4, d, generator=g) + 0.1 * torch.randn(n, d, generator=g)
+    x[:, :3] *= 20
+    return x
+
+
+@pytest.mark.parametrize("act_order, static_groups", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("group_size", [None, 32, 40])
+def test_gptq_output_error_is_below_rtn_on_correlated_inputs(act_order, static_groups, group_size):
+    x = correlated_inputs()
+    w = torch.randn(64, 96, generator=gen(3))
+    H = 2 * x.T @ x / x.shape[0]
+    ref = x @ w.T
+    q_rtn = rtn(w, 4, group_size)
+    q_gptq = gptq(w, H, 4, group_size, act_order=act_order, static_groups=static_groups, block_size=32)
+    err_rtn = (x @ q_rtn.dequantize().T - ref).pow(2).mean()
+    err_gptq = (x @ q_gptq.dequantize().T - ref).pow(2).mean()
+    assert err_gptq < 0.8 * err_rtn
+    # the codes really are a grid: dequantize() equals the stored codes mapped through scale/zero
+    assert q_gptq.q.dtype == torch.uint8 and int(q_gptq.q.max()) <= 15
+    if static_groups or not act_order:
+        assert torch.equal(q_gptq.g_idx, torch.arange(96) // (group_size or 96))
+
+
+def test_gptq_handles_dead_inputs_and_rejects_bad_hessians():
+    x = correlated_inputs()
+    x[:, 5] = 0  # a dead input channel: its weights are zeroed, not NaN
+    w = torch.randn(8, 96, generator=gen(4))
+    qw = gptq(w, x.T @ x, 4, 32)
+    assert torch.isfinite(qw.dequantize()).all() and (qw.dequantize()[:, 5] == 0).all()
+    with pytest.raises(SlmkitError, match="non-finite"):
+        gptq(w, torch.full((96, 96), float("nan")), 4, 32)
+    with pytest.raises(SlmkitError, match="96 input columns"):
+        gptq(w, torch.eye(10), 4, 32)
+    with pytest.raises(SlmkitError, match="dampening"):
+        gptq(w, x.T @ x, 4, 32, damp=0)
