@@ -95,3 +95,39 @@ def sequential(model: "nn.Module", calib: "torch.Tensor",
             with torch.inference_mode():
                 hidden = [_run_layer(layer, h, call) for h, call in zip(hidden, calls[i])]
             advance(1)
+
+
+class HessianCollector:
+    """`with HessianCollector(modules) as hc: run()` accumulates, for each module, the Hessian of a
+    squared output error w.r.t. its weight, H = 2 X^T X / n over the module's inputs X [n, in]
+    (float32, running mean as in the GPTQ reference, so any number of batches fits in memory)."""
+
+    def __init__(self, modules: dict[str, "nn.Module"]):
+        self.modules = modules
+        self.H: dict[str, "torch.Tensor"] = {}
+        self.n: dict[str, int] = {}
+        self._hooks: list = []
+
+    def _hook(self, name: str):
+        import torch
+
+        def pre(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # [tokens, in]
+            n_old, n_new = self.n.get(name, 0), x.shape[0]
+            total = n_old + n_new
+            if name not in self.H:
+                self.H[name] = torch.zeros(x.shape[1], x.shape[1])
+            self.H[name] *= n_old / total
+            x = x * (2 / total) ** 0.5
+            self.H[name] += x.T @ x
+            self.n[name] = total
+        return pre
+
+    def __enter__(self) -> "HessianCollector":
+        self._hooks = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.modules.items()]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []

@@ -59,11 +59,13 @@ def build_manifest(model, extra: dict | None = None) -> dict:
         "params": sum(p.numel() for p in model.parameters()),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "source": source,
-        "steps": [],
+        "steps": list(getattr(model, "_slmkit_steps", [])),
         "metrics": {},
         "versions": versions(),
     }
-    manifest.update(extra or {})
+    extra = dict(extra or {})
+    manifest["steps"] += extra.pop("steps", [])
+    manifest.update(extra)
     return manifest
 
 
