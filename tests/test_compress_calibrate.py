@@ -86,3 +86,22 @@ def test_targets_name_real_modules(model_type):
         assert named[t.name] is t.module
     kept = layer_targets(model, 0, skip=("down", "*.o_proj", "*.c_proj", "*.out_proj"))
     assert all(t.role not in ("down", "o") for t in kept) and kept
+
+
+def test_capture_restores_an_existing_instance_forward():
+    model = tiny_model("llama")
+    layer0 = get_arch(model).decoder_layers(model)[0]
+    original = layer0.forward
+    calls = []
+
+    def wrapped(*args, **kwargs):  # what tooling such as accelerate installs on an instance
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    layer0.forward = wrapped
+    sequential(model, calib_ids(n=1, length=8), lambda i, layer, run: run())
+    assert layer0.__dict__["forward"] is wrapped
+    n = len(calls)
+    with torch.no_grad():
+        model(calib_ids(n=1, length=8))
+    assert len(calls) == n + 1

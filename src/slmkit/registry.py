@@ -42,6 +42,14 @@ class Registry:
                 f"unknown {self.kind} {name!r}; choose from: {', '.join(self._entries)}"
             ) from None
 
+    def for_config(self, config: object) -> Entry:
+        """The entry whose config class is exactly `type(config)`."""
+        for entry in self._entries.values():
+            if type(config) is entry.config:
+                return entry
+        raise SlmkitError(f"no {self.kind} takes {type(config).__name__}; "
+                          f"choose from: {', '.join(self._entries)}")
+
     def names(self) -> list[str]:
         return list(self._entries)
 

@@ -74,11 +74,7 @@ def quantize(model, cfg, calib=None):
     """Quantize `model` in place with the method `cfg` configures; returns the model."""
     if getattr(model, "_slmkit_quantized", None):
         raise SlmkitError("this model is already quantized; start from the original weights")
-    names = {entry.config: name for name in QUANTIZERS.names() for entry in [QUANTIZERS.get(name)]}
-    name = names.get(type(cfg))
-    if name is None:
-        raise SlmkitError(f"no quantization method takes {type(cfg).__name__}; methods: "
-                          f"{', '.join(QUANTIZERS.names())}")
-    model._slmkit_quantized = QUANTIZERS.get(name).fn(model, cfg, calib)
-    model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), {"quantize": name, "config": vars(cfg)}]
+    entry = QUANTIZERS.for_config(cfg)
+    model._slmkit_quantized = entry.fn(model, cfg, calib)
+    model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), {"quantize": entry.name, "config": vars(cfg)}]
     return model

@@ -50,6 +50,7 @@ def _capture(model, layers, batches: list["torch.Tensor"]) -> tuple[list["torch.
             return hidden_states
         return forward
 
+    previous = [layer.__dict__.get("forward") for layer in layers]  # e.g. accelerate's hooks
     for i, layer in enumerate(layers):
         layer.forward = recorder(i)  # instance attribute shadows the class's forward
     extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
@@ -58,8 +59,11 @@ def _capture(model, layers, batches: list["torch.Tensor"]) -> tuple[list["torch.
             for ids in batches:
                 model(input_ids=ids, use_cache=False, **extra)
     finally:
-        for layer in layers:
-            del layer.forward
+        for layer, prev in zip(layers, previous):
+            if prev is None:
+                del layer.forward
+            else:
+                layer.forward = prev
     return inputs, calls
 
 

@@ -19,7 +19,7 @@ DEFAULT_SKIP: tuple[str, ...] = ()
 
 @dataclass(frozen=True)
 class Target:
-    name: str          # full dotted name in the model, e.g. "model.layers.3.mlp.down_proj"
+    name: str          # full dotted name in the model: the adapter's layers path, index, role path
     layer: int         # decoder layer index
     role: str          # q, k, v, qkv, o, gate, up, gate_up, down
     module: "nn.Module"
