@@ -34,6 +34,9 @@ def main() -> int:
     ap.add_argument("--austen-tokens", type=int, default=51200,
                     help="evaluate on this many leading tokens of Emma (0 = all)")
     ap.add_argument("--methods", default="rtn,gptq")
+    ap.add_argument("--gptq-damp", type=float, default=0.01)
+    ap.add_argument("--gptq-act-order", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix for the result file name")
     args = ap.parse_args()
 
     import copy
@@ -62,7 +65,8 @@ def main() -> int:
 
     rows = {"baseline": {"ppl": ppls(base), "seconds": 0.0, "peak_rss_mb": None}}
     configs = {"rtn": RTNConfig(bits=args.bits, group_size=args.group_size),
-               "gptq": GPTQConfig(bits=args.bits, group_size=args.group_size)}
+               "gptq": GPTQConfig(bits=args.bits, group_size=args.group_size, damp=args.gptq_damp,
+                                  act_order=args.gptq_act_order, static_groups=args.gptq_act_order)}
     t: dict[str, float] = {}
     for name in args.methods.split(","):
         model = copy.deepcopy(base)
@@ -85,7 +89,7 @@ def main() -> int:
             cells += [f"{r['ppl'][k]:.3f}", f"{r['ppl'][k] / rows['baseline']['ppl'][k]:.3f}x"]
         table.add_row(name, *cells, f"{r['seconds']:.1f}", "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}")
     Console(width=150).print(table)
-    print(f"wrote {write_result('quantize', {'args': vars(args), 'rows': rows, 'texts': {k: v.describe() for k, v in texts.items()}})}")
+    print(f"wrote {write_result('quantize' + args.tag, {'args': vars(args), 'rows': rows, 'texts': {k: v.describe() for k, v in texts.items()}})}")
     return 0
 
 
