@@ -85,7 +85,6 @@ def main() -> int:
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
 
-    import torch
     from lm_eval.models.huggingface import HFLM
     from rich.console import Console
     from rich.table import Table
@@ -112,15 +111,10 @@ def main() -> int:
         ours_ll, ref_ll, n_tok = [], [], 0
         t["ours_rolling"] = t["lm_eval_rolling"] = 0.0
         for i, doc in enumerate(data.docs):
-            def run_ours():
-                return rolling_perplexity(model, tok, TextData(f"doc{i}", [doc]), cfg)
-
-            def run_ref():
-                return lm_eval_rolling(lm, [doc])[0]
-
             for who in (("ours", "ref") if i % 2 == 0 else ("ref", "ours")):
                 with timed(t, "one"):
-                    out = run_ours() if who == "ours" else run_ref()
+                    out = (rolling_perplexity(model, tok, TextData(f"doc{i}", [doc]), cfg)
+                           if who == "ours" else lm_eval_rolling(lm, [doc])[0])
                 if who == "ours":
                     t["ours_rolling"] += t["one"]
                     ours_ll.append(out["loglikelihood"])

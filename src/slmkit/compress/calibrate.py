@@ -91,7 +91,7 @@ def sequential(model: "nn.Module", calib: "torch.Tensor",
         raise SlmkitError("the model never called its first decoder layer during calibration capture")
     with progress_bar(description, len(layers), unit="layers") as advance:
         for i, layer in enumerate(layers):
-            def run(layer=layer, i=i):
+            def run(layer=layer, i=i, hidden=hidden):  # bound now: `hidden` is rebound below
                 with torch.inference_mode():
                     for h, call in zip(hidden, calls[i]):
                         _run_layer(layer, h, call)

@@ -115,7 +115,7 @@ def generation(model, tokenizer, records: list[tuple[str, str]], cfg: GenConfig 
         for i in range(0, len(records), cfg.batch_size):
             batch = records[i: i + cfg.batch_size]
             prompts = [build_prompt(tokenizer, cfg.instruction + q, cfg.chat) for q, _ in batch]
-            for (q, ref), out in zip(batch, generate_greedy(model, tokenizer, prompts, cfg.max_new_tokens)):
+            for (_, ref), out in zip(batch, generate_greedy(model, tokenizer, prompts, cfg.max_new_tokens)):
                 pred, gold = extract(out), extract(ref)
                 results.append({"pred": pred, "gold": gold, "correct": pred is not None and pred == gold,
                                 "output": out})

@@ -10,12 +10,9 @@ positions only; no full-vocabulary log-softmax is materialised and no KV cache i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from slmkit.errors import SlmkitError
-
-if TYPE_CHECKING:
-    import torch
 
 LOGITS_BUDGET = 1 << 28  # float32 logits elements held at once (1 GiB)
 
@@ -119,7 +116,7 @@ def score_requests(model, requests: Sequence[tuple[Sequence[int], int]], *, pad:
             kwargs["logits_to_keep"] = torch.arange(lo, hi, device=device)
         with torch.inference_mode():
             logits = model(input_ids=inp.to(device), use_cache=False, **kwargs).logits
-            for r, (tokens, members) in enumerate(batch):
+            for r, (_, members) in enumerate(batch):
                 for j in members:
                     full, n_ctx = requests[j]
                     rows_ = logits[r, n_ctx - 1 - lo: len(full) - 1 - lo].float()  # [n_scored, vocab]
