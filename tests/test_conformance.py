@@ -36,6 +36,7 @@ def test_adapter_finds_every_part(model_type):
             if role in ("q", "k", "v", "qkv", "gate", "up", "gate_up"):
                 assert in_features == hidden, (model_type, role)
         assert len(spec.layer_norms(layer)) == len(spec.norms)
+        assert {spec.attn_in_norm, spec.mlp_in_norm} <= set(spec.norms)
     assert spec.embedding(model).weight.shape[0] == model.config.vocab_size
     assert spec.head(model) is model.get_output_embeddings()
     assert spec.norm(model) is not None

@@ -16,25 +16,14 @@ from slmkit.compress.quantize.gptq import gptq
 from slmkit.compress.quantize.rtn import QuantizedWeight, check_bits, rtn
 from slmkit.compress.targets import Target, all_targets, layer_targets
 from slmkit.errors import SlmkitError
-from slmkit.models.arch import get_arch
 from slmkit.registry import Registry
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 
-def _weight(model, t: Target) -> "torch.Tensor":
-    """Weight as [out, in] (gpt2's Conv1D stores [in, out])."""
-    w = t.module.weight.data
-    return w.T if get_arch(model).conv1d else w
-
-
-def _store(model, t: Target, qw: QuantizedWeight, store: dict) -> None:
-    import torch
-
-    deq = qw.dequantize()
-    with torch.no_grad():
-        t.module.weight.copy_((deq.T if get_arch(model).conv1d else deq).to(t.module.weight.dtype))
+def _store(t: Target, qw: QuantizedWeight, store: dict) -> None:
+    t.set_weight(qw.dequantize())
     store[t.name] = qw
 
 
@@ -42,7 +31,7 @@ def apply_rtn(model, cfg: RTNConfig, calib=None):
     check_bits(cfg.bits, cfg.group_size)
     store: dict[str, QuantizedWeight] = {}
     for t in all_targets(model, tuple(cfg.skip)):
-        _store(model, t, rtn(_weight(model, t), cfg.bits, cfg.group_size, cfg.symmetric), store)
+        _store(t, rtn(t.weight(), cfg.bits, cfg.group_size, cfg.symmetric), store)
     return store
 
 
@@ -57,9 +46,9 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
         with HessianCollector({t.name: t.module for t in targets}) as hc:
             run()
         for t in targets:
-            qw = gptq(_weight(model, t), hc.H[t.name], cfg.bits, cfg.group_size, cfg.symmetric,
+            qw = gptq(t.weight(), hc.H[t.name], cfg.bits, cfg.group_size, cfg.symmetric,
                       cfg.damp, cfg.block_size, cfg.act_order, cfg.static_groups)
-            _store(model, t, qw, store)
+            _store(t, qw, store)
 
     sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="GPTQ")
     return store

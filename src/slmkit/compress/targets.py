@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from slmkit.models.arch import get_arch
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 # lm_head and embeddings are not decoder-layer linears, so they are never targets here; methods
@@ -23,6 +24,19 @@ class Target:
     layer: int         # decoder layer index
     role: str          # q, k, v, qkv, o, gate, up, gate_up, down
     module: "nn.Module"
+    conv1d: bool = False  # gpt2's Conv1D stores the weight as [in, out]
+
+    def weight(self) -> "torch.Tensor":
+        """The weight as [out, in], whatever the module's own layout (a view, not a copy)."""
+        w = self.module.weight.data
+        return w.T if self.conv1d else w
+
+    def set_weight(self, w: "torch.Tensor") -> None:
+        """Overwrite the weight from an [out, in] tensor, keeping the module's dtype and layout."""
+        import torch
+
+        with torch.no_grad():
+            self.module.weight.copy_((w.T if self.conv1d else w).to(self.module.weight.dtype))
 
 
 def layer_targets(model: "nn.Module", index: int, skip: tuple[str, ...] = DEFAULT_SKIP) -> list[Target]:
@@ -34,7 +48,7 @@ def layer_targets(model: "nn.Module", index: int, skip: tuple[str, ...] = DEFAUL
         name = f"{spec.layers}.{index}.{path}"
         if role in skip or any(fnmatch.fnmatch(name, pat) for pat in skip):
             continue
-        out.append(Target(name, index, role, layer.get_submodule(path)))
+        out.append(Target(name, index, role, layer.get_submodule(path), spec.conv1d))
     return out
 
 

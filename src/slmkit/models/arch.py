@@ -42,6 +42,13 @@ class ArchSpec:
     down: str = "mlp.down_proj"
     # norms inside a decoder layer, in forward order
     norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    # the norm whose output feeds the attention input projections, and the one feeding the MLP's
+    # first projections: per-input-channel scales (AWQ, SmoothQuant) fold into these
+    attn_in_norm: str = "input_layernorm"
+    mlp_in_norm: str = "post_attention_layernorm"
+    # the MLP is act(gate(x)) * up(x) (scales on down's input fold into up's rows), or uses a
+    # positively homogeneous activation such as ReLU (they fold into the first projection's rows)
+    mlp_foldable: bool = True
     # gpt2 stores linear weights as Conv1D with shape (in, out) instead of nn.Linear's (out, in)
     conv1d: bool = False
     notes: str = field(default="", compare=False)
@@ -86,6 +93,7 @@ ARCHS: dict[str, ArchSpec] = {
             "gemma3_text", **_LLAMA_LIKE,
             norms=("input_layernorm", "post_attention_layernorm",
                    "pre_feedforward_layernorm", "post_feedforward_layernorm"),
+            mlp_in_norm="pre_feedforward_layernorm",
             notes="embeddings scaled by sqrt(hidden); q_norm/k_norm; norms use (1 + weight)",
         ),
         ArchSpec("phi3", **_LLAMA_LIKE, q=None, k=None, v=None, qkv="self_attn.qkv_proj",
@@ -94,12 +102,14 @@ ARCHS: dict[str, ArchSpec] = {
             "gpt2", layers="transformer.h", embed="transformer.wte", final_norm="transformer.ln_f",
             pos_embed="transformer.wpe", q=None, k=None, v=None, qkv="attn.c_attn", o="attn.c_proj",
             gate=None, up="mlp.c_fc", down="mlp.c_proj", norms=("ln_1", "ln_2"), conv1d=True,
+            attn_in_norm="ln_1", mlp_in_norm="ln_2", mlp_foldable=False,  # GELU: not homogeneous
         ),
         ArchSpec(
             "opt", layers="model.decoder.layers", embed="model.decoder.embed_tokens",
             final_norm="model.decoder.final_layer_norm", pos_embed="model.decoder.embed_positions",
             o="self_attn.out_proj", gate=None, up="fc1", down="fc2",
             norms=("self_attn_layer_norm", "final_layer_norm"),
+            attn_in_norm="self_attn_layer_norm", mlp_in_norm="final_layer_norm",  # ReLU MLP
             notes="sizes with word_embed_proj_dim != hidden_size add project_in/project_out",
         ),
     ]
