@@ -6,9 +6,10 @@ from transformers import AutoModelForCausalLM
 
 from slmkit.compress.api import quantize
 from slmkit.compress.quantize.config import GPTQConfig, RTNConfig
+from slmkit.compress.quantize.kernels import Int4Linear
 from slmkit.compress.targets import all_targets
 from slmkit.errors import SlmkitError
-from slmkit.models import ARCHS, get_arch, read_manifest, save
+from slmkit.models import ARCHS, get_arch, load, read_manifest, save
 from slmkit.models.tiny import tiny_model
 
 CALIB = torch.randint(3, 500, (8, 48), generator=torch.Generator().manual_seed(0))
@@ -20,24 +21,60 @@ def out_in(model, t):
 
 
 @pytest.mark.parametrize("model_type", sorted(ARCHS))
-@pytest.mark.parametrize("cfg", [RTNConfig(bits=3, group_size=16), GPTQConfig(bits=3, group_size=16, block_size=32)],
+@pytest.mark.parametrize("cfg", [RTNConfig(bits=3, group_size=32),
+                                 GPTQConfig(bits=4, group_size=32, block_size=32)],
                          ids=["rtn", "gptq"])
 def test_every_method_on_every_architecture_saves_and_reloads(model_type, cfg, tiny_tok, tmp_path):
     model = tiny_model(model_type, seed=2)
+    targets = [t.name for t in all_targets(model)]
     quantize(model, cfg, CALIB)
-    for t in all_targets(model):
-        w = out_in(model, t)
-        for g in range(0, w.shape[1], 16):  # each (row, group) holds at most 2^bits values
-            block = w[:, g:g + 16]
-            assert max(len(torch.unique(row)) for row in block) <= 2 ** 3, t.name
+    modules = dict(model.named_modules())
+    for name in targets:
+        lin = modules[name]
+        assert isinstance(lin, Int4Linear), name         # packed, on the integer kernel
+        q = lin.codes()
+        for g in range(0, q.shape[1], 32):               # each (row, group) uses <= 2^bits codes
+            assert int(q[:, g:g + 32].max()) < 2 ** cfg.bits
     ids = CALIB[:2]
     with torch.no_grad():
         ref = model(ids).logits
     out = save(model, tiny_tok, tmp_path / "q")
     assert read_manifest(out)["steps"][0]["quantize"] == type(cfg).__name__[:-6].lower()
-    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    reloaded, _ = load(out, dtype="float32")
+    assert isinstance(dict(reloaded.named_modules())[targets[0]], Int4Linear)
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, ref)
+
+
+@pytest.mark.parametrize("model_type", sorted(set(ARCHS) - {"gpt2"}))
+def test_checkpoint_loads_in_transformers_with_compressed_tensors(model_type, tiny_tok, tmp_path):
+    """The interop check: transformers + compressed-tensors read our checkpoint and compute the
+    same logits as slmkit's int4 kernels. (gpt2's Conv1D stores weights transposed, so its
+    compressed-tensors reading would quantize the other axis: gpt2 reloads with slmkit.load.)"""
+    pytest.importorskip("compressed_tensors")
+    model = tiny_model(model_type, seed=3)
+    quantize(model, RTNConfig(bits=4, group_size=32, symmetric=True))
+    with torch.no_grad():
+        ref = model(CALIB[:2]).logits
+    out = save(model, tiny_tok, tmp_path / "q")
+    theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    with torch.no_grad():
+        got = theirs(CALIB[:2]).logits
+    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_checkpoint_is_a_quarter_of_bf16(tiny_tok, tmp_path):
+    """4-bit codes take 1/4 of bf16's bytes; scales add 4 bytes per group of 32 (1/16 more)."""
+    from safetensors import safe_open
+
+    model = tiny_model("llama", seed=1, hidden_size=256, intermediate_size=512)
+    dense = sum(t.module.weight.numel() for t in all_targets(model)) * 2    # bf16 bytes
+    quantize(model, RTNConfig(bits=4, group_size=32, symmetric=True))
+    out = save(model, tiny_tok, tmp_path / "q")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        packed = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()
+                     if k.endswith(("weight_packed", "weight_scale", "weight_shape")))
+    assert packed / dense < 0.25 + 2 / 32 + 0.01
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2"])
@@ -45,7 +82,7 @@ def test_gptq_keeps_outputs_closer_to_the_original_than_rtn(model_type):
     def mse_to_original(cfg):
         original = tiny_model(model_type, seed=5)
         model = tiny_model(model_type, seed=5)
-        quantize(model, cfg, CALIB)
+        quantize(model, cfg, CALIB, pack_weights=False)
         with torch.no_grad():
             return (model(CALIB).logits - original(CALIB).logits).pow(2).mean().item()
 
@@ -57,12 +94,19 @@ def test_gptq_keeps_outputs_closer_to_the_original_than_rtn(model_type):
 def test_skip_list_and_errors():
     model = tiny_model("llama")
     before = {t.name: out_in(model, t).clone() for t in all_targets(model)}
-    quantize(model, RTNConfig(bits=4, group_size=16, skip=["down"]), None)
+    quantize(model, RTNConfig(bits=4, group_size=16, skip=["down"]), None, pack_weights=False)
     for t in all_targets(model):
         assert torch.equal(out_in(model, t), before[t.name]) == (t.role == "down")
+    with pytest.raises(SlmkitError, match="simulated"):
+        save(model, None, "/tmp/never-written")
     with pytest.raises(SlmkitError, match="already quantized"):
         quantize(model, RTNConfig(), None)
     with pytest.raises(SlmkitError, match="calibration"):
         quantize(tiny_model("llama"), GPTQConfig(), None)
     with pytest.raises(SlmkitError, match="bits"):
         quantize(tiny_model("llama"), RTNConfig(bits=12), None)
+
+
+def test_act_order_without_static_groups_is_refused_before_any_work():
+    with pytest.raises(SlmkitError, match="static_groups=True"):
+        quantize(tiny_model("llama"), GPTQConfig(act_order=True, static_groups=False), CALIB)

@@ -1,9 +1,10 @@
 """`quantize(model, cfg, calib)`: dispatch through the registry of quantization methods.
 
-Current state: the weights of every target linear are replaced by their dequantized grid values
-(simulated quantization), which is what accuracy measurements need; the integer codes, scales and
-zero points are kept on `model._slmkit_quantized` for packing. Packed storage, integer kernels and
-interoperable checkpoints are the next step of the quantization work.
+Each method returns {target name: QuantizedWeight} and leaves the dequantized values in the model
+(so later layers calibrate on what the quantized earlier layers produce). `quantize` then swaps
+every target for an integer-kernel module (`kernels.make_linear`): the model is small and fast
+from then on, saves as a compressed-tensors checkpoint, and `slmkit.models.load` restores it.
+`pack=False` keeps the simulated (dequantized float) weights instead, for experiments.
 """
 
 from __future__ import annotations
@@ -59,11 +60,39 @@ QUANTIZERS.add("rtn", RTNConfig, apply_rtn, "round to nearest, no calibration")
 QUANTIZERS.add("gptq", GPTQConfig, apply_gptq, "GPTQ: Hessian-based error compensation")
 
 
-def quantize(model, cfg, calib=None):
-    """Quantize `model` in place with the method `cfg` configures; returns the model."""
-    if getattr(model, "_slmkit_quantized", None):
+def is_quantized(model) -> bool:
+    from slmkit.compress.quantize.kernels import QuantLinear
+
+    return bool(getattr(model, "_slmkit_quantized", None)) or any(
+        isinstance(m, QuantLinear) for m in model.modules())
+
+
+def pack(model, store: dict[str, QuantizedWeight]) -> None:
+    """Replace each quantized target by the integer-kernel module for its QuantizedWeight."""
+    from slmkit.compress.quantize.kernels import make_linear
+
+    for name, qw in store.items():
+        module = model.get_submodule(name)
+        model.set_submodule(name, make_linear(qw, getattr(module, "bias", None), name))
+
+
+def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
+    """Quantize `model` in place with the method `cfg` configures; returns the model.
+
+    `calib`: token ids [n, length] for methods that calibrate (see slmkit.data.build_calibration).
+    `pack_weights`: swap in integer kernels (default); False keeps simulated float weights."""
+    if is_quantized(model):
         raise SlmkitError("this model is already quantized; start from the original weights")
     entry = QUANTIZERS.for_config(cfg)
-    model._slmkit_quantized = entry.fn(model, cfg, calib)
+    if (pack_weights and getattr(cfg, "act_order", False) and not getattr(cfg, "static_groups", True)
+            and cfg.group_size):
+        raise SlmkitError("act_order without static_groups scatters each group over the columns; "
+                          "integer kernels and checkpoints need contiguous groups: set "
+                          "static_groups=True (or pack_weights=False for a simulation)")
+    store = entry.fn(model, cfg, calib)
+    if pack_weights:
+        pack(model, store)
+    else:
+        model._slmkit_quantized = store
     model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), {"quantize": entry.name, "config": vars(cfg)}]
     return model

@@ -83,6 +83,34 @@ def load_gguf(path: str | Path, dtype: "torch.dtype"):
     return model, tok
 
 
+def _is_compressed(folder: str) -> bool:
+    import json
+
+    try:
+        config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SlmkitError(f"cannot read {folder}/config.json: {e}") from None
+    qc = config.get("quantization_config") or {}
+    return qc.get("quant_method") == "compressed-tensors"
+
+
+def _load_compressed(folder: str, dtype: "torch.dtype"):
+    """A compressed-tensors checkpoint (ours or llm-compressor's) on slmkit's integer kernels."""
+    from transformers import AutoTokenizer
+
+    from slmkit.compress.quantize.checkpoint import load_compressed
+
+    try:
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = load_compressed(folder, dtype)
+    except SlmkitError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise SlmkitError(f"could not load quantized model folder {folder}: "
+                          f"{type(e).__name__}: {e}") from e
+    return model, tok
+
+
 def load(source: str | os.PathLike = "default", dtype: "str | torch.dtype" = "auto", *,
          phase: Phase = "prefill"):
     """Load a causal LM and its tokenizer -> (model, tokenizer), in eval mode.
@@ -104,6 +132,8 @@ def load(source: str | os.PathLike = "default", dtype: "str | torch.dtype" = "au
                     "give a local folder or .gguf file instead" if offline else
                     " check the id and your network, or give a local folder or .gguf file")
             raise SlmkitError(f"{str(e).rstrip('.')}.{hint}") from e.__cause__
+    elif _is_compressed(location):
+        model, tok = _load_compressed(location, torch_dtype)
     else:
         model, tok = _from_pretrained(location, torch_dtype, f"model folder {location}")
     model.eval()

@@ -55,7 +55,7 @@ def save(model, tokenizer, out: str | Path, manifest: dict | None = None, *,
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     clear_gguf_markers(model)
     try:
-        model.save_pretrained(tmp)
+        _save_weights(model, tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
             _clean_tokenizer_config(tmp)
@@ -69,6 +69,24 @@ def save(model, tokenizer, out: str | Path, manifest: dict | None = None, *,
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _save_weights(model, folder: Path) -> None:
+    """save_pretrained, except that integer-kernel linears go out in compressed-tensors form."""
+    from slmkit.compress.quantize.checkpoint import (quantization_config, quantized_modules,
+                                                     quantized_state_dict)
+
+    if getattr(model, "_slmkit_quantized", None):
+        raise SlmkitError("this model holds simulated quantized weights (quantize(..., "
+                          "pack_weights=False)); pack them with slmkit.compress.pack before saving")
+    if not quantized_modules(model):
+        model.save_pretrained(folder)
+        return
+    model.config.quantization_config = quantization_config(model)
+    try:
+        model.save_pretrained(folder, state_dict=quantized_state_dict(model))
+    finally:
+        del model.config.quantization_config
 
 
 def _replace(tmp: Path, out: Path) -> None:

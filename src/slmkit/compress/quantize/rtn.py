@@ -26,6 +26,7 @@ class QuantizedWeight:
     g_idx: torch.Tensor    # int64 [in]: the group of each input column
     bits: int
     group_size: int | None
+    act_bits: int | None = None  # activations quantized per token at run time (SmoothQuant W8A8)
 
     def dequantize(self) -> torch.Tensor:
         return (self.q.float() - self.zero[:, self.g_idx]) * self.scale[:, self.g_idx]

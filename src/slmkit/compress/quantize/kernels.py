@@ -1,0 +1,236 @@
+"""Integer-weight linear layers that run on PyTorch's own CPU kernels.
+
+- `Int4Linear`: codes of <= 4 bits, grouped; `aten._weight_int4pack_mm_for_cpu` (tinygemm's CPU
+  port) multiplies activations straight against the packed nibbles; fp32/bf16/fp16 activations.
+- `Int8Linear`: 5-8 bit codes, one scale per output channel, weight-only:
+  `aten._weight_int8pack_mm`; an asymmetric zero point becomes a rank-1 correction.
+- `W8A8Linear`: int8 symmetric per-channel weights and dynamic per-token int8 activations
+  (SmoothQuant); `torch._int_mm` gives int32 accumulators, rescaled once.
+- `DequantLinear`: any other layout (e.g. 6-bit grouped, or a shape the kernels reject): holds the
+  dequantized weight and uses a dense matmul. No faster than the original; it exists so every
+  quantized model still runs, and `pick_kernel` says why it was chosen.
+
+All of them carry the quantization grid (`scale`, `zero`: float32 [out, groups] over contiguous
+groups of `group_size` input columns; None = one group per row) so the exact integer codes can be
+recovered for saving (`codes()`), and `dense_weight()` for export. These are plain attributes, not
+buffers, so `model.to(torch.bfloat16)` cannot round the grid.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from slmkit.compress.quantize.rtn import QuantizedWeight
+from slmkit.errors import SlmkitError
+
+INT4_GROUPS = (256, 128, 64, 32)  # group sizes aten's CPU int4 kernel accepts
+INT4_ROWS = 16                    # ... and out_features must be a multiple of this
+
+
+class QuantLinear(nn.Module):
+    """Common part: shapes, bias, the grid, and conversions to/from `QuantizedWeight`."""
+
+    kernel = "?"
+
+    def __init__(self, qw: QuantizedWeight, bias: torch.Tensor | None, group_size: int | None):
+        super().__init__()
+        self.out_features, self.in_features = qw.q.shape
+        self.bits, self.act_bits, self.group_size = qw.bits, qw.act_bits, group_size
+        self.scale = qw.scale.float().contiguous()  # [out, groups]
+        self.zero = qw.zero.float().contiguous()    # [out, groups], integer-valued
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    # ---- grid -------------------------------------------------------------------------------
+    def g_idx(self) -> torch.Tensor:
+        return torch.arange(self.in_features) // (self.group_size or self.in_features)
+
+    def dense_weight(self) -> torch.Tensor:
+        """The dequantized weight [out, in], float32."""
+        raise NotImplementedError
+
+    def codes(self) -> torch.Tensor:
+        """The unsigned integer codes [out, in] (uint8), recovered exactly from the kernel's form."""
+        g = self.g_idx()
+        q = torch.round(self.dense_weight() / self.scale[:, g] + self.zero[:, g])
+        return q.clamp(0, 2 ** self.bits - 1).to(torch.uint8)
+
+    def quantized_weight(self) -> QuantizedWeight:
+        return QuantizedWeight(self.codes(), self.scale, self.zero, self.g_idx(), self.bits,
+                               self.group_size, self.act_bits)
+
+    def _finish(self, y: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.to(dtype).reshape(*shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        g = self.group_size or "channel"
+        act = f", act_bits={self.act_bits}" if self.act_bits else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bits={self.bits}, group_size={g}{act}, kernel={self.kernel}")
+
+
+class Int4Linear(QuantLinear):
+    kernel = "aten._weight_int4pack_mm_for_cpu"
+
+    def __init__(self, qw, bias, group_size):
+        super().__init__(qw, bias, group_size)
+        k = self.in_features
+        self.kgroup = next(s for s in INT4_GROUPS if (group_size or k) % s == 0)
+        # tinygemm dequantizes (q - 8) * s + zf; ours is (q - z) * s, so zf = (8 - z) * s
+        reps = (group_size or k) // self.kgroup
+        s = self.scale.repeat_interleave(reps, dim=1)                      # [out, k / kgroup]
+        zf = ((8 - self.zero) * self.scale).repeat_interleave(reps, dim=1)
+        self._sz32 = torch.stack([s.T, zf.T], dim=-1).contiguous()       # [k/kgroup, out, 2]
+        self._sz: dict[torch.dtype, torch.Tensor] = {torch.float32: self._sz32}
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(qw.q.to(torch.int32), 1)
+
+    def _scales(self, dtype):
+        if dtype not in self._sz:
+            self._sz[dtype] = self._sz32.to(dtype)
+        return self._sz[dtype]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            x2 = x2.float()
+        x2 = x2.contiguous()
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.kgroup,
+                                                        self._scales(x2.dtype))
+        return self._finish(y, shape, dtype)
+
+    def dense_weight(self) -> torch.Tensor:
+        # the kernel applied to identity rows gives W^T exactly (one product per output)
+        cols = []
+        for start in range(0, self.in_features, 256):
+            eye = torch.eye(self.in_features)[start:start + 256].contiguous()
+            cols.append(torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.kgroup,
+                                                                    self._sz32))
+        return torch.cat(cols).T.contiguous()
+
+
+class Int8Linear(QuantLinear):
+    kernel = "aten._weight_int8pack_mm"
+
+    def __init__(self, qw, bias, group_size):
+        super().__init__(qw, bias, group_size)
+        self.weight_int8 = (qw.q.to(torch.int16) - 128).to(torch.int8).contiguous()  # [out, in]
+        s = self.scale[:, 0]
+        self._s32, self._corr32 = s, (128 - self.zero[:, 0]) * s   # correction per output row
+        self._asym = bool((self.zero != 128).any())
+        self._cache: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            x2 = x2.float()
+        x2 = x2.contiguous()
+        if x2.dtype not in self._cache:
+            self._cache[x2.dtype] = (self._s32.to(x2.dtype), self._corr32.to(x2.dtype))
+        s, corr = self._cache[x2.dtype]
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, s)
+        if self._asym:
+            y = y + x2.sum(-1, keepdim=True) * corr
+        return self._finish(y, shape, dtype)
+
+    def dense_weight(self) -> torch.Tensor:
+        return (self.weight_int8.float() + 128 - self.zero) * self.scale
+
+
+class W8A8Linear(Int8Linear):
+    kernel = "torch._int_mm (int8 x int8 -> int32)"
+
+    def __init__(self, qw, bias, group_size):
+        super().__init__(qw, bias, group_size)
+        if self._asym:
+            raise SlmkitError("W8A8 needs symmetric int8 weights (zero point 128)")
+        self.weight_t = self.weight_int8.T.contiguous()  # [in, out] for _int_mm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape, dtype = x.shape, x.dtype
+        x2 = x.reshape(-1, self.in_features).float()
+        xs = x2.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127        # [tokens, 1]
+        xq = torch.round(x2 / xs).clamp(-127, 127).to(torch.int8)
+        acc = torch._int_mm(xq, self.weight_t)                                 # [tokens, out] int32
+        return self._finish(acc.float() * xs * self._s32, shape, dtype)
+
+
+class DequantLinear(QuantLinear):
+    kernel = "dense (no integer kernel for this layout)"
+
+    def __init__(self, qw, bias, group_size):
+        super().__init__(qw, bias, group_size)
+        self.weight = nn.Parameter(qw.dequantize(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight.to(x.dtype),
+                                    None if self.bias is None else self.bias.to(x.dtype))
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.weight.detach().float()
+
+
+def storage_group_size(qw: QuantizedWeight) -> int | None:
+    """A group size that divides in_features and reproduces `qw`'s grid exactly.
+
+    A quantization group size that does not divide in_features leaves a short last group (e.g.
+    576 columns in groups of 128); stored with gcd(group, in) columns per group, every original
+    group is a whole number of stored groups sharing one scale, so nothing changes numerically."""
+    k = qw.q.shape[1]
+    if qw.group_size is None:
+        return None
+    if not torch.equal(qw.g_idx, torch.arange(k) // qw.group_size):
+        raise SlmkitError("this weight's groups are not contiguous (act_order without "
+                          "static_groups); no checkpoint format stores that here: quantize with "
+                          "static_groups=True")
+    return qw.group_size if k % qw.group_size == 0 else math.gcd(qw.group_size, k)
+
+
+def regroup(qw: QuantizedWeight, group_size: int | None) -> QuantizedWeight:
+    """`qw` with its scale/zero repeated onto contiguous groups of `group_size` (which must
+    subdivide every original group)."""
+    k = qw.q.shape[1]
+    if group_size == qw.group_size or qw.group_size is None and group_size is None:
+        return qw
+    g = torch.arange(k) // (group_size or k)
+    first = torch.arange(0, k, group_size or k)       # first column of each new group
+    orig = qw.g_idx[first]
+    if not torch.equal(qw.g_idx, orig[g]):
+        raise SlmkitError(f"group size {group_size} does not subdivide the original groups")
+    return QuantizedWeight(qw.q, qw.scale[:, orig].contiguous(), qw.zero[:, orig].contiguous(), g,
+                           qw.bits, group_size, qw.act_bits)
+
+
+def pick_kernel(qw: QuantizedWeight, group_size: int | None) -> tuple[type[QuantLinear], str]:
+    """The kernel class for a weight stored with `group_size`, and why."""
+    out, k = qw.q.shape
+    if qw.act_bits is not None:
+        if qw.act_bits != 8 or qw.bits != 8 or group_size is not None:
+            raise SlmkitError(f"activation quantization needs 8-bit per-channel weights and 8-bit "
+                              f"activations (got W{qw.bits} g{group_size} A{qw.act_bits})")
+        return W8A8Linear, "W8A8"
+    if qw.bits <= 4:
+        g = group_size or k
+        if out % INT4_ROWS == 0 and any(g % s == 0 for s in INT4_GROUPS):
+            return Int4Linear, "int4"
+        return DequantLinear, (f"int4 kernel needs out_features % {INT4_ROWS} == 0 and groups of a "
+                               f"multiple of 32 columns (got out={out}, group={g})")
+    if group_size is None:
+        return Int8Linear, "int8 per-channel"
+    return DequantLinear, f"no grouped kernel for {qw.bits}-bit weights (group {group_size})"
+
+
+def make_linear(qw: QuantizedWeight, bias: torch.Tensor | None, name: str = "") -> QuantLinear:
+    """The fastest module that computes exactly `x @ qw.dequantize().T + bias`."""
+    gs = storage_group_size(qw)
+    qw = regroup(qw, gs)
+    cls, why = pick_kernel(qw, gs)
+    if cls is DequantLinear:
+        warnings.warn(f"{name or 'linear'}: running dense; {why}", stacklevel=2)
+    return cls(qw, bias, gs)
