@@ -1,0 +1,289 @@
+"""Calibration mixes (spec parsing, row allocation, building) and self-generated calibration text."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import pytest
+import torch
+
+from slmkit.data import TextData, calib, embedded_text, token_stream
+from slmkit.data.calib import (
+    CalibSpec,
+    allocate_rows,
+    build_calibration,
+    build_calibration_with_provenance,
+)
+from slmkit.data.selfgen import (
+    generate_calibration_text,
+    generate_calibration_text_with_provenance,
+    model_fingerprint,
+)
+from slmkit.errors import SlmkitError
+from slmkit.models.tiny import tiny_model
+
+T1, T2 = 100, 200  # ordinary token ids a biased model prefers
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models decode token by token; on a shared 2-core machine one thread is far faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def biased_model(bias: dict[int, float]):
+    """A tiny llama whose next-token logits are exactly `bias` (other tokens 0), whatever the context."""
+    model = tiny_model("llama")
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        for tok, b in bias.items():
+            head.bias[tok] = b
+    model.lm_head = head
+    return model
+
+
+class ForwardCounter:
+    """Counts forward calls of a model through a hook (the model itself is not replaced)."""
+
+    def __init__(self, model):
+        self.calls = 0
+        self.handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+
+# ---- spec parsing --------------------------------------------------------------------------------
+def test_spec_weights_default_to_one_and_are_normalised():
+    assert CalibSpec.parse("embedded").sources == (calib.CalibSource("embedded", 1.0),)
+    spec = CalibSpec.parse(" a.txt@1 , self@3 ")
+    assert [s.source for s in spec.sources] == ["a.txt", "self"]
+    assert [s.weight for s in spec.sources] == pytest.approx([0.25, 0.75])
+    spec = CalibSpec.parse("embedded,self@2,x.jsonl")
+    assert [s.weight for s in spec.sources] == pytest.approx([0.25, 0.5, 0.25])
+    assert sum(s.weight for s in spec.sources) == pytest.approx(1.0)
+    assert spec.needs_model and not CalibSpec.parse("embedded").needs_model
+
+
+def test_spec_keeps_colons_of_hf_sources_and_round_trips():
+    spec = CalibSpec.parse("hf:wikitext:wikitext-2-raw-v1@1,embedded@3")
+    assert spec.sources[0].source == "hf:wikitext:wikitext-2-raw-v1"
+    again = CalibSpec.parse(str(spec))
+    assert [s.source for s in again.sources] == [s.source for s in spec.sources]
+    assert [s.weight for s in again.sources] == pytest.approx([s.weight for s in spec.sources])
+    assert CalibSpec.parse(spec) is spec
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty"), ("   ", "empty"), ("embedded,,self", "empty entry"),
+    ("embedded@", "not a number"), ("embedded@abc", "not a number"), ("@0.5", "no source"),
+    ("embedded@0", "> 0"), ("embedded@-1", "> 0"), ("self@nan", "> 0"), ("self@inf", "> 0"),
+    ("embedded,embedded@2", "twice"), ("default", "evaluation text"),
+    ("default:eval@1", "evaluation text"),
+])
+def test_spec_errors(text, message):
+    with pytest.raises(SlmkitError, match=message):
+        CalibSpec.parse(text)
+
+
+# ---- allocation ----------------------------------------------------------------------------------
+def test_allocation_sums_to_n_and_stays_within_one_row_of_each_quota():
+    rng = random.Random(0)
+    for _ in range(300):
+        k = rng.randint(1, 6)
+        weights = [rng.uniform(0.05, 5) for _ in range(k)]
+        n = rng.randint(1, 300)
+        rows = allocate_rows(weights, n)
+        assert sum(rows) == n and len(rows) == k
+        quotas = [n * w / sum(weights) for w in weights]
+        if min(quotas) >= 1:  # no minimum-one adjustment needed: pure largest remainder
+            assert all(math.floor(q) <= r <= math.ceil(q) for q, r in zip(quotas, rows))
+        if n >= k:
+            assert min(rows) >= 1
+
+
+def test_allocation_gives_every_source_a_row_when_n_allows():
+    rows = allocate_rows([0.98, 0.01, 0.01], 10)
+    assert rows[1] == rows[2] == 1 and sum(rows) == 10
+    assert sum(allocate_rows([1, 1, 1], 2)) == 2  # n < sources: someone gets none
+
+
+# ---- building mixes from text ----------------------------------------------------------------------
+def _write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def two_texts(tmp_path):
+    """Two files with disjoint vocabularies (digits vs letters), long enough for many rows."""
+    rng = random.Random(1)
+    digits = " ".join(str(rng.randint(0, 9999)) for _ in range(600))
+    letters = " ".join("".join(rng.choice("qwxzjk") for _ in range(5)) for _ in range(600))
+    return _write(tmp_path / "digits.txt", digits), _write(tmp_path / "letters.txt", letters)
+
+
+def test_mix_follows_weights_and_records_provenance(tiny_tok, two_texts):
+    a, b = two_texts
+    ids, prov = build_calibration_with_provenance(None, tiny_tok, f"{a}@3,{b}@1", n=8, length=16)
+    assert ids.shape == (8, 16) and ids.dtype == torch.long
+    from slmkit.data.sources import text_files
+
+    a_ids = set(token_stream(tiny_tok, text_files(a)).tolist())
+    b_ids = set(token_stream(tiny_tok, text_files(b)).tolist())
+    from_a = sum(set(r.tolist()) <= a_ids and not set(r.tolist()) <= b_ids for r in ids)
+    from_b = sum(set(r.tolist()) <= b_ids and not set(r.tolist()) <= a_ids for r in ids)
+    assert (from_a, from_b) == (6, 2)
+    assert [s["rows"] for s in prov["sources"]] == [6, 2]
+    assert [s["tokens"] for s in prov["sources"]] == [6 * 16, 2 * 16]
+    assert prov["sources"][0]["text"]["sha256"] == text_files(a).sha256
+    assert prov["n"] == 8 and prov["length"] == 16 and prov["spec"].endswith("@0.25")
+    # rows are shuffled: the 6 digit rows are not simply the first 6
+    order = [set(r.tolist()) <= a_ids for r in ids]
+    assert order != [True] * 6 + [False] * 2
+
+
+def test_mix_is_deterministic_per_seed(tiny_tok, two_texts):
+    a, b = two_texts
+    spec = f"{a}@1,{b}@1"
+    one = build_calibration(None, tiny_tok, spec, n=6, length=16, seed=3)
+    assert torch.equal(one, build_calibration(None, tiny_tok, spec, n=6, length=16, seed=3))
+    assert not torch.equal(one, build_calibration(None, tiny_tok, spec, n=6, length=16, seed=4))
+
+
+def test_embedded_keyword_is_the_calibration_part():
+    assert calib._load_source("embedded", "text", "train").sha256 == embedded_text("calib").sha256
+
+
+def test_mix_errors(tiny_tok, tmp_path, two_texts):
+    a, _ = two_texts
+    short = _write(tmp_path / "short.txt", "just a few words")
+    n_short = token_stream(tiny_tok, TextData("s", ["just a few words"])).numel()
+    with pytest.raises(SlmkitError, match=rf"short.txt.*has {n_short} tokens.*64"):
+        build_calibration(None, tiny_tok, f"{a},{short}", n=4, length=64)
+    with pytest.raises(SlmkitError, match="unknown calibration source 'no/such.txt'"):
+        build_calibration(None, tiny_tok, "no/such.txt", n=4, length=16)
+    for n, length in [(0, 16), (4, 1), (-1, 16)]:
+        with pytest.raises(SlmkitError, match="n >= 1 and length >= 2"):
+            build_calibration(None, tiny_tok, a, n=n, length=length)
+    with pytest.raises(SlmkitError, match="pass the model"):
+        build_calibration(None, tiny_tok, "self", n=4, length=16)
+    model = tiny_model("llama")  # context 256
+    with pytest.raises(SlmkitError, match="300 tokens but the model's context is 256"):
+        build_calibration(model, tiny_tok, a, n=4, length=300)
+
+
+def test_text_errors_come_before_slow_generation(tiny_tok, tmp_path):
+    short = _write(tmp_path / "short.txt", "tiny")
+    model = tiny_model("llama")
+    counter = ForwardCounter(model)
+    with pytest.raises(SlmkitError, match="tokens"):
+        build_calibration(model, tiny_tok, f"self@9,{short}@1", n=10, length=32, cache_dir=tmp_path)
+    assert counter.calls == 0
+
+
+def test_mix_with_self_generated_rows(tiny_tok, tmp_path, two_texts):
+    a, _ = two_texts
+    model = biased_model({T2: 30.0})
+    ids, prov = build_calibration_with_provenance(model, tiny_tok, f"self@1,{a}@1", n=6, length=12,
+                                                  cache_dir=tmp_path)
+    assert ids.shape == (6, 12)
+    self_rows = [r for r in ids if r[0] == tiny_tok.bos_token_id and (r[1:] == T2).all()]
+    assert len(self_rows) == 3
+    gen = prov["sources"][0]["generation"]
+    assert gen["n"] == 3 and gen["length"] == 12 and gen["model_fingerprint"] == model_fingerprint(model)
+
+
+# ---- self-generated text ---------------------------------------------------------------------------
+def test_selfgen_shape_determinism_and_seeds(tiny_tok):
+    model = tiny_model("llama")
+    kw = {"cache": False, "batch_size": 3}
+    ids = generate_calibration_text(model, tiny_tok, 5, 24, seed=0, **kw)
+    assert ids.shape == (5, 24) and ids.dtype == torch.long
+    assert (ids[:, 0] == tiny_tok.bos_token_id).all()
+    assert torch.equal(ids, generate_calibration_text(model, tiny_tok, 5, 24, seed=0, **kw))
+    other = generate_calibration_text(model, tiny_tok, 5, 24, seed=1, **kw)
+    assert not torch.equal(ids, other)
+    assert len({tuple(r.tolist()) for r in ids}) == 5  # rows differ from each other too
+
+
+def test_selfgen_is_cached_and_keyed_by_weights(tiny_tok, tmp_path):
+    model = tiny_model("llama")
+    counter = ForwardCounter(model)
+    ids, rec = generate_calibration_text_with_provenance(model, tiny_tok, 4, 16, cache_dir=tmp_path)
+    assert rec["cache"] == "miss" and counter.calls == 15  # one forward per sampled position
+    again, rec2 = generate_calibration_text_with_provenance(model, tiny_tok, 4, 16, cache_dir=tmp_path)
+    assert rec2["cache"] == "hit" and counter.calls == 15 and torch.equal(ids, again)
+    assert len(list(tmp_path.glob("*.pt"))) == 1 and not list(tmp_path.glob("*.tmp"))
+    (tmp_path / f"{rec['cache_path'].rsplit('/', 1)[-1]}").write_bytes(b"truncated")
+    redone, rec_redone = generate_calibration_text_with_provenance(model, tiny_tok, 4, 16,
+                                                                   cache_dir=tmp_path)
+    assert rec_redone["cache"] == "miss" and torch.equal(redone, ids)  # a broken file is remade
+    counter.calls = 15
+    with torch.no_grad():  # a different model must not reuse the cached rows
+        model.model.layers[0].mlp.down_proj.weight.mul_(2.0)
+    _, rec3 = generate_calibration_text_with_provenance(model, tiny_tok, 4, 16, cache_dir=tmp_path)
+    assert rec3["cache"] == "miss" and counter.calls == 30
+    _, rec4 = generate_calibration_text_with_provenance(model, tiny_tok, 4, 16, seed=5,
+                                                        cache_dir=tmp_path)
+    assert rec4["cache"] == "miss"  # the seed is part of the key
+
+
+def test_selfgen_samples_the_models_distribution(tiny_tok):
+    # logits: T2 = T1 + ln 3, both far above the rest -> p(T2) ~ 3/4 at temperature 1
+    model = biased_model({T1: 10.0, T2: 10.0 + math.log(3)})
+    kw = {"cache": False, "top_p": 1.0}
+    ids = generate_calibration_text(model, tiny_tok, 8, 64, temperature=1.0, **kw)[:, 1:]
+    assert ((ids == T1) | (ids == T2)).float().mean() > 0.97
+    assert 0.68 < (ids == T2).float().mean() < 0.82
+    # temperature 0.5 squares the odds: p(T2) ~ 9/10
+    cold = generate_calibration_text(model, tiny_tok, 8, 64, temperature=0.5, **kw)[:, 1:]
+    assert 0.85 < (cold == T2).float().mean() < 0.95
+    # top-p 0.5 keeps only the most likely token
+    nucleus = generate_calibration_text(model, tiny_tok, 4, 32, cache=False, top_p=0.5)[:, 1:]
+    assert (nucleus == T2).all()
+
+
+def test_selfgen_temperature_schedule_runs_from_start_to_end(tiny_tok):
+    model = biased_model({T1: 10.0, T2: 10.0 + math.log(3)})
+    ids = generate_calibration_text(model, tiny_tok, 32, 40, temperature=(0.05, 1.0),
+                                    temperature_steps=20, top_p=1.0, cache=False)
+    assert (ids[:, 1:4] == T2).all()                     # t ~ 0.05: nearly greedy
+    assert (ids[:, 22:] == T2).float().mean() < 0.85     # t = 1: T1 comes back
+
+
+def test_selfgen_restarts_with_bos_after_eos(tiny_tok):
+    eos, bos = tiny_tok.eos_token_id, tiny_tok.bos_token_id
+    model = biased_model({eos: 30.0})
+    ids = generate_calibration_text(model, tiny_tok, 3, 11, cache=False)
+    assert ids.shape == (3, 11)
+    assert (ids[:, 0::2] == bos).all() and (ids[:, 1::2] == eos).all()
+
+
+def test_selfgen_without_bos_starts_from_the_models_first_token(tiny_tok):
+    tok = copy.deepcopy(tiny_tok)
+    tok.bos_token = None
+    assert tok.bos_token_id is None
+    model = biased_model({T2: 30.0})
+    ids = generate_calibration_text(model, tok, 2, 8, cache=False)
+    assert ids.shape == (2, 8) and (ids == T2).all()  # the EOS prompt is not part of the rows
+
+
+def test_selfgen_errors(tiny_tok):
+    model = tiny_model("llama")
+    for kwargs, message in [({"n": 0}, "n >= 1"), ({"length": 1}, "length >= 2"),
+                            ({"length": 257}, "context is 256"),
+                            ({"temperature": 0.0}, "temperature"),
+                            ({"temperature": (1.0, -1.0)}, "temperature"),
+                            ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+                            ({"batch_size": 0}, "batch_size")]:
+        args = {"n": 2, "length": 8, **kwargs}
+        with pytest.raises(SlmkitError, match=message):
+            generate_calibration_text(model, tiny_tok, cache=False, **args)
