@@ -1,5 +1,8 @@
 """quantize(model, cfg, calib) on every architecture: RTN and GPTQ (simulated: dequantized weights)."""
 
+import importlib.util
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -110,3 +113,32 @@ def test_skip_list_and_errors():
 def test_act_order_without_static_groups_is_refused_before_any_work():
     with pytest.raises(SlmkitError, match="static_groups=True"):
         quantize(tiny_model("llama"), GPTQConfig(act_order=True, static_groups=False), CALIB)
+
+
+def test_per_module_overrides_mix_kernels_and_survive_save(tiny_tok, tmp_path):
+    model = tiny_model("qwen2", seed=4)
+    cfg = GPTQConfig(bits=4, group_size=32, symmetric=True, block_size=32,
+                     overrides={"down": {"bits": 8, "group_size": None}})
+    quantize(model, cfg, CALIB)
+    kinds = {t.role: type(dict(model.named_modules())[t.name]).__name__ for t in all_targets(model)}
+    assert kinds["down"] == "Int8Linear" and kinds["q"] == kinds["up"] == "Int4Linear"
+    with torch.no_grad():
+        ref = model(CALIB[:2]).logits
+    out = save(model, tiny_tok, tmp_path / "q")
+    groups = json.loads((out / "config.json").read_text())["quantization_config"]["config_groups"]
+    assert sorted(g["weights"]["num_bits"] for g in groups.values()) == [4, 8]
+    reloaded, _ = load(out, dtype="float32")
+    with torch.no_grad():
+        assert torch.equal(reloaded(CALIB[:2]).logits, ref)
+    if importlib.util.find_spec("compressed_tensors"):
+        theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        with torch.no_grad():
+            assert torch.allclose(theirs(CALIB[:2]).logits, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("overrides,match", [({"down": {"bitz": 8}}, "unknown setting"),
+                                              ({"down": {"bits": 9}}, "bits"),
+                                              ({"down": {}}, "non-empty")])
+def test_bad_overrides_are_refused(overrides, match):
+    with pytest.raises(SlmkitError, match=match):
+        quantize(tiny_model("llama"), RTNConfig(overrides=overrides))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from slmkit.compress.calibrate import HessianCollector, sequential
-from slmkit.compress.quantize.config import GPTQConfig, RTNConfig
+from slmkit.compress.quantize.config import GPTQConfig, RTNConfig, check_overrides, grid_for
 from slmkit.compress.quantize.gptq import gptq
 from slmkit.compress.quantize.rtn import QuantizedWeight, check_bits, rtn
 from slmkit.compress.targets import Target, all_targets, layer_targets
@@ -32,7 +32,7 @@ def apply_rtn(model, cfg: RTNConfig, calib=None):
     check_bits(cfg.bits, cfg.group_size)
     store: dict[str, QuantizedWeight] = {}
     for t in all_targets(model, tuple(cfg.skip)):
-        _store(t, rtn(t.weight(), cfg.bits, cfg.group_size, cfg.symmetric), store)
+        _store(t, rtn(t.weight(), *grid_for(cfg, t)), store)
     return store
 
 
@@ -47,8 +47,8 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
         with HessianCollector({t.name: t.module for t in targets}) as hc:
             run()
         for t in targets:
-            qw = gptq(t.weight(), hc.H[t.name], cfg.bits, cfg.group_size, cfg.symmetric,
-                      cfg.damp, cfg.block_size, cfg.act_order, cfg.static_groups)
+            qw = gptq(t.weight(), hc.H[t.name], *grid_for(cfg, t), cfg.damp, cfg.block_size,
+                      cfg.act_order, cfg.static_groups)
             _store(t, qw, store)
 
     sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="GPTQ")
@@ -89,6 +89,8 @@ def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
         raise SlmkitError("act_order without static_groups scatters each group over the columns; "
                           "integer kernels and checkpoints need contiguous groups: set "
                           "static_groups=True (or pack_weights=False for a simulation)")
+    if hasattr(cfg, "overrides"):
+        check_overrides(cfg)
     store = entry.fn(model, cfg, calib)
     if pack_weights:
         pack(model, store)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from slmkit.errors import SlmkitError
+
+if TYPE_CHECKING:
+    from slmkit.compress.targets import Target
+
+GRID_FIELDS = ("bits", "group_size", "symmetric")
 
 
 @dataclass
@@ -14,6 +23,9 @@ class RTNConfig:
     symmetric: bool = field(default=False, metadata={"help": "symmetric grid (zero point fixed)"})
     skip: list[str] = field(default_factory=list, metadata={
         "help": "roles (q, k, v, o, gate, up, down, ...) or name patterns to leave unquantized"})
+    overrides: dict[str, dict] = field(default_factory=dict, metadata={
+        "help": "per-module grids: role or name pattern -> {bits, group_size, symmetric}, e.g. "
+                "{'down': {'bits': 8}}; the first matching entry wins"})
 
 
 @dataclass
@@ -24,3 +36,27 @@ class GPTQConfig(RTNConfig):
     static_groups: bool = field(default=False, metadata={
         "help": "fix group grids from the original weights (keeps groups contiguous with act_order)"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
+
+
+def check_overrides(cfg) -> None:
+    """Validate `cfg.overrides` before any work: known keys, sane values."""
+    from slmkit.compress.quantize.rtn import check_bits
+
+    for pattern, values in cfg.overrides.items():
+        if not isinstance(values, dict) or not values:
+            raise SlmkitError(f"override {pattern!r} must map to a non-empty dict of "
+                              f"{', '.join(GRID_FIELDS)}, not {values!r}")
+        unknown = set(values) - set(GRID_FIELDS)
+        if unknown:
+            raise SlmkitError(f"override {pattern!r}: unknown setting(s) {sorted(unknown)}; "
+                              f"allowed: {', '.join(GRID_FIELDS)}")
+        check_bits(values.get("bits", cfg.bits), values.get("group_size", cfg.group_size))
+
+
+def grid_for(cfg, target: "Target") -> tuple[int, int | None, bool]:
+    """(bits, group_size, symmetric) for one target: the config's, or its first matching override."""
+    for pattern, values in cfg.overrides.items():
+        if pattern == target.role or fnmatch.fnmatch(target.name, pattern):
+            return (values.get("bits", cfg.bits), values.get("group_size", cfg.group_size),
+                    values.get("symmetric", cfg.symmetric))
+    return cfg.bits, cfg.group_size, cfg.symmetric
