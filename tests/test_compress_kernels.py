@@ -71,7 +71,11 @@ def test_kernels_compute_the_dequantized_product(bits, group, sym, out, k, cls):
     assert any("running dense" in str(c.message) for c in caught) == (cls is DequantLinear)
     x = torch.randn(3, 5, k, generator=GEN)
     ref = reference(qw, x, bias)
-    assert torch.allclose(lin(x), ref, atol=1e-4, rtol=1e-4)
+    if cls is Int4Linear:  # the kernel runs in bf16: ~3 significant digits
+        assert (lin(x) - ref).abs().max() < 0.01 * ref.abs().max()
+        assert lin(x).dtype == torch.float32
+    else:
+        assert torch.allclose(lin(x), ref, atol=1e-4, rtol=1e-4)
     y16 = lin(x.bfloat16())
     assert y16.dtype == torch.bfloat16
     assert (y16.float() - ref).abs().max() < 0.05 * ref.abs().max()

@@ -51,19 +51,22 @@ def test_every_method_on_every_architecture_saves_and_reloads(model_type, cfg, t
 
 @pytest.mark.parametrize("model_type", sorted(set(ARCHS) - {"gpt2"}))
 def test_checkpoint_loads_in_transformers_with_compressed_tensors(model_type, tiny_tok, tmp_path):
-    """The interop check: transformers + compressed-tensors read our checkpoint and compute the
-    same logits as slmkit's int4 kernels. (gpt2's Conv1D stores weights transposed, so its
-    compressed-tensors reading would quantize the other axis: gpt2 reloads with slmkit.load.)"""
+    """The interop check: transformers + compressed-tensors read our checkpoint and compute what
+    the quantized weights define (exactly: they dequantize to float); slmkit's int4 kernel gives
+    the same within its bf16 tolerance. (gpt2's Conv1D stores weights transposed, so a
+    compressed-tensors reader would quantize the other axis: gpt2 reloads with slmkit.load.)"""
     pytest.importorskip("compressed_tensors")
-    model = tiny_model(model_type, seed=3)
-    quantize(model, RTNConfig(bits=4, group_size=32, symmetric=True))
+    cfg = RTNConfig(bits=4, group_size=32, symmetric=True)
+    simulated = quantize(tiny_model(model_type, seed=3), cfg, pack_weights=False)
+    model = quantize(tiny_model(model_type, seed=3), cfg)
     with torch.no_grad():
-        ref = model(CALIB[:2]).logits
+        exact, ours = simulated(CALIB[:2]).logits, model(CALIB[:2]).logits
     out = save(model, tiny_tok, tmp_path / "q")
     theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     with torch.no_grad():
         got = theirs(CALIB[:2]).logits
-    assert torch.allclose(got, ref, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(got, exact, atol=1e-4, rtol=1e-4)
+    assert (ours - exact).abs().max() < 0.02 * exact.abs().max()
 
 
 def test_packed_checkpoint_is_a_quarter_of_bf16(tiny_tok, tmp_path):
@@ -130,10 +133,10 @@ def test_per_module_overrides_mix_kernels_and_survive_save(tiny_tok, tmp_path):
     reloaded, _ = load(out, dtype="float32")
     with torch.no_grad():
         assert torch.equal(reloaded(CALIB[:2]).logits, ref)
-    if importlib.util.find_spec("compressed_tensors"):
+    if importlib.util.find_spec("compressed_tensors"):  # int4 kernel runs in bf16: 2% tolerance
         theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
         with torch.no_grad():
-            assert torch.allclose(theirs(CALIB[:2]).logits, ref, atol=1e-4, rtol=1e-4)
+            assert (theirs(CALIB[:2]).logits - ref).abs().max() < 0.02 * ref.abs().max()
 
 
 @pytest.mark.parametrize("overrides,match", [({"down": {"bitz": 8}}, "unknown setting"),

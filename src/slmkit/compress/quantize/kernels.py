@@ -1,7 +1,7 @@
 """Integer-weight linear layers that run on PyTorch's own CPU kernels.
 
 - `Int4Linear`: codes of <= 4 bits, grouped; `aten._weight_int4pack_mm_for_cpu` (tinygemm's CPU
-  port) multiplies activations straight against the packed nibbles; fp32/bf16/fp16 activations.
+  port) multiplies bf16 activations straight against the packed nibbles.
 - `Int8Linear`: 5-8 bit codes, one scale per output channel, weight-only:
   `aten._weight_int8pack_mm`; an asymmetric zero point becomes a rank-1 correction.
 - `W8A8Linear`: int8 symmetric per-channel weights and dynamic per-token int8 activations
@@ -24,6 +24,7 @@ import warnings
 import torch
 from torch import nn
 
+from slmkit.compress.quantize.pack import pack_int32, unpack_int32
 from slmkit.compress.quantize.rtn import QuantizedWeight
 from slmkit.errors import SlmkitError
 
@@ -75,43 +76,40 @@ class QuantLinear(nn.Module):
 
 
 class Int4Linear(QuantLinear):
-    kernel = "aten._weight_int4pack_mm_for_cpu"
+    """Activations run through the kernel in bf16 whatever their dtype: its fp32 path is a scalar
+    fallback (~100x slower on AVX2, see benchmarks/int_kernels.py). The codes are also kept
+    bit-packed (0.5 byte/weight) so saving and `dense_weight` are exact and cheap."""
+
+    kernel = "aten._weight_int4pack_mm_for_cpu (bf16 activations)"
 
     def __init__(self, qw, bias, group_size):
         super().__init__(qw, bias, group_size)
         k = self.in_features
         self.kgroup = next(s for s in INT4_GROUPS if (group_size or k) % s == 0)
-        # tinygemm dequantizes (q - 8) * s + zf; ours is (q - z) * s, so zf = (8 - z) * s
+        # tinygemm dequantizes (q - 8) * s + zf; ours is (q - z) * s. Codes of fewer bits are
+        # shifted to sit around 8 so that zf = (8 - z) * s stays small (it is stored in bf16)
+        shift = 8 - 2 ** (self.bits - 1)
         reps = (group_size or k) // self.kgroup
         s = self.scale.repeat_interleave(reps, dim=1)                      # [out, k / kgroup]
-        zf = ((8 - self.zero) * self.scale).repeat_interleave(reps, dim=1)
-        self._sz32 = torch.stack([s.T, zf.T], dim=-1).contiguous()       # [k/kgroup, out, 2]
-        self._sz: dict[torch.dtype, torch.Tensor] = {torch.float32: self._sz32}
-        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(qw.q.to(torch.int32), 1)
-
-    def _scales(self, dtype):
-        if dtype not in self._sz:
-            self._sz[dtype] = self._sz32.to(dtype)
-        return self._sz[dtype]
+        zf = ((8 - self.zero - shift) * self.scale).repeat_interleave(reps, dim=1)
+        self.scale_zeros = torch.stack([s.T, zf.T], dim=-1).to(torch.bfloat16).contiguous()
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            qw.q.to(torch.int32) + shift, 1)
+        self.packed_codes = pack_int32(qw.q, self.bits)                   # [out, in * bits / 32]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
-        x2 = x.reshape(-1, self.in_features)
-        if x2.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            x2 = x2.float()
-        x2 = x2.contiguous()
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.kgroup,
-                                                        self._scales(x2.dtype))
+                                                        self.scale_zeros)
         return self._finish(y, shape, dtype)
 
+    def codes(self) -> torch.Tensor:
+        return unpack_int32(self.packed_codes, self.bits, self.in_features)
+
     def dense_weight(self) -> torch.Tensor:
-        # the kernel applied to identity rows gives W^T exactly (one product per output)
-        cols = []
-        for start in range(0, self.in_features, 256):
-            eye = torch.eye(self.in_features)[start:start + 256].contiguous()
-            cols.append(torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.kgroup,
-                                                                    self._sz32))
-        return torch.cat(cols).T.contiguous()
+        g = self.g_idx()
+        return (self.codes().float() - self.zero[:, g]) * self.scale[:, g]
 
 
 class Int8Linear(QuantLinear):
@@ -196,7 +194,7 @@ def regroup(qw: QuantizedWeight, group_size: int | None) -> QuantizedWeight:
     """`qw` with its scale/zero repeated onto contiguous groups of `group_size` (which must
     subdivide every original group)."""
     k = qw.q.shape[1]
-    if group_size == qw.group_size or qw.group_size is None and group_size is None:
+    if group_size == qw.group_size:
         return qw
     g = torch.arange(k) // (group_size or k)
     first = torch.arange(0, k, group_size or k)       # first column of each new group
