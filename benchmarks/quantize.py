@@ -1,18 +1,27 @@
-"""Quantization quality: perplexity increase of RTN and GPTQ over the unquantized model, in domain
-(the embedded eval text) and out of domain (Austen's Emma), protocol (i).
+"""Quantization acceptance: perplexity increase over the unquantized model in domain (embedded eval
+text) and out of domain (Austen's Emma), protocol (i); calibration sources compared; the peer
+(llm-compressor, own venv, by subprocess) on the same calibration ids; checkpoint size.
 
-Current state of the quantization work: weights are simulated (dequantized grid values), so this
-measures accuracy only; size and speed columns come with packed storage and integer kernels.
+Accuracy is measured on the exact dequantized weights in float32 (quantize(..., pack_weights=False)
+for ours, transformers' dense decompression for the peer's checkpoint), so the two tools are
+compared on their grids alone; the int4 kernel's own ppl (bf16 activations) is reported beside.
 
     python benchmarks/quantize.py [--model default] [--bits 4] [--group-size 64]
-        [--calib-n 128] [--calib-len 512] [--austen-tokens 51200]
+        [--methods rtn,gptq,awq] [--calib "embedded;self;embedded@0.5,self@0.5"]
+        [--calib-methods gptq] [--peer] [--size] [--tag _smollm2]
+
+Speed is benchmarks/quantize_speed.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,77 +29,190 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import timed, write_result  # noqa: E402
 
-AUSTEN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "austen_emma.txt"
+ROOT = Path(__file__).resolve().parents[1]
+AUSTEN = ROOT.parent / "shared" / "data" / "austen_emma.txt"
+PEER_PY = ROOT / ".venv-peers" / "llmc" / "bin" / "python"
 
 
-def main() -> int:
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--symmetric", action="store_true", help="symmetric grids (the peer's W4A16)")
+    ap.add_argument("--methods", default="rtn,gptq,awq")
+    ap.add_argument("--calib", default="embedded", help="';'-separated calibration specs; the "
+                    "first one calibrates every method, the rest only --calib-methods")
+    ap.add_argument("--calib-methods", default="gptq")
     ap.add_argument("--calib-n", type=int, default=128)
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--window", type=int, default=2048)
-    ap.add_argument("--austen-tokens", type=int, default=51200,
-                    help="evaluate on this many leading tokens of Emma (0 = all)")
-    ap.add_argument("--methods", default="rtn,gptq")
+    ap.add_argument("--eval-tokens", type=int, default=51200,
+                    help="evaluate on this many leading tokens of each text (0 = all)")
     ap.add_argument("--gptq-damp", type=float, default=0.01)
-    ap.add_argument("--gptq-act-order", action="store_true")
+    ap.add_argument("--gptq-act-order", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--peer", action="store_true", help="run llm-compressor's GPTQModifier too")
+    ap.add_argument("--kernel-ppl", action=argparse.BooleanOptionalAction, default=True,
+                    help="also measure GPTQ's ppl through the packed int4 kernel")
+    ap.add_argument("--size", action="store_true", help="on-disk size of the packed GPTQ checkpoint")
     ap.add_argument("--tag", default="", help="suffix for the result file name")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    import copy
 
+def leading_tokens(tok, data, n):
+    from slmkit.data import TextData, token_stream
+
+    if not n:
+        return data
+    ids = token_stream(tok, data)[:n]
+    return TextData(f"{data.name}[:{n} tokens]", [tok.decode(ids)])
+
+
+def configs(args):
+    from slmkit.compress.quantize.awq import AWQConfig
+    from slmkit.compress.quantize.config import GPTQConfig, RTNConfig
+
+    common = dict(bits=args.bits, group_size=args.group_size, symmetric=args.symmetric)
+    return {"rtn": RTNConfig(**common),
+            "gptq": GPTQConfig(**common, damp=args.gptq_damp, act_order=args.gptq_act_order,
+                               static_groups=args.gptq_act_order),
+            "awq": AWQConfig(**common)}
+
+
+def run_peer(args, model_dir: Path, calib, work: Path) -> tuple[Path, dict]:
+    """llm-compressor GPTQ in its own venv on exactly our calibration ids."""
+    import torch
+
+    if not PEER_PY.exists():
+        raise SystemExit(f"peer venv missing: run benchmarks/peers/setup.sh llmc ({PEER_PY})")
+    ids = work / "calib_ids.pt"
+    torch.save(calib, ids)
+    out = work / "peer_gptq"
+    cmd = [str(PEER_PY), str(ROOT / "benchmarks" / "peers" / "llmc_run.py"), "--model", str(model_dir),
+           "--calib", str(ids), "--method", "gptq", "--bits", str(args.bits),
+           "--group-size", str(args.group_size), "--dampening", str(args.gptq_damp), "--out", str(out)]
+    if args.gptq_act_order:
+        cmd += ["--actorder", "static"]
+    print("peer:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return out, json.loads((out / "peer.json").read_text())
+
+
+def main() -> int:
+    args = parse_args()
+    import torch
     from rich.console import Console
     from rich.table import Table
+    from transformers import AutoModelForCausalLM
 
     from slmkit.compress.api import quantize
-    from slmkit.compress.quantize.config import GPTQConfig, RTNConfig
-    from slmkit.data import TextData, calibration_set, embedded_text, text_files, token_stream
+    from slmkit.data import build_calibration_with_provenance, embedded_text, text_files
     from slmkit.eval.memory import PeakRSS
     from slmkit.eval.perplexity import PerplexityConfig, window_perplexity
-    from slmkit.models import load
+    from slmkit.models import load, save
 
     base, tok = load(args.model, "float32")
-    austen = text_files(AUSTEN)
-    if args.austen_tokens:
-        ids = token_stream(tok, austen)[: args.austen_tokens]
-        austen = TextData(f"austen[:{args.austen_tokens} tokens]", [tok.decode(ids)])
-    texts = {"in-domain (pydoc eval)": embedded_text("eval"), "out-of-domain (Austen)": austen}
-    calib = calibration_set(tok, embedded_text("calib"), args.calib_n, args.calib_len, seed=0)
+    texts = {"in": leading_tokens(tok, embedded_text("eval"), args.eval_tokens),
+             "out": leading_tokens(tok, text_files(AUSTEN), args.eval_tokens)}
     ppl_cfg = PerplexityConfig(protocols=["window"], window=args.window)
 
     def ppls(model):
         return {k: window_perplexity(model, tok, t, ppl_cfg)["token_perplexity"] for k, t in texts.items()}
 
-    rows = {"baseline": {"ppl": ppls(base), "seconds": 0.0, "peak_rss_mb": None}}
-    configs = {"rtn": RTNConfig(bits=args.bits, group_size=args.group_size),
-               "gptq": GPTQConfig(bits=args.bits, group_size=args.group_size, damp=args.gptq_damp,
-                                  act_order=args.gptq_act_order, static_groups=args.gptq_act_order)}
+    specs = [s for s in args.calib.split(";") if s]
+    calibs = {}
+    for spec in specs:
+        calibs[spec] = build_calibration_with_provenance(base, tok, spec, n=args.calib_n,
+                                                         length=args.calib_len, seed=0)
+    rows = {"baseline (fp32)": {"ppl": ppls(base)}}
     t: dict[str, float] = {}
-    for name in args.methods.split(","):
-        model = copy.deepcopy(base)
-        with PeakRSS() as mem, timed(t, name):
-            quantize(model, configs[name], calib)
-        rows[name] = {"ppl": ppls(model), "seconds": t[name], "peak_rss_mb": mem.peak_bytes / 2**20}
-        del model
+    packed_gptq = None
+    for name, cfg in configs(args).items():
+        if name not in args.methods.split(","):
+            continue
+        for i, spec in enumerate(specs):
+            if i > 0 and name not in args.calib_methods.split(","):
+                continue
+            if name == "rtn" and i > 0:
+                continue
+            label = name if name == "rtn" else f"{name} [{spec}]"
+            model = copy.deepcopy(base)
+            with PeakRSS() as mem, timed(t, label):
+                quantize(model, copy.deepcopy(cfg), None if name == "rtn" else calibs[spec][0],
+                         pack_weights=False)
+            rows[label] = {"ppl": ppls(model), "seconds": t[label], "peak_rss_mb": mem.peak_bytes / 2**20}
+            print(label, rows[label], flush=True)
+            if name == "gptq" and i == 0:
+                packed_gptq = model
+            else:
+                del model
 
-    table = Table(title=f"{args.model}: W{args.bits} g{args.group_size} (simulated), calib "
-                        f"{args.calib_n}x{args.calib_len} embedded, ppl protocol (i) window {args.window}")
-    table.add_column("method")
-    for k in texts:
-        table.add_column(f"ppl {k}", justify="right")
-        table.add_column("ratio", justify="right")
-    table.add_column("quantize s", justify="right")
-    table.add_column("peak RSS MB", justify="right")
-    for name, r in rows.items():
-        cells = []
-        for k in texts:
-            cells += [f"{r['ppl'][k]:.3f}", f"{r['ppl'][k] / rows['baseline']['ppl'][k]:.3f}x"]
-        table.add_row(name, *cells, f"{r['seconds']:.1f}", "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}")
-    Console(width=150).print(table)
-    print(f"wrote {write_result('quantize' + args.tag, {'args': vars(args), 'rows': rows, 'texts': {k: v.describe() for k, v in texts.items()}})}")
+    work = Path(tempfile.mkdtemp(prefix="slmkit-qbench-"))
+    if args.peer:
+        src = save(base.to(torch.bfloat16), tok, work / "base") if args.model == "default" else Path(args.model)
+        base.float()
+        out, info = run_peer(args, src, calibs[specs[0]][0], work)
+        peer = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        rows[f"llm-compressor gptq [{specs[0]}]"] = {
+            "ppl": ppls(peer), "seconds": info["compress_seconds"], "peak_rss_mb": info["peak_rss_mb"],
+            "peer": info}
+        del peer
+
+    extra = {}
+    if packed_gptq is not None and (args.kernel_ppl or args.size):
+        from slmkit.compress.api import pack
+
+        store = packed_gptq._slmkit_quantized
+        del packed_gptq._slmkit_quantized
+        pack(packed_gptq, store)
+        if args.kernel_ppl:
+            rows["gptq, int4 kernel (bf16 act)"] = {"ppl": ppls(packed_gptq)}
+        if args.size:
+            extra["size"] = checkpoint_sizes(base, packed_gptq, tok, work)
+
+    table = Table(title=f"{args.model}: W{args.bits} g{args.group_size} "
+                        f"{'sym' if args.symmetric else 'asym'}, calib {args.calib_n}x{args.calib_len}, "
+                        f"ppl protocol (i) window {args.window}")
+    for c in ("method [calibration]", "ppl in-domain", "ratio", "ppl Austen", "ratio", "seconds", "peak RSS MB"):
+        table.add_column(c, justify="left" if c.startswith("method") else "right")
+    b = rows["baseline (fp32)"]["ppl"]
+    for label, r in rows.items():
+        table.add_row(label, f"{r['ppl']['in']:.3f}", f"{r['ppl']['in'] / b['in']:.3f}x",
+                      f"{r['ppl']['out']:.3f}", f"{r['ppl']['out'] / b['out']:.3f}x",
+                      f"{r['seconds']:.1f}" if "seconds" in r else "-",
+                      f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-")
+    Console(width=160).print(table)
+    if extra.get("size"):
+        print("size:", extra["size"])
+    payload = {"args": vars(args), "rows": rows, "texts": {k: v.describe() for k, v in texts.items()},
+               "calibration": {s: c[1] for s, c in calibs.items()}, **extra}
+    print(f"wrote {write_result('quantize' + args.tag, payload)}")
     return 0
+
+
+def checkpoint_sizes(base, packed, tok, work: Path) -> dict:
+    """Bytes of the quantized linears on disk vs the same linears in bf16 (embeddings and
+    lm_head excluded), and the whole weight files."""
+    import torch
+    from safetensors import safe_open
+
+    from slmkit.compress.targets import all_targets
+    from slmkit.models import save
+
+    dense_bytes = sum(t.module.weight.numel() for t in all_targets(base)) * 2
+    out = save(packed.to(torch.bfloat16), tok, work / "packed")
+    q = 0
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        for k in f.keys():
+            if k.rsplit(".", 1)[-1] in ("weight_packed", "weight_scale", "weight_zero_point", "weight_shape"):
+                x = f.get_tensor(k)
+                q += x.numel() * x.element_size()
+    base_file = save(base.to(torch.bfloat16), tok, work / "bf16")
+    files = {n: sum(p.stat().st_size for p in d.glob("*.safetensors")) for n, d in
+             (("bf16", base_file), ("int4", out))}
+    base.float()
+    return {"linears_bf16_bytes": dense_bytes, "linears_int4_bytes": q, "ratio": q / dense_bytes,
+            "file_bytes": files}
 
 
 if __name__ == "__main__":

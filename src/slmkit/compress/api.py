@@ -12,9 +12,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from slmkit.compress.calibrate import HessianCollector, sequential
-from slmkit.compress.quantize.config import GPTQConfig, RTNConfig, check_overrides, grid_for
+from slmkit.compress.quantize.awq import AWQConfig, apply_awq
+from slmkit.compress.quantize.config import (
+    GPTQConfig,
+    RTNConfig,
+    check_overrides,
+    grid_for,
+)
 from slmkit.compress.quantize.gptq import gptq
 from slmkit.compress.quantize.rtn import QuantizedWeight, check_bits, rtn
+from slmkit.compress.quantize.smoothquant import SmoothQuantConfig, apply_smoothquant
 from slmkit.compress.targets import Target, all_targets, layer_targets
 from slmkit.errors import SlmkitError
 from slmkit.registry import Registry
@@ -58,6 +65,9 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
 QUANTIZERS = Registry("quantization method")
 QUANTIZERS.add("rtn", RTNConfig, apply_rtn, "round to nearest, no calibration")
 QUANTIZERS.add("gptq", GPTQConfig, apply_gptq, "GPTQ: Hessian-based error compensation")
+QUANTIZERS.add("awq", AWQConfig, apply_awq, "AWQ: activation-aware scales and clipping, then RTN")
+QUANTIZERS.add("smoothquant", SmoothQuantConfig, apply_smoothquant,
+               "SmoothQuant W8A8: outliers migrated into weights, int8 weights and activations")
 
 
 def is_quantized(model) -> bool:

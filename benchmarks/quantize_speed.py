@@ -1,0 +1,73 @@
+"""Speed of quantized models at batch 1: decode tok/s (128 new tokens) of the int4 checkpoint vs
+the bf16 model, and prefill tok/s of W8A8 (SmoothQuant, int8 x int8 matmuls) and int4 vs bf16
+and fp32. Quantization here is RTN (speed does not depend on how the grid was chosen).
+
+    python benchmarks/quantize_speed.py [--model PATH] [--group-size 128] [--prompt 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import write_result  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--group-size", type=int, default=128)
+    ap.add_argument("--prompt", type=int, default=512, help="prompt tokens for prefill")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-w8a8", action="store_true")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from slmkit.compress.api import quantize
+    from slmkit.compress.quantize.config import RTNConfig
+    from slmkit.data import calibration_set, embedded_text
+    from slmkit.eval.speed import SpeedConfig, speed
+    from slmkit.models import load
+
+    base, tok = load(args.model, "float32")
+    variants = {"fp32 dense": (base, "float32"), "bf16 dense": (base, "bfloat16")}
+    int4 = quantize(copy.deepcopy(base), RTNConfig(bits=4, group_size=args.group_size, symmetric=True))
+    variants["int4 g%d (bf16 rest)" % args.group_size] = (int4, "bfloat16")
+    if not args.no_w8a8:
+        from slmkit.compress.quantize.smoothquant import SmoothQuantConfig
+
+        calib = calibration_set(tok, embedded_text("calib"), 16, 256, seed=0)
+        w8a8 = quantize(copy.deepcopy(base), SmoothQuantConfig(), calib)
+        variants["W8A8 (fp32 rest)"] = (w8a8, "float32")
+    rows = {}
+    for name, (model, dtype) in variants.items():
+        cfg = SpeedConfig(prompt_tokens=args.prompt, new_tokens=args.new_tokens, repeats=args.repeats,
+                          prefill_dtype=dtype, decode_dtype=dtype)
+        rows[name] = speed(model, tok, cfg)
+        print(name, {k: rows[name][k] for k in ("prefill_tok_s", "decode_tok_s")}, flush=True)
+
+    table = Table(title=f"{args.model}: batch 1, prompt {args.prompt}, {args.new_tokens} new tokens")
+    for c in ("model", "prefill tok/s", "vs bf16", "decode tok/s", "vs bf16"):
+        table.add_column(c, justify="left" if c == "model" else "right")
+    ref = rows["bf16 dense"]
+    for name, r in rows.items():
+        table.add_row(name, f"{r['prefill_tok_s']:.1f}", f"{r['prefill_tok_s'] / ref['prefill_tok_s']:.2f}x",
+                      f"{r['decode_tok_s']:.1f}", f"{r['decode_tok_s'] / ref['decode_tok_s']:.2f}x")
+    Console(width=140).print(table)
+    print(f"wrote {write_result('quantize_speed' + args.tag, {'args': vars(args), 'rows': rows})}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

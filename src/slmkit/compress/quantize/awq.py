@@ -1,0 +1,211 @@
+"""AWQ, activation-aware weight quantization (Lin et al., 2023).
+
+A few input channels carry much larger activations than the rest, and the weights that multiply
+them matter most. AWQ multiplies those weight columns by s > 1 before quantizing (and divides the
+activation by s in the op that produces it, `slmkit.compress.smooth`), so their relative rounding
+error shrinks. Per input site of a decoder layer:
+
+1. scale search: s = mean|x|^r (normalised by sqrt(max(s) * min(s))) for r on a grid in [0, 1);
+   pick the r whose quantized linears give the lowest output MSE over all calibration tokens
+   (r = 0 is plain RTN, so the search never does worse than RTN on the calibration data);
+2. fold s into the previous op (exact in float);
+3. clip search, per linear (not q/k/qkv): shrink each (row, group)'s range by a factor
+   1 - i/clip_grid > 1 - max_shrink to minimise that group's output error;
+4. RTN on the clipped weight.
+
+Output errors come from each site's Gram matrix X^T X / n (collected once per layer), not from
+re-running the linears on sampled tokens: exact over every calibration token, and the cost of a
+grid point is out x in^2 (scale) or out x in x group_size (clip), whatever the number of tokens.
+The math (`fake_quantize`, `search_scale`, `search_clip`, `clip_weight`) is pure tensor code;
+`apply_awq` is the lifecycle on top of `slmkit.compress.calibrate.sequential`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from slmkit.compress.calibrate import sequential
+from slmkit.compress.quantize.config import RTNConfig, grid_for
+from slmkit.compress.quantize.rtn import (
+    QuantizedWeight,
+    check_bits,
+    grid,
+    quantize_column,
+    rtn,
+)
+from slmkit.compress.smooth import fold_scales, group_stats, scale_groups
+from slmkit.compress.targets import layer_targets
+from slmkit.errors import SlmkitError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# q/k feed a softmax, where a linear output-error loss misjudges clipping (as in AutoAWQ)
+NO_CLIP_ROLES = ("q", "k", "qkv")
+
+
+@dataclass
+class AWQConfig(RTNConfig):
+    n_grid: int = field(default=20, metadata={
+        "help": "points of the scale-exponent grid r = 0, 1/n, ..., (n-1)/n (s = mean|x|^r)"})
+    clip: bool = field(default=True, metadata={
+        "help": "search a per-group clipping range after scaling (not for q/k/qkv)"})
+    clip_grid: int = field(default=20, metadata={"help": "clip factors 1 - i/clip_grid are tried"})
+    max_shrink: float = field(default=0.5, metadata={
+        "help": "largest fraction of a group's range clipping may cut, in [0, 1)"})
+    batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
+
+    def check(self) -> None:
+        check_bits(self.bits, self.group_size)
+        for name in ("n_grid", "clip_grid", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SlmkitError(f"AWQ {name} must be an integer >= 1, not {value!r}")
+        if not 0 <= self.max_shrink < 1:
+            raise SlmkitError(f"AWQ max_shrink must be in [0, 1) (0 = no clipping), not {self.max_shrink!r}")
+
+
+# ---- math ------------------------------------------------------------------------------------
+
+def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """w [rows, in] -> [rows, n_groups, g], zero-padding the last group (zeros never change a
+    grid: asymmetric grids span min(w, 0)..max(w, 0), symmetric ones max|w|)."""
+    g = group_size or w.shape[1]
+    n_groups = math.ceil(w.shape[1] / g)
+    return F.pad(w, (0, n_groups * g - w.shape[1])).reshape(w.shape[0], n_groups, g)
+
+
+def clip_weight(w: torch.Tensor, shrink: torch.Tensor | None, group_size: int | None) -> torch.Tensor:
+    """Clamp each (row, group) of w [out, in] to shrink * [min(w, 0), max(w, 0)];
+    shrink [out, n_groups] in (0, 1] (None = no clipping)."""
+    if shrink is None:
+        return w
+    wg = _grouped(w, group_size)                                   # [out, G, g]
+    lo = wg.amin(-1, keepdim=True).clamp(max=0) * shrink[..., None]
+    hi = wg.amax(-1, keepdim=True).clamp(min=0) * shrink[..., None]
+    return torch.maximum(torch.minimum(wg, hi), lo).reshape(w.shape[0], -1)[:, :w.shape[1]]
+
+
+def fake_quantize(w: torch.Tensor, bits: int, group_size: int | None, symmetric: bool,
+                  shrink: torch.Tensor | None = None) -> torch.Tensor:
+    """The dequantized grid values of w [out, in] (what `rtn(clip_weight(w, shrink)).dequantize()`
+    gives), vectorised over groups for the search loops."""
+    wg = _grouped(clip_weight(w, shrink, group_size), group_size)  # [out, G, g]
+    flat = wg.reshape(-1, wg.shape[-1])                            # [out * G, g]
+    scale, zero = grid(flat, bits, symmetric)                      # [out * G] each
+    q = quantize_column(flat, scale[:, None], zero[:, None], bits)
+    deq = (q - zero[:, None]) * scale[:, None]
+    return deq.reshape(w.shape[0], -1)[:, :w.shape[1]]
+
+
+def awq_scales(x_mean: torch.Tensor, ratio: float) -> torch.Tensor:
+    """s [in] = mean|x|^ratio, floored at 1e-4 and normalised so sqrt(max(s) * min(s)) = 1."""
+    s = x_mean.float().pow(ratio).clamp(min=1e-4)
+    return s / (s.max() * s.min()).sqrt()
+
+
+def output_mse(dw: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens and outputs of (x dw^T)^2 for a weight error dw [out, in], from the inputs'
+    Gram matrix X^T X / n [in, in]: tr(dw gram dw^T) / out (a 0-dim tensor)."""
+    return ((dw @ gram) * dw).sum() / dw.shape[0]
+
+
+@torch.no_grad()
+def search_scale(x_mean: torch.Tensor, gram: torch.Tensor, w: torch.Tensor, bits: int,
+                 group_size: int | None, symmetric: bool, n_grid: int = 20
+                 ) -> tuple[torch.Tensor, float, list[float]]:
+    """Best AWQ scale for linears w [out, in] (rows of every linear reading x, concatenated)
+    given the inputs' per-channel mean |x| [in] and Gram matrix X^T X / n [in, in].
+    Returns (s [in], the chosen ratio r, the output MSE at each grid point r = i / n_grid)."""
+    w, gram = w.float(), gram.float()
+    errors: list[float] = []
+    best = (math.inf, 0.0, torch.ones_like(x_mean, dtype=torch.float32))
+    for i in range(n_grid):
+        r = i / n_grid
+        s = awq_scales(x_mean, r)
+        wq = fake_quantize(w * s, bits, group_size, symmetric) / s
+        err = output_mse(wq - w, gram).item()
+        errors.append(err)
+        if err < best[0]:
+            best = (err, r, s)
+    return best[2], best[1], errors
+
+
+def _diagonal_blocks(gram: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """gram [in, in] -> its [G, g, g] diagonal blocks, one per column group (zero-padded)."""
+    g = group_size or gram.shape[0]
+    n_groups = math.ceil(gram.shape[0] / g)
+    pad = n_groups * g - gram.shape[0]
+    padded = F.pad(gram, (0, pad, 0, pad))
+    return torch.stack([padded[j * g:(j + 1) * g, j * g:(j + 1) * g] for j in range(n_groups)])
+
+
+@torch.no_grad()
+def search_clip(w: torch.Tensor, gram: torch.Tensor, bits: int, group_size: int | None,
+                symmetric: bool, n_grid: int = 20, max_shrink: float = 0.5) -> torch.Tensor:
+    """Per (row, group) shrink factor [out, n_groups] of w [out, in] among 1 - i/n_grid
+    (i < max_shrink * n_grid) minimising that group's own output error, mean (x_g dw_g)^2, on
+    inputs with Gram matrix gram [in, in]."""
+    w = w.float()
+    blocks = _diagonal_blocks(gram.float(), group_size)            # [G, g, g]
+    wg = _grouped(w, group_size)                                   # [out, G, g]
+    factors = [1 - i / n_grid for i in range(max(1, int(max_shrink * n_grid)))]
+    best_shrink = torch.ones(wg.shape[:2])
+    best_err = torch.full(wg.shape[:2], math.inf)
+    for f in factors:
+        shrink = torch.full(wg.shape[:2], f)
+        dw = _grouped(fake_quantize(w, bits, group_size, symmetric, shrink), group_size) - wg
+        err = (torch.einsum("ogk,gkl->ogl", dw, blocks) * dw).sum(-1)  # [out, G]
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_shrink[better] = f
+    return best_shrink
+
+
+# ---- lifecycle -------------------------------------------------------------------------------
+
+def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) -> dict[str, QuantizedWeight]:
+    """Quantize every non-skipped decoder-layer linear of `model` in place with AWQ (weights left
+    as their dequantized grid values, scales folded into the previous ops); returns the
+    QuantizedWeight of each target by name."""
+    cfg.check()
+    if calib is None:
+        raise SlmkitError("AWQ needs calibration data: token ids [n, length] (see slmkit.data.calibration_set)")
+    store: dict[str, QuantizedWeight] = {}
+
+    def on_layer(index, layer, run):
+        groups = scale_groups(model, index)
+        quantized = {t.name for t in layer_targets(model, index, tuple(cfg.skip))}
+        with group_stats(groups, gram=True) as st:
+            run()
+        grams = {}
+        for g in groups:  # 1-2: every scale first, so a linear absorbing one is quantized after it
+            stats, targets = st.stats[g.site], [t for t in g.linears if t.name in quantized]
+            grams[g.site] = stats.gram                             # [in, in]
+            if g.prev is None or not targets:
+                continue
+            w = torch.cat([t.weight().float() for t in targets])   # [sum of out, in]
+            # the search uses the first target's grid (per-module overrides rarely split a site)
+            s, _, _ = search_scale(
+                stats.mean_abs, grams[g.site], w, *grid_for(cfg, targets[0]), cfg.n_grid)
+            fold_scales(g, s)
+            grams[g.site] = grams[g.site] / (s[:, None] * s[None, :])  # inputs are now x / s
+        for g in groups:  # 3-4
+            for t in (t for t in g.linears if t.name in quantized):
+                w = t.weight().float()
+                bits, group_size, symmetric = grid_for(cfg, t)
+                shrink = None
+                if cfg.clip and cfg.max_shrink > 0 and t.role not in NO_CLIP_ROLES:
+                    shrink = search_clip(w, grams[g.site], bits, group_size, symmetric,
+                                         cfg.clip_grid, cfg.max_shrink)
+                qw = rtn(clip_weight(w, shrink, group_size), bits, group_size, symmetric)
+                t.set_weight(qw.dequantize())
+                store[t.name] = qw
+
+    sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="AWQ")
+    return store

@@ -1,0 +1,248 @@
+"""Exact scale folding (compress/smooth.py) on every architecture, and AWQ: math and models."""
+
+import pytest
+import torch
+
+from slmkit.compress.api import apply_rtn
+from slmkit.compress.quantize.awq import (AWQConfig, apply_awq, clip_weight, fake_quantize,
+                                          output_mse, search_clip, search_scale)
+from slmkit.compress.quantize.config import RTNConfig
+from slmkit.compress.quantize.rtn import rtn
+from slmkit.compress.smooth import (ATTN_IN, MLP_IN, ActivationStats, ScaleGroup, absorb, fold_scales,
+                                    norm_kind, scale_groups)
+from slmkit.compress.targets import all_targets
+from slmkit.errors import SlmkitError
+from slmkit.models import get_arch
+from slmkit.models.tiny import TINY_CONFIGS, tiny_model
+
+G = torch.Generator().manual_seed(0)
+CALIB = torch.randint(3, 500, (8, 64), generator=G)
+EVAL = torch.randint(3, 500, (4, 64), generator=G)
+SMALL = CALIB[:4, :32]
+OUTLIERS = [3, 17, 40]  # input channels made 30x larger in the outlier models
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def n_layers(model):
+    return len(get_arch(model).decoder_layers(model))
+
+
+def with_outliers(model, factor=30.0):
+    """Make a few channels of every norm-fed activation `factor` times larger (a different model:
+    the reference for errors is this model in float)."""
+    for i in range(n_layers(model)):
+        for g in scale_groups(model, i):
+            if g.site in (ATTN_IN, MLP_IN):
+                s = torch.ones(g.in_features)
+                s[OUTLIERS] = 1 / factor
+                absorb(g.prev, s)
+    return model
+
+
+def logits(model, ids=EVAL):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+# ---- folding ---------------------------------------------------------------------------------
+
+# every architecture, plus variants without grouped-query attention so v -> o folding is exercised
+# on separate v (llama, qwen2: biased v, gemma3: 1 + weight norms) and on a fused qkv (phi3)
+FOLD_CASES = [(t, {}) for t in TINY_CONFIGS] + [
+    (t, {"num_key_value_heads": 4}) for t in ("llama", "qwen2", "gemma3_text", "phi3")]
+
+
+@pytest.mark.parametrize("model_type, overrides", FOLD_CASES,
+                         ids=[f"{t}{'-mha' if o else ''}" for t, o in FOLD_CASES])
+def test_folding_random_scales_into_every_group_keeps_logits(model_type, overrides):
+    model = tiny_model(model_type, seed=1, **overrides)
+    with torch.no_grad():  # random norm weights and biases, so a missed bias or offset shows up
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen(p.numel())))
+    ref = logits(model)
+    spec, folded = get_arch(model), []
+    for i in range(n_layers(model)):
+        groups = scale_groups(model, i)
+        layer = spec.decoder_layers(model)[i]
+        # every linear of the layer reads exactly one group's input
+        assert sorted(t.role for g in groups for t in g.linears) == sorted(spec.linears(layer))
+        for g in groups:
+            if g.prev is None:
+                assert g.why_not
+                continue
+            before = g.linears[0].weight().clone()
+            fold_scales(g, torch.exp(torch.randn(g.in_features, generator=gen(i))))  # 0.05 .. 20
+            assert not torch.allclose(g.linears[0].weight(), before)
+            folded.append(g.site)
+    out = logits(model)
+    assert ref.std() > 0.05  # logits that move with the weights
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+    # what can fold where: v -> o unless GQA, up -> down unless a GELU MLP
+    gqa = TINY_CONFIGS[model_type][1].get("num_key_value_heads", 4) < 4 and not overrides
+    assert folded.count("attn_out") == (0 if gqa else n_layers(model))
+    assert folded.count("mlp_out") == (0 if model_type == "gpt2" else n_layers(model))
+    assert folded.count("attn_in") == folded.count("mlp_in") == n_layers(model)
+
+
+def test_folding_refuses_unknown_norms_bad_scales_and_unfoldable_groups():
+    class WeirdNorm(torch.nn.Module):
+        weight = torch.nn.Parameter(torch.ones(4))
+    with pytest.raises(SlmkitError, match="WeirdNorm"):
+        norm_kind(WeirdNorm())
+    with pytest.raises(SlmkitError, match="no affine"):
+        norm_kind(torch.nn.LayerNorm(4, elementwise_affine=False))
+    model = tiny_model("llama")
+    attn_in, attn_out = scale_groups(model, 0)[:2]
+    for bad in (-torch.ones(64), torch.ones(32), torch.full((64,), float("inf"))):
+        with pytest.raises(SlmkitError, match="positive"):
+            fold_scales(attn_in, bad)
+    with pytest.raises(SlmkitError, match="grouped-query"):
+        fold_scales(attn_out, torch.ones(64))
+    with pytest.raises(SlmkitError, match="cannot absorb"):
+        fold_scales(ScaleGroup("x", attn_in.linears, None, "why"), torch.ones(64))
+
+
+def test_activation_stats_match_direct_computation():
+    lin = torch.nn.Linear(6, 3)
+    xs = [torch.randn(2, 5, 6, generator=gen(k)) * torch.arange(1, 7) for k in range(3)]
+    with ActivationStats({"a": lin}, gram=True) as st:
+        for x in xs:
+            lin(x)
+    flat = torch.cat([x.reshape(-1, 6) for x in xs])              # [30, 6]
+    s = st.stats["a"]
+    torch.testing.assert_close(s.mean_abs, flat.abs().mean(0))
+    torch.testing.assert_close(s.max_abs, flat.abs().amax(0))
+    torch.testing.assert_close(s.gram, flat.T @ flat / 30)
+    assert s.tokens == 30
+    assert not lin._forward_pre_hooks  # hooks removed
+    with ActivationStats({"a": lin}) as st:
+        lin(xs[0])
+    with pytest.raises(SlmkitError, match="gram=True"):
+        st.stats["a"].gram
+
+
+# ---- AWQ math --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("group_size", [None, 32, 40])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_fake_quantize_equals_rtn_on_the_clipped_weight(group_size, symmetric):
+    w = torch.randn(12, 96, generator=gen(1))
+    n_groups = -(-96 // (group_size or 96))
+    for shrink in (None, 0.5 + 0.5 * torch.rand(12, n_groups, generator=gen(2))):
+        clipped = clip_weight(w, shrink, group_size)
+        expected = rtn(clipped, 4, group_size, symmetric).dequantize()
+        torch.testing.assert_close(fake_quantize(w, 4, group_size, symmetric, shrink), expected)
+        if shrink is not None:  # every value inside its shrunk range, extremes reached
+            assert (clipped.abs() <= w.abs() + 1e-7).all() and not torch.equal(clipped, w)
+
+
+def outlier_inputs(n=256, d=96, seed=0):
+    x = torch.randn(n, d, generator=gen(seed))
+    x[:, [5, 50, 70]] *= 25  # salient channels
+    return x
+
+
+def test_output_mse_from_the_gram_matrix_equals_the_direct_one():
+    x, dw = outlier_inputs(), torch.randn(24, 96, generator=gen(5))
+    torch.testing.assert_close(output_mse(dw, x.T @ x / len(x)), (x @ dw.T).pow(2).mean(), rtol=1e-4, atol=0)
+
+
+def test_search_scale_never_loses_to_rtn_and_wins_on_salient_channels():
+    x, w = outlier_inputs(), torch.randn(48, 96, generator=gen(3))
+    s, ratio, errors = search_scale(x.abs().mean(0), x.T @ x / len(x), w, 4, 32, False, n_grid=20)
+    ref = x @ w.T
+    rtn_err = (x @ rtn(w, 4, 32).dequantize().T - ref).pow(2).mean().item()
+    assert errors[0] == pytest.approx(rtn_err, rel=1e-4)  # r = 0 is plain RTN
+    assert min(errors) == errors[round(ratio * 20)] and 0 < ratio < 1
+    awq_err = (x @ (fake_quantize(w * s, 4, 32, False) / s).T - ref).pow(2).mean().item()
+    assert awq_err == pytest.approx(min(errors), rel=1e-4) and awq_err < 0.6 * rtn_err
+    assert s[[5, 50, 70]].min() > s.median()  # salient channels scaled up
+
+
+def test_search_clip_lowers_each_groups_output_error():
+    x, w = outlier_inputs(seed=1), torch.randn(40, 96, generator=gen(4))
+    w[:, 7] *= 6  # a weight outlier: clipping it helps the rest of its group
+    shrink = search_clip(w, x.T @ x / len(x), 3, 32, False, n_grid=20, max_shrink=0.5)
+    assert shrink.shape == (40, 3) and shrink.min() >= 0.55 - 1e-6 and shrink.max() <= 1
+    assert (shrink < 1).any()
+
+    def group_err(wq):
+        xg, d = x.reshape(-1, 3, 32), (wq - w).reshape(40, 3, 32)
+        return torch.einsum("ngk,ogk->ogn", xg, d).pow(2).mean(-1)   # [out, groups]
+    clipped = group_err(fake_quantize(w, 3, 32, False, shrink))
+    plain = group_err(fake_quantize(w, 3, 32, False))
+    assert (clipped <= plain + 1e-6).all() and clipped.sum() < plain.sum()
+
+
+# ---- AWQ on models ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+def test_awq_beats_rtn_with_activation_outliers(model_type):
+    """W4 g32, same grid: logits MSE vs the float model (held-out ids) lower with AWQ."""
+    def error(apply):
+        model = with_outliers(tiny_model(model_type, seed=0))
+        apply(model)
+        return (logits(model) - ref).pow(2).mean().item()
+
+    ref = logits(with_outliers(tiny_model(model_type, seed=0)))
+    rtn_err = error(lambda m: apply_rtn(m, RTNConfig(bits=4, group_size=32)))
+    awq_err = error(lambda m: apply_awq(m, AWQConfig(bits=4, group_size=32), CALIB))
+    print(f"{model_type}: logits MSE rtn {rtn_err:.3g} awq {awq_err:.3g} ratio {awq_err / rtn_err:.2f}")
+    assert awq_err < 0.8 * rtn_err
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
+def test_awq_quantizes_every_target_onto_its_grid(model_type):
+    model = tiny_model(model_type, seed=2)
+    ref = logits(model)
+    store = apply_awq(model, AWQConfig(bits=3, group_size=16, n_grid=8, clip_grid=8), SMALL)
+    targets = all_targets(model)
+    assert set(store) == {t.name for t in targets}
+    for t in targets:
+        qw = store[t.name]
+        assert qw.bits == 3 and qw.group_size == 16 and int(qw.q.max()) <= 7
+        assert torch.equal(t.weight(), qw.dequantize())
+    # still the same model (a folding mistake gives errors of the order of the logits themselves)
+    assert (logits(model) - ref).pow(2).mean() < 0.3 * ref.pow(2).mean()
+
+
+@pytest.mark.parametrize("model_type, skip_role", [("llama", "k"), ("opt", "q")])
+def test_awq_skip_list_keeps_skipped_linears_exact(model_type, skip_role):
+    """A skipped linear is not quantized; when it shares its input with quantized ones its columns
+    are scaled, but its outputs stay those of the float model."""
+    original, model = tiny_model(model_type, seed=3), tiny_model(model_type, seed=3)
+    down_before = [t.weight().clone() for t in all_targets(model) if t.role == "down"]
+    store = apply_awq(model, AWQConfig(bits=4, group_size=16, skip=[skip_role, "down"]), SMALL)
+    assert {t.role for t in all_targets(model) if t.name in store} == \
+        {t.role for t in all_targets(model)} - {skip_role, "down"}
+    # nothing else reads down's input, so down is untouched
+    assert all(torch.equal(t.weight(), w) for t, w in
+               zip([t for t in all_targets(model) if t.role == "down"], down_before))
+    outs = []
+    for m in (original, model):  # the skipped linear of layer 0 sees the embeddings, unchanged
+        t = next(t for t in all_targets(m) if t.role == skip_role and t.layer == 0)
+        h = t.module.register_forward_hook(lambda mod, a, out: outs.append(out))
+        logits(m, SMALL)
+        h.remove()
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    # and the skipped linear's columns were scaled (it shared the norm with quantized linears)
+    t0 = next(t for t in all_targets(original) if t.role == skip_role)
+    t1 = next(t for t in all_targets(model) if t.role == skip_role)
+    assert not torch.allclose(t0.weight(), t1.weight())
+
+
+@pytest.mark.parametrize("bad", [dict(n_grid=0), dict(clip_grid=0), dict(max_shrink=1.0),
+                                 dict(max_shrink=-0.1), dict(batch_size=0),
+                                 dict(bits=9), dict(group_size=0), dict(n_grid=2.5)])
+def test_awq_refuses_bad_configs(bad):
+    with pytest.raises(SlmkitError):
+        apply_awq(tiny_model("llama"), AWQConfig(**bad), SMALL)
+
+
+def test_awq_needs_calibration():
+    with pytest.raises(SlmkitError, match="calibration"):
+        apply_awq(tiny_model("llama"), AWQConfig(), None)
