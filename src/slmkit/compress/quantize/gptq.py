@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from slmkit.compress.quantize.rtn import QuantizedWeight, check_bits, grid, group_index, quantize_column
+from slmkit.compress.quantize.rtn import (
+    QuantizedWeight,
+    check_bits,
+    grid,
+    group_index,
+    quantize_column,
+)
 from slmkit.errors import SlmkitError
 
 
