@@ -1,4 +1,4 @@
-"""`slmkit` — info, eval, convert, quantize, lm-eval. Errors print one line and exit 1 (`--debug`: traceback)."""
+"""`slmkit` — info, eval, convert, quantize, export, lm-eval. Errors print one line and exit 1 (`--debug`: traceback)."""
 
 from __future__ import annotations
 
@@ -49,9 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--dtype", default="bfloat16", help="dtype of the saved weights (default bfloat16)")
     cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    from slmkit.cli import quantize
+    from slmkit.cli import export, quantize
 
     quantize.add_parser(sub)
+    export.add_parser(sub)
 
     # handled in main() before parsing; listed here for --help
     sub.add_parser("lm-eval", help="lm-eval's own command line, with `--model slmkit` available "
@@ -130,7 +131,14 @@ def cmd_quantize(ns) -> int:
     return quantize.run(ns)
 
 
-COMMANDS = {"info": cmd_info, "eval": cmd_eval, "convert": cmd_convert, "quantize": cmd_quantize}
+def cmd_export(ns) -> int:
+    from slmkit.cli import export
+
+    return export.run(ns)
+
+
+COMMANDS = {"info": cmd_info, "eval": cmd_eval, "convert": cmd_convert, "quantize": cmd_quantize,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,8 +54,11 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
         with HessianCollector({t.name: t.module for t in targets}) as hc:
             run()
         for t in targets:
-            qw = gptq(t.weight(), hc.H[t.name], *grid_for(cfg, t), cfg.damp, cfg.block_size,
-                      cfg.act_order, cfg.static_groups)
+            try:
+                qw = gptq(t.weight(), hc.H[t.name], *grid_for(cfg, t), cfg.damp, cfg.block_size,
+                          cfg.act_order, cfg.static_groups)
+            except SlmkitError as e:
+                raise SlmkitError(f"{t.name}: {e}") from None
             _store(t, qw, store)
 
     sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="GPTQ")

@@ -11,6 +11,8 @@ diagonal), lazy block updates, act-order (quantize columns by decreasing diag H)
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from slmkit.compress.quantize.rtn import (
@@ -49,13 +51,21 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
 
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols)
-    try:
-        L = torch.linalg.cholesky(H)
-        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-    except torch.linalg.LinAlgError:
-        raise SlmkitError(f"the dampened Hessian is not positive definite (damp={damp}); "
-                          "raise damp (e.g. 0.1) or calibrate on more text") from None
+    Hinv = None
+    for attempt in range(4):  # dampen more (and warn) rather than fail on a borderline Hessian
+        d = damp * 10 ** attempt
+        try:
+            L = torch.linalg.cholesky(H + d * torch.mean(torch.diag(H)) * torch.eye(cols))
+            Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+            break
+        except torch.linalg.LinAlgError:
+            continue
+    if Hinv is None:
+        raise SlmkitError(f"the Hessian is not positive definite even with damp={d:g}; "
+                          "calibrate on more (or more varied) text")
+    if d != damp:
+        warnings.warn(f"GPTQ: Hessian not positive definite with damp={damp:g}; used {d:g}",
+                      stacklevel=2)
 
     Q = torch.zeros_like(W)
     scale = torch.zeros(rows, n_groups)
