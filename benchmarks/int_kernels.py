@@ -1,5 +1,6 @@
 """Per-layer speed of the integer kernels against dense matmuls, at decode (1 token) and prefill
-(512 tokens) shapes of Qwen2.5-0.5B's MLP (896 <-> 4864) and attention output (896 x 896).
+(512 tokens) shapes of Qwen2.5-0.5B's MLP (896 <-> 4864) and attention output (896 x 896):
+dense fp32/bf16, int4 (tinygemm), int8 weight-only, W8A8 through each available int8 path.
 
 Ratios only mean something within one run on a quiet machine.
 
@@ -31,6 +32,21 @@ def bench(fn, reps: int) -> float:
     return best
 
 
+def fbgemm_linear(lin):
+    """PyTorch's x86 dynamic int8 linear (fbgemm) on the same int8 weights, reduce_range=True
+    (7-bit activations; needed on AVX2, whose 16-bit intermediate sums saturate otherwise)."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wq = torch._make_per_channel_quantized_tensor(
+            lin.weight_int8, lin._s32.double(), torch.zeros(lin.out_features, dtype=torch.long), 0)
+        packed = torch.ops.quantized.linear_prepack(wq, None)
+    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=50)
@@ -51,7 +67,9 @@ def main() -> int:
         int8 = make_linear(rtn(w, 8, None, True), None)
         w8 = rtn(w, 8, None, True)
         w8.act_bits = 8
-        w8a8 = make_linear(w8, None)
+        w8a8_pack, w8a8_mm = make_linear(w8, None), make_linear(w8, None)
+        w8a8_pack.use_int_mm, w8a8_mm.use_int_mm = False, True
+        fbgemm = fbgemm_linear(w8a8_pack)
         for m in (1, 512):
             reps = args.reps if m == 1 else max(2, args.reps // 25)
             x32, x16 = torch.randn(m, k), torch.randn(m, k).bfloat16()
@@ -63,7 +81,9 @@ def main() -> int:
                 "int4 (fp32 act)": lambda: int4(x32),
                 "int8 w-only (bf16 act)": lambda: int8(x16),
                 "int8 w-only (fp32 act)": lambda: int8(x32),
-                "W8A8 int_mm": lambda: w8a8(x32),
+                "W8A8 via int8pack (this CPU's path)": lambda: w8a8_pack(x32),
+                "W8A8 torch._int_mm": lambda: w8a8_mm(x32),
+                "fbgemm int8 dynamic (7-bit act)": lambda: fbgemm(x32),
             }
             row = {"out": out, "in": k, "tokens": m}
             for name, fn in cases.items():

@@ -93,6 +93,8 @@ def run_peer(args, model_dir: Path, calib, work: Path) -> tuple[Path, dict]:
            "--group-size", str(args.group_size), "--dampening", str(args.gptq_damp), "--out", str(out)]
     if args.gptq_act_order:
         cmd += ["--actorder", "static"]
+    if args.symmetric:
+        cmd += ["--sym"]
     print("peer:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return out, json.loads((out / "peer.json").read_text())
@@ -152,9 +154,14 @@ def main() -> int:
         src = save(base.to(torch.bfloat16), tok, work / "base") if args.model == "default" else Path(args.model)
         base.float()
         out, info = run_peer(args, src, calibs[specs[0]][0], work)
-        peer = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        from transformers import CompressedTensorsConfig
+
+        # dequantize=True: decompress to dense float (compressed-tensors 0.20 cannot set up
+        # an asymmetric packed layout for loading; dense is also what our rows measure)
+        peer = AutoModelForCausalLM.from_pretrained(
+            out, dtype=torch.float32, quantization_config=CompressedTensorsConfig(dequantize=True))
         rows[f"llm-compressor gptq [{specs[0]}]"] = {
-            "ppl": ppls(peer), "seconds": info["compress_seconds"], "peak_rss_mb": info["peak_rss_mb"],
+            "ppl": ppls(peer), "seconds": info["compress_s"], "peak_rss_mb": info["peak_rss_mb"],
             "peer": info}
         del peer
 

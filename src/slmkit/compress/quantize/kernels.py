@@ -5,7 +5,8 @@
 - `Int8Linear`: 5-8 bit codes, one scale per output channel, weight-only:
   `aten._weight_int8pack_mm`; an asymmetric zero point becomes a rank-1 correction.
 - `W8A8Linear`: int8 symmetric per-channel weights and dynamic per-token int8 activations
-  (SmoothQuant); `torch._int_mm` gives int32 accumulators, rescaled once.
+  (SmoothQuant); `torch._int_mm` on CPUs with int8 dot products, else the int8-weight kernel
+  fed the same integers (see the class).
 - `DequantLinear`: any other layout (e.g. 6-bit grouped, or a shape the kernels reject): holds the
   dequantized weight and uses a dense matmul. No faster than the original; it exists so every
   quantized model still runs, and `pick_kernel` says why it was chosen.
@@ -141,22 +142,47 @@ class Int8Linear(QuantLinear):
         return (self.weight_int8.float() + 128 - self.zero) * self.scale
 
 
+def has_int8_dot() -> bool:
+    """Whether the CPU has an int8 dot-product instruction (VNNI / AMX-INT8)."""
+    from slmkit.models.dtype import cpu_flags
+
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
 class W8A8Linear(Int8Linear):
-    kernel = "torch._int_mm (int8 x int8 -> int32)"
+    """int8 weights x dynamic per-token int8 activations (symmetric, max |x| -> 127).
+
+    With VNNI/AMX-INT8 the int8 x int8 -> int32 product is `torch._int_mm`. Without them (AVX2),
+    `_int_mm` runs ~40x slower than a float32 matmul and fbgemm's int8 GEMM saturates its 16-bit
+    intermediate sums unless activations are cut to 7 bits (benchmarks/int_kernels.py), so the
+    same integers go through `aten._weight_int8pack_mm` as bf16 values (exact: |q| <= 127), with
+    the output rounded to bf16. Either way the result is the W8A8 product the checkpoint defines."""
+
+    DECODE_ROWS = 16  # kept for callers that size batches; both paths serve every row count
 
     def __init__(self, qw, bias, group_size):
         super().__init__(qw, bias, group_size)
         if self._asym:
             raise SlmkitError("W8A8 needs symmetric int8 weights (zero point 128)")
-        self.weight_t = self.weight_int8.T.contiguous()  # [in, out] for _int_mm
+        self.use_int_mm = has_int8_dot()
+        self.weight_t = self.weight_int8.T.contiguous()                    # [in, out] for _int_mm
+        self._ones = torch.ones(self.out_features, dtype=torch.bfloat16)
+
+    @property
+    def kernel(self) -> str:
+        return "torch._int_mm" if self.use_int_mm else "aten._weight_int8pack_mm (int8-valued bf16 activations)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features).float()
-        xs = x2.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127        # [tokens, 1]
-        xq = torch.round(x2 / xs).clamp(-127, 127).to(torch.int8)
-        acc = torch._int_mm(xq, self.weight_t)                                 # [tokens, out] int32
-        return self._finish(acc.float() * xs * self._s32, shape, dtype)
+        step = x2.abs().amax(dim=-1, keepdim=True).clamp(min=1e-8) / 127      # [tokens, 1]
+        xq = torch.round(x2 / step).clamp(-127, 127)
+        if self.use_int_mm:
+            acc = torch._int_mm(xq.to(torch.int8).contiguous(), self.weight_t)  # int32
+        else:
+            acc = torch.ops.aten._weight_int8pack_mm(xq.to(torch.bfloat16).contiguous(),
+                                                      self.weight_int8, self._ones)
+        return self._finish(acc.float() * step * self._s32, shape, dtype)
 
 
 class DequantLinear(QuantLinear):
