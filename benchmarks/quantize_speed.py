@@ -30,7 +30,6 @@ def main() -> int:
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
-    import torch
     from rich.console import Console
     from rich.table import Table
 
