@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from slmkit.compress.calibrate import HessianCollector, sequential
+from slmkit.compress.prune.apply import apply_magnitude, apply_sparsegpt, apply_wanda
+from slmkit.compress.prune.config import MagnitudeConfig, SparseGPTConfig, WandaConfig
 from slmkit.compress.quantize.awq import AWQConfig, apply_awq
 from slmkit.compress.quantize.config import (
     GPTQConfig,
@@ -111,3 +113,26 @@ def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
         model._slmkit_quantized = store
     model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), {"quantize": entry.name, "config": vars(cfg)}]
     return model
+
+
+PRUNERS = Registry("pruning method")
+PRUNERS.add("magnitude", MagnitudeConfig, apply_magnitude, "smallest |W| per matrix, no calibration")
+PRUNERS.add("wanda", WandaConfig, apply_wanda, "Wanda: |W| x input norm, per output row")
+PRUNERS.add("sparsegpt", SparseGPTConfig, apply_sparsegpt, "SparseGPT: OBS mask and weight updates")
+
+
+def prune(model, cfg, calib=None) -> dict:
+    """Prune `model` in place with the method `cfg` configures; returns the method's report
+    (unstructured: per target / layer / total sparsity and parameters, see
+    slmkit.compress.prune.apply.prune_report), also kept at `model._slmkit_prune_report`.
+
+    `calib`: token ids [n, length] for methods that calibrate (see slmkit.data.build_calibration)."""
+    if is_quantized(model):
+        raise SlmkitError("this model is quantized; prune the float model, then quantize")
+    entry = PRUNERS.for_config(cfg)
+    report = entry.fn(model, cfg, calib)
+    model._slmkit_prune_report = report
+    step = {"prune": entry.name, "config": vars(cfg),
+            **{k: report[k] for k in ("total", "layers") if k in report}}
+    model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), step]
+    return report

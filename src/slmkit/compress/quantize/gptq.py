@@ -29,19 +29,8 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
          symmetric: bool = False, damp: float = 0.01, block_size: int = 128,
          act_order: bool = False, static_groups: bool = False) -> QuantizedWeight:
     check_bits(bits, group_size)
-    if not 0 < damp < 1:
-        raise SlmkitError(f"GPTQ dampening must be in (0, 1), not {damp}")
-    W = w.detach().float().clone()
+    W, H = prepare_hessian(w, hessian, damp, "GPTQ")
     rows, cols = W.shape
-    if hessian.shape != (cols, cols):
-        raise SlmkitError(f"Hessian is {tuple(hessian.shape)} but the weight has {cols} input columns")
-    H = hessian.detach().float().clone()
-    if not torch.isfinite(H).all():
-        raise SlmkitError("the Hessian has non-finite entries (inf/nan activations in calibration); "
-                          "check the model in float32 or use other calibration text")
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
     g = group_size or cols
     n_groups = -(-cols // g)
 
@@ -51,21 +40,7 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
 
-    Hinv = None
-    for attempt in range(4):  # dampen more (and warn) rather than fail on a borderline Hessian
-        d = damp * 10 ** attempt
-        try:
-            L = torch.linalg.cholesky(H + d * torch.mean(torch.diag(H)) * torch.eye(cols))
-            Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
-            break
-        except torch.linalg.LinAlgError:
-            continue
-    if Hinv is None:
-        raise SlmkitError(f"the Hessian is not positive definite even with damp={d:g}; "
-                          "calibrate on more (or more varied) text")
-    if d != damp:
-        warnings.warn(f"GPTQ: Hessian not positive definite with damp={damp:g}; used {d:g}",
-                      stacklevel=2)
+    Hinv = inverse_cholesky(H, damp, "GPTQ")
 
     Q = torch.zeros_like(W)
     scale = torch.zeros(rows, n_groups)
@@ -104,3 +79,43 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
     else:
         g_idx = group_index(cols, group_size)
     return QuantizedWeight(Q.to(torch.uint8), scale, zero, g_idx, bits, group_size)
+
+
+def prepare_hessian(w: torch.Tensor, hessian: torch.Tensor, damp: float,
+                    method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Checked float32 copies (W [out, in], H [in, in]) for a Hessian-based method (GPTQ,
+    SparseGPT): inputs that never fire ("dead", diag H == 0) get H_jj = 1 and their weights 0."""
+    if not 0 < damp < 1:
+        raise SlmkitError(f"{method} dampening must be in (0, 1), not {damp}")
+    W = w.detach().float().clone()
+    cols = W.shape[1]
+    if hessian.shape != (cols, cols):
+        raise SlmkitError(f"Hessian is {tuple(hessian.shape)} but the weight has {cols} input columns")
+    H = hessian.detach().float().clone()
+    if not torch.isfinite(H).all():
+        raise SlmkitError("the Hessian has non-finite entries (inf/nan activations in calibration); "
+                          "check the model in float32 or use other calibration text")
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    return W, H
+
+
+def inverse_cholesky(H: torch.Tensor, damp: float, method: str) -> torch.Tensor:
+    """Upper Cholesky factor U of (H + d * mean(diag H) * I)^-1 [in, in] (U^T U = H^-1), as the
+    GPTQ/SparseGPT reference codes use it: row i of U holds the update coefficients of column i.
+    d = damp, or 10x/100x/1000x more (with a warning) if H is not positive definite."""
+    cols = H.shape[0]
+    for attempt in range(4):  # dampen more (and warn) rather than fail on a borderline Hessian
+        d = damp * 10 ** attempt
+        try:
+            L = torch.linalg.cholesky(H + d * torch.mean(torch.diag(H)) * torch.eye(cols))
+            Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+        except torch.linalg.LinAlgError:
+            continue
+        if d != damp:
+            warnings.warn(f"{method}: Hessian not positive definite with damp={damp:g}; used {d:g}",
+                          stacklevel=3)
+        return Hinv
+    raise SlmkitError(f"the Hessian is not positive definite even with damp={d:g}; "
+                      "calibrate on more (or more varied) text")
