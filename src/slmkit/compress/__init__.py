@@ -4,11 +4,13 @@ Pruning and low-rank build on the same loop."""
 
 from slmkit.compress.api import PRUNERS, QUANTIZERS, is_quantized, pack, prune, quantize
 from slmkit.compress.prune.config import MagnitudeConfig, SparseGPTConfig, WandaConfig
+from slmkit.compress.prune.structured import DepthPruneConfig, WidthPruneConfig, parse_target
 from slmkit.compress.quantize.awq import AWQConfig
 from slmkit.compress.quantize.config import GPTQConfig, RTNConfig
 from slmkit.compress.quantize.gguf_export import export_gguf
 from slmkit.compress.quantize.smoothquant import SmoothQuantConfig
 
-__all__ = ["PRUNERS", "QUANTIZERS", "AWQConfig", "GPTQConfig", "MagnitudeConfig", "RTNConfig",
+__all__ = ["PRUNERS", "QUANTIZERS", "AWQConfig", "DepthPruneConfig", "GPTQConfig", "MagnitudeConfig",
+           "RTNConfig", "WidthPruneConfig", "parse_target",
            "SmoothQuantConfig", "SparseGPTConfig", "WandaConfig", "export_gguf", "is_quantized",
            "pack", "prune", "quantize"]

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from slmkit.compress.calibrate import HessianCollector, sequential
 from slmkit.compress.prune.apply import apply_magnitude, apply_sparsegpt, apply_wanda
 from slmkit.compress.prune.config import MagnitudeConfig, SparseGPTConfig, WandaConfig
+from slmkit.compress.prune.structured import (DepthPruneConfig, WidthPruneConfig, prune_depth,
+                                              prune_width)
 from slmkit.compress.quantize.awq import AWQConfig, apply_awq
 from slmkit.compress.quantize.config import (
     GPTQConfig,
@@ -119,6 +121,10 @@ PRUNERS = Registry("pruning method")
 PRUNERS.add("magnitude", MagnitudeConfig, apply_magnitude, "smallest |W| per matrix, no calibration")
 PRUNERS.add("wanda", WandaConfig, apply_wanda, "Wanda: |W| x input norm, per output row")
 PRUNERS.add("sparsegpt", SparseGPTConfig, apply_sparsegpt, "SparseGPT: OBS mask and weight updates")
+PRUNERS.add("depth", DepthPruneConfig, prune_depth,
+            "structured: drop whole decoder layers (block influence or ppl ranking)")
+PRUNERS.add("width", WidthPruneConfig, prune_width,
+            "structured: drop MLP channels and KV head groups, same count in every layer")
 
 
 def prune(model, cfg, calib=None) -> dict:
@@ -130,9 +136,11 @@ def prune(model, cfg, calib=None) -> dict:
     if is_quantized(model):
         raise SlmkitError("this model is quantized; prune the float model, then quantize")
     entry = PRUNERS.for_config(cfg)
+    n_steps = len(getattr(model, "_slmkit_steps", []))
     report = entry.fn(model, cfg, calib)
     model._slmkit_prune_report = report
-    step = {"prune": entry.name, "config": vars(cfg),
-            **{k: report[k] for k in ("total", "layers") if k in report}}
-    model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), step]
+    if len(getattr(model, "_slmkit_steps", [])) == n_steps:  # structured methods record their own
+        step = {"prune": entry.name, "config": vars(cfg),
+                **{k: report[k] for k in ("total", "layers") if k in report}}
+        model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), step]
     return report

@@ -51,6 +51,19 @@ class ArchSpec:
     mlp_foldable: bool = True
     # gpt2 stores linear weights as Conv1D with shape (in, out) instead of nn.Linear's (out, in)
     conv1d: bool = False
+    # config attribute names that structured pruning rewrites (they differ per model_type)
+    n_layers_attr: str = "num_hidden_layers"
+    intermediate_attr: str = "intermediate_size"   # MLP width (opt: ffn_dim, gpt2: n_inner)
+    heads_attr: str = "num_attention_heads"
+    kv_heads_attr: str | None = "num_key_value_heads"  # None: no GQA, one k/v head per query head
+    # the config attribute stating head_dim on its own; None = head_dim is always hidden / heads,
+    # so the standard config cannot express fewer heads (heads are then not prunable)
+    head_dim_attr: str | None = "head_dim"
+    # per-layer config lists, cut along with the decoder layers (e.g. sliding/full attention)
+    per_layer_config: tuple[str, ...] = ("layer_types",)
+    # config ints that are layer-index thresholds (qwen2/qwen3 `max_window_layers`: layers from
+    # this index on use sliding windows), renumbered when layers are removed
+    layer_index_config: tuple[str, ...] = ()
     notes: str = field(default="", compare=False)
 
     # ---- lookups -------------------------------------------------------------------------
@@ -87,8 +100,9 @@ ARCHS: dict[str, ArchSpec] = {
     for spec in [
         ArchSpec("llama", **_LLAMA_LIKE),
         ArchSpec("mistral", **_LLAMA_LIKE),
-        ArchSpec("qwen2", **_LLAMA_LIKE),
-        ArchSpec("qwen3", **_LLAMA_LIKE, notes="q_norm/k_norm RMSNorms inside self_attn"),
+        ArchSpec("qwen2", **_LLAMA_LIKE, layer_index_config=("max_window_layers",)),
+        ArchSpec("qwen3", **_LLAMA_LIKE, layer_index_config=("max_window_layers",),
+                 notes="q_norm/k_norm RMSNorms inside self_attn"),
         ArchSpec(
             "gemma3_text", **_LLAMA_LIKE,
             norms=("input_layernorm", "post_attention_layernorm",
@@ -103,6 +117,8 @@ ARCHS: dict[str, ArchSpec] = {
             pos_embed="transformer.wpe", q=None, k=None, v=None, qkv="attn.c_attn", o="attn.c_proj",
             gate=None, up="mlp.c_fc", down="mlp.c_proj", norms=("ln_1", "ln_2"), conv1d=True,
             attn_in_norm="ln_1", mlp_in_norm="ln_2", mlp_foldable=False,  # GELU: not homogeneous
+            n_layers_attr="n_layer", intermediate_attr="n_inner", heads_attr="n_head",
+            kv_heads_attr=None, head_dim_attr=None,
         ),
         ArchSpec(
             "opt", layers="model.decoder.layers", embed="model.decoder.embed_tokens",
@@ -110,6 +126,7 @@ ARCHS: dict[str, ArchSpec] = {
             o="self_attn.out_proj", gate=None, up="fc1", down="fc2",
             norms=("self_attn_layer_norm", "final_layer_norm"),
             attn_in_norm="self_attn_layer_norm", mlp_in_norm="final_layer_norm",  # ReLU MLP
+            intermediate_attr="ffn_dim", kv_heads_attr=None, head_dim_attr=None,
             notes="sizes with word_embed_proj_dim != hidden_size add project_in/project_out",
         ),
     ]
