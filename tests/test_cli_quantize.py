@@ -23,7 +23,7 @@ def test_quantize_gptq_with_override_writes_a_reloadable_checkpoint(tiny_dir, tm
     step = manifest["steps"][-1]
     assert step["quantize"] == "gptq" and step["config"]["overrides"] == {"down": {"bits": 8, "group_size": None}}
     assert manifest["report"]["calibration"]["n"] == 4
-    assert manifest["report"]["kernels"] == {"Int4Linear": 12, "Int8Linear": 2}
+    assert manifest["report"]["result"]["kernels"] == {"Int4Linear": 12, "Int8Linear": 2}
     model, _ = load(out, dtype="float32")
     kinds = {type(m) for m in model.modules()}
     assert {Int4Linear, Int8Linear} <= kinds

@@ -154,7 +154,7 @@ def test_ppl_ranking_is_the_loss_with_each_layer_skipped():
         for h in handles:
             h.remove()
     one_layer = count_params(get_arch(model).decoder_layers(model)[0])
-    report = prune_depth(model, DepthPruneConfig(target=count_params(model) - one_layer, method="ppl"), calib)
+    report = prune_depth(model, DepthPruneConfig(target=count_params(model) - one_layer, ranking="ppl"), calib)
     assert [e["score"] for e in report["layers"]] == pytest.approx(expected, abs=1e-5)
     assert report["removed_layers"] == [min(range(4), key=expected.__getitem__)]
 

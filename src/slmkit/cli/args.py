@@ -61,6 +61,7 @@ def _dict_item(text: str) -> tuple[str, dict]:
 
 
 _dict_item.__name__ = "KEY:name=value,..."
+_scalar.__name__ = "number or text"
 
 
 def add_config_args(parser: argparse.ArgumentParser, config_cls: type, prefix: str,
@@ -96,7 +97,13 @@ def add_config_args(parser: argparse.ArgumentParser, config_cls: type, prefix: s
                                default=argparse.SUPPRESS, metavar="KEY:name=value,...",
                                help=f.metadata.get("help", "") + " (repeatable)")
             continue
-        if typing.get_origin(tp) is list:
+        if typing.get_origin(tp) is typing.Literal:
+            group.add_argument(*flags, dest=dest, choices=list(typing.get_args(tp)),
+                               default=argparse.SUPPRESS, help=help_text)
+            continue
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):  # e.g. str | float
+            conv = _scalar
+        elif typing.get_origin(tp) is list:
             conv = _list_of_str
         elif tp in (int, float, str):
             conv = tp

@@ -1,4 +1,4 @@
-"""`slmkit` — info, eval, convert, quantize, export, lm-eval. Errors print one line and exit 1 (`--debug`: traceback)."""
+"""`slmkit` — info, eval, convert, quantize, prune, export, lm-eval. Errors print one line and exit 1 (`--debug`: traceback)."""
 
 from __future__ import annotations
 
@@ -49,9 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--dtype", default="bfloat16", help="dtype of the saved weights (default bfloat16)")
     cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    from slmkit.cli import export, quantize
+    from slmkit.cli import export, prune, quantize
 
     quantize.add_parser(sub)
+    prune.add_parser(sub)
     export.add_parser(sub)
 
     # handled in main() before parsing; listed here for --help
@@ -131,6 +132,12 @@ def cmd_quantize(ns) -> int:
     return quantize.run(ns)
 
 
+def cmd_prune(ns) -> int:
+    from slmkit.cli import prune
+
+    return prune.run(ns)
+
+
 def cmd_export(ns) -> int:
     from slmkit.cli import export
 
@@ -138,7 +145,7 @@ def cmd_export(ns) -> int:
 
 
 COMMANDS = {"info": cmd_info, "eval": cmd_eval, "convert": cmd_convert, "quantize": cmd_quantize,
-            "export": cmd_export}
+            "prune": cmd_prune, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

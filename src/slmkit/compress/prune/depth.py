@@ -167,16 +167,16 @@ def prune_depth(model: "nn.Module", cfg: DepthPruneConfig, calib: "torch.Tensor"
     score (BI, or loss increase when skipped; lowest removed first), removed], "params_to_remove",
     totals: params_before/after, bytes_before/after, fraction_removed}. Records the step in `model._slmkit_steps`."""
     spec = check_prunable(model, calib)
-    if cfg.method not in ("block_influence", "ppl"):
-        raise SlmkitError(f"unknown depth ranking {cfg.method!r}; choose block_influence or ppl")
+    if cfg.ranking not in ("block_influence", "ppl"):
+        raise SlmkitError(f"unknown depth ranking {cfg.ranking!r}; choose block_influence or ppl")
     before = (count_params(model), count_bytes(model))
     remove = parse_target(cfg.target, before[0])
     sizes = layer_sizes(model, spec)
     params = [s["params"] for s in sizes]
     choose_layers([0.0] * len(params), params, remove)  # fail on an unreachable target before work
-    report: dict = {"kind": "depth", "method": cfg.method, "target": cfg.target,
+    report: dict = {"kind": "depth", "ranking": cfg.ranking, "target": cfg.target,
                     "params_to_remove": remove}
-    if cfg.method == "block_influence":
+    if cfg.ranking == "block_influence":
         scores = block_influence(model, calib, cfg.batch_size)
     else:
         base, losses = skip_losses(model, calib, cfg.batch_size)

@@ -37,7 +37,7 @@ _TARGET_HELP = ("a fraction of the parameters to remove (0.25 or '25%'), or the 
 @dataclass
 class DepthPruneConfig:
     target: str | float = field(default=0.25, metadata={"help": _TARGET_HELP})
-    method: Literal["block_influence", "ppl"] = field(default="block_influence", metadata={
+    ranking: Literal["block_influence", "ppl"] = field(default="block_influence", metadata={
         "help": "layer ranking: block_influence = 1 - mean cos(layer input, layer output) over the "
                 "calibration tokens, lowest removed (ShortGPT); ppl = calibration loss with each "
                 "single layer skipped, least harmful removed (costs n_layers + 1 forwards)"})
