@@ -8,43 +8,23 @@ from slmkit.compress.quantize.awq import (AWQConfig, apply_awq, clip_weight, fak
                                           output_mse, search_clip, search_scale)
 from slmkit.compress.quantize.config import RTNConfig
 from slmkit.compress.quantize.rtn import rtn
-from slmkit.compress.smooth import (ATTN_IN, MLP_IN, ActivationStats, ScaleGroup, absorb, fold_scales,
+from slmkit.compress.smooth import (ActivationStats, ScaleGroup, fold_scales,
                                     norm_kind, scale_groups)
 from slmkit.compress.targets import all_targets
 from slmkit.errors import SlmkitError
 from slmkit.models import get_arch
 from slmkit.models.tiny import TINY_CONFIGS, tiny_model
 
-G = torch.Generator().manual_seed(0)
-CALIB = torch.randint(3, 500, (8, 64), generator=G)
-EVAL = torch.randint(3, 500, (4, 64), generator=G)
+from smooth_models import CALIB, logits, n_layers, with_outliers
+
 SMALL = CALIB[:4, :32]
-OUTLIERS = [3, 17, 40]  # input channels made 30x larger in the outlier models
 
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
-def n_layers(model):
-    return len(get_arch(model).decoder_layers(model))
 
-
-def with_outliers(model, factor=30.0):
-    """Make a few channels of every norm-fed activation `factor` times larger (a different model:
-    the reference for errors is this model in float)."""
-    for i in range(n_layers(model)):
-        for g in scale_groups(model, i):
-            if g.site in (ATTN_IN, MLP_IN):
-                s = torch.ones(g.in_features)
-                s[OUTLIERS] = 1 / factor
-                absorb(g.prev, s)
-    return model
-
-
-def logits(model, ids=EVAL):
-    with torch.no_grad():
-        return model(ids).logits
 
 
 # ---- folding ---------------------------------------------------------------------------------

@@ -6,36 +6,22 @@ import torch
 from slmkit.compress.quantize.smoothquant import (SmoothQuantConfig, apply_smoothquant,
                                                   fake_quant_activations, quantize_w8, smooth,
                                                   smooth_scales)
-from slmkit.compress.smooth import ATTN_IN, MLP_IN, ActivationStats, absorb, scale_groups
+from slmkit.compress.smooth import ATTN_IN, MLP_IN, ActivationStats, scale_groups
 from slmkit.compress.targets import all_targets
 from slmkit.errors import SlmkitError
-from slmkit.models import get_arch
 from slmkit.models.tiny import TINY_CONFIGS, tiny_model
+
+from smooth_models import OUTLIERS, n_layers, with_outliers
 
 G = torch.Generator().manual_seed(1)
 CALIB = torch.randint(3, 500, (8, 64), generator=G)
 EVAL = torch.randint(3, 500, (4, 64), generator=G)
-OUTLIERS = [3, 17, 40]
-
-
-def n_layers(model):
-    return len(get_arch(model).decoder_layers(model))
-
-
-def with_outliers(model, factor=30.0):
-    """A few channels of every norm-fed activation made `factor` times larger."""
-    for i in range(n_layers(model)):
-        for g in scale_groups(model, i):
-            if g.site in (ATTN_IN, MLP_IN):
-                s = torch.ones(g.in_features)
-                s[OUTLIERS] = 1 / factor
-                absorb(g.prev, s)
-    return model
 
 
 def logits(model, ids=EVAL):
     with torch.no_grad():
         return model(ids).logits
+
 
 
 def simulate_w8a8(model, names):

@@ -101,37 +101,49 @@ def sequential(model: "nn.Module", calib: "torch.Tensor",
             advance(1)
 
 
-class HessianCollector:
-    """`with HessianCollector(modules) as hc: run()` accumulates, for each module, the Hessian of a
-    squared output error w.r.t. its weight, H = 2 X^T X / n over the module's inputs X [n, in]
-    (float32, running mean as in the GPTQ reference, so any number of batches fits in memory)."""
+class InputHooks:
+    """Base of the statistics collectors: `with Collector({name: module}) as c: run()` calls
+    `c.observe(name, x)` with every input x [tokens, in] (float32, detached) each module sees."""
 
     def __init__(self, modules: dict[str, "nn.Module"]):
         self.modules = modules
-        self.H: dict[str, "torch.Tensor"] = {}
-        self.n: dict[str, int] = {}
         self._hooks: list = []
 
-    def _hook(self, name: str):
-        import torch
+    def observe(self, name: str, x: "torch.Tensor") -> None:
+        raise NotImplementedError
 
-        def pre(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # [tokens, in]
-            n_old, n_new = self.n.get(name, 0), x.shape[0]
-            total = n_old + n_new
-            if name not in self.H:
-                self.H[name] = torch.zeros(x.shape[1], x.shape[1])
-            self.H[name] *= n_old / total
-            x = x * (2 / total) ** 0.5
-            self.H[name] += x.T @ x
-            self.n[name] = total
-        return pre
-
-    def __enter__(self) -> "HessianCollector":
-        self._hooks = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.modules.items()]
+    def __enter__(self):
+        def hook(name):
+            def pre(module, args):
+                self.observe(name, args[0].detach().reshape(-1, args[0].shape[-1]).float())
+            return pre
+        self._hooks = [m.register_forward_pre_hook(hook(n)) for n, m in self.modules.items()]
         return self
 
     def __exit__(self, *exc) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+
+
+class HessianCollector(InputHooks):
+    """`with HessianCollector(modules) as hc: run()` accumulates, for each module, the Hessian of a
+    squared output error w.r.t. its weight, H = 2 X^T X / n over the module's inputs X [n, in]
+    (float32, running mean as in the GPTQ reference, so any number of batches fits in memory)."""
+
+    def __init__(self, modules: dict[str, "nn.Module"]):
+        super().__init__(modules)
+        self.H: dict[str, "torch.Tensor"] = {}
+        self.n: dict[str, int] = {}
+
+    def observe(self, name: str, x: "torch.Tensor") -> None:
+        import torch
+
+        n_old, n_new = self.n.get(name, 0), x.shape[0]
+        total = n_old + n_new
+        if name not in self.H:
+            self.H[name] = torch.zeros(x.shape[1], x.shape[1])
+        self.H[name] *= n_old / total
+        x = x * (2 / total) ** 0.5
+        self.H[name] += x.T @ x
+        self.n[name] = total

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from slmkit.compress.calibrate import InputHooks
 from slmkit.compress.targets import Target, layer_targets
 from slmkit.errors import SlmkitError
 from slmkit.models.arch import get_arch, get_submodule
@@ -194,39 +195,26 @@ class SiteStats:
         return self.xtx / max(self.tokens, 1)
 
 
-class ActivationStats:
+class ActivationStats(InputHooks):
     """`with ActivationStats({key: module}, gram=False) as st: run()` collects, for each module's
     input x, per-channel mean |x| and max |x| over every token, and with `gram=True` the Gram
     matrix X^T X / n (the output MSE of any weight error dW on these inputs is
     tr(dW Gram dW^T) / out, whatever the number of tokens)."""
 
     def __init__(self, modules: dict[str, "nn.Module"], gram: bool = False):
-        self.modules = modules
+        super().__init__(modules)
         self.want_gram = gram
         self.stats = {key: SiteStats() for key in modules}
-        self._hooks: list = []
 
-    def _hook(self, key: str):
-        def pre(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # [tokens, in]
-            st = self.stats[key]
-            a = x.abs()
-            st.abs_sum = a.sum(0) if st.abs_sum is None else st.abs_sum + a.sum(0)
-            m = a.amax(0)
-            st.max_abs = m if st.max_abs is None else torch.maximum(st.max_abs, m)
-            if self.want_gram:
-                st.xtx = x.T @ x if st.xtx is None else st.xtx.addmm_(x.T, x)
-            st.tokens += x.shape[0]
-        return pre
-
-    def __enter__(self) -> "ActivationStats":
-        self._hooks = [m.register_forward_pre_hook(self._hook(k)) for k, m in self.modules.items()]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
+    def observe(self, key: str, x: torch.Tensor) -> None:      # x [tokens, in]
+        st = self.stats[key]
+        a = x.abs()
+        st.abs_sum = a.sum(0) if st.abs_sum is None else st.abs_sum + a.sum(0)
+        m = a.amax(0)
+        st.max_abs = m if st.max_abs is None else torch.maximum(st.max_abs, m)
+        if self.want_gram:
+            st.xtx = x.T @ x if st.xtx is None else st.xtx.addmm_(x.T, x)
+        st.tokens += x.shape[0]
 
 
 def group_stats(groups: list[ScaleGroup], gram: bool = False) -> ActivationStats:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from slmkit.compress.calibrate import HessianCollector, sequential
+from slmkit.compress.calibrate import HessianCollector, InputHooks, sequential
 from slmkit.compress.prune.config import (
     MagnitudeConfig,
     PruneConfig,
@@ -40,36 +40,23 @@ if TYPE_CHECKING:
     from torch import nn
 
 
-class InputNorms:
+class InputNorms(InputHooks):
     """`with InputNorms({name: module}) as st: run()` collects, per module, the L2 norm of each
     input feature over all calibration tokens, scaled as sqrt(mean over tokens of x_j^2):
     `st.norms()[name]` float32 [in]. (Wanda's ||X_j||_2 up to a constant factor.)"""
 
     def __init__(self, modules: dict[str, "nn.Module"]):
-        self.modules = modules
+        super().__init__(modules)
         self.sq_sum: dict[str, torch.Tensor] = {}    # float32 [in]: sum over tokens of x_j^2
         self.tokens: dict[str, int] = {}
-        self._hooks: list = []
 
-    def _hook(self, name: str):
-        def pre(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # [tokens, in]
-            sq = x.pow(2).sum(0)
-            self.sq_sum[name] = sq if name not in self.sq_sum else self.sq_sum[name] + sq
-            self.tokens[name] = self.tokens.get(name, 0) + x.shape[0]
-        return pre
+    def observe(self, name: str, x: torch.Tensor) -> None:   # x [tokens, in]
+        sq = x.pow(2).sum(0)
+        self.sq_sum[name] = sq if name not in self.sq_sum else self.sq_sum[name] + sq
+        self.tokens[name] = self.tokens.get(name, 0) + x.shape[0]
 
     def norms(self) -> dict[str, torch.Tensor]:
         return {k: (v / max(self.tokens[k], 1)).sqrt() for k, v in self.sq_sum.items()}
-
-    def __enter__(self) -> "InputNorms":
-        self._hooks = [m.register_forward_pre_hook(self._hook(n)) for n, m in self.modules.items()]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
 
 
 @dataclass
