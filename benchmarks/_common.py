@@ -50,3 +50,46 @@ def write_result(topic: str, payload: dict) -> Path:
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     tmp.replace(out)
     return out
+
+
+# ---- shared by the compression benchmarks ------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+AUSTEN = ROOT.parent / "shared" / "data" / "austen_emma.txt"
+PEER_PY = ROOT / ".venv-peers" / "llmc" / "bin" / "python"
+
+
+def leading_tokens(tok, data, n: int):
+    """The first `n` tokens of a text source as one document (0 = all of it)."""
+    from slmkit.data import TextData, token_stream
+
+    if not n:
+        return data
+    ids = token_stream(tok, data)[:n]
+    return TextData(f"{data.name}[:{n} tokens]", [tok.decode(ids)])
+
+
+def eval_texts(tok, n: int) -> dict:
+    """In domain (the embedded eval text) and out of domain (Austen's Emma), `n` tokens each."""
+    from slmkit.data import embedded_text, text_files
+
+    return {"in": leading_tokens(tok, embedded_text("eval"), n),
+            "out": leading_tokens(tok, text_files(AUSTEN), n)}
+
+
+def run_llmc(method: str, model_dir: Path, calib, work: Path, extra: list[str]) -> tuple[Path, dict]:
+    """llm-compressor (own venv, benchmarks/peers/setup.sh llmc) on exactly our calibration ids."""
+    import subprocess
+
+    import torch
+
+    if not PEER_PY.exists():
+        raise SystemExit(f"peer venv missing: run benchmarks/peers/setup.sh llmc ({PEER_PY})")
+    ids = work / "calib_ids.pt"
+    torch.save(calib, ids)
+    out = work / f"peer_{method}"
+    cmd = [str(PEER_PY), str(ROOT / "benchmarks" / "peers" / "llmc_run.py"), "--model", str(model_dir),
+           "--calib", str(ids), "--method", method, "--out", str(out), *extra]
+    print("peer:", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return out, json.loads((out / "peer.json").read_text())

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -27,11 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import timed, write_result  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-AUSTEN = ROOT.parent / "shared" / "data" / "austen_emma.txt"
-PEER_PY = ROOT / ".venv-peers" / "llmc" / "bin" / "python"
+from _common import eval_texts, run_llmc, timed, write_result  # noqa: E402
 
 
 def parse_args():
@@ -59,15 +53,6 @@ def parse_args():
     return ap.parse_args()
 
 
-def leading_tokens(tok, data, n):
-    from slmkit.data import TextData, token_stream
-
-    if not n:
-        return data
-    ids = token_stream(tok, data)[:n]
-    return TextData(f"{data.name}[:{n} tokens]", [tok.decode(ids)])
-
-
 def configs(args):
     from slmkit.compress.quantize.awq import AWQConfig
     from slmkit.compress.quantize.config import GPTQConfig, RTNConfig
@@ -79,25 +64,14 @@ def configs(args):
             "awq": AWQConfig(**common)}
 
 
-def run_peer(args, model_dir: Path, calib, work: Path) -> tuple[Path, dict]:
-    """llm-compressor GPTQ in its own venv on exactly our calibration ids."""
-    import torch
-
-    if not PEER_PY.exists():
-        raise SystemExit(f"peer venv missing: run benchmarks/peers/setup.sh llmc ({PEER_PY})")
-    ids = work / "calib_ids.pt"
-    torch.save(calib, ids)
-    out = work / "peer_gptq"
-    cmd = [str(PEER_PY), str(ROOT / "benchmarks" / "peers" / "llmc_run.py"), "--model", str(model_dir),
-           "--calib", str(ids), "--method", "gptq", "--bits", str(args.bits),
-           "--group-size", str(args.group_size), "--dampening", str(args.gptq_damp), "--out", str(out)]
+def peer_args(args) -> list[str]:
+    extra = ["--bits", str(args.bits), "--group-size", str(args.group_size),
+             "--dampening", str(args.gptq_damp)]
     if args.gptq_act_order:
-        cmd += ["--actorder", "static"]
+        extra += ["--actorder", "static"]
     if args.symmetric:
-        cmd += ["--sym"]
-    print("peer:", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    return out, json.loads((out / "peer.json").read_text())
+        extra += ["--sym"]
+    return extra
 
 
 def main() -> int:
@@ -108,14 +82,13 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     from slmkit.compress.api import quantize
-    from slmkit.data import build_calibration_with_provenance, embedded_text, text_files
+    from slmkit.data import build_calibration_with_provenance
     from slmkit.eval.memory import PeakRSS
     from slmkit.eval.perplexity import PerplexityConfig, window_perplexity
     from slmkit.models import load, save
 
     base, tok = load(args.model, "float32")
-    texts = {"in": leading_tokens(tok, embedded_text("eval"), args.eval_tokens),
-             "out": leading_tokens(tok, text_files(AUSTEN), args.eval_tokens)}
+    texts = eval_texts(tok, args.eval_tokens)
     ppl_cfg = PerplexityConfig(protocols=["window"], window=args.window)
 
     def ppls(model):
@@ -153,7 +126,7 @@ def main() -> int:
     if args.peer:
         src = save(base.to(torch.bfloat16), tok, work / "base") if args.model == "default" else Path(args.model)
         base.float()
-        out, info = run_peer(args, src, calibs[specs[0]][0], work)
+        out, info = run_llmc("gptq", src, calibs[specs[0]][0], work, peer_args(args))
         from transformers import CompressedTensorsConfig
 
         # dequantize=True: decompress to dense float (compressed-tensors 0.20 cannot set up

@@ -1,0 +1,143 @@
+"""Pruning acceptance: perplexity ratio to the dense model in domain (embedded eval text) and out
+of domain (Austen's Emma), protocol (i), for magnitude / Wanda / SparseGPT at 50% and 2:4, with
+llm-compressor's SparseGPT and Wanda (own venv, by subprocess) on the same calibration ids; and
+structured depth / width pruning to -25% parameters: size on disk, decode speed, ppl before any
+recovery training.
+
+    python benchmarks/prune.py [--model default] [--calib embedded] [--peer] [--structured]
+        [--patterns 0.5,2:4] [--methods magnitude,wanda,sparsegpt] [--tag _smollm2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import eval_texts, run_llmc, timed, write_result  # noqa: E402
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    ap.add_argument("--patterns", default="0.5,2:4", help="sparsities and/or N:M patterns")
+    ap.add_argument("--calib", default="embedded")
+    ap.add_argument("--calib-n", type=int, default=128)
+    ap.add_argument("--calib-len", type=int, default=512)
+    ap.add_argument("--window", type=int, default=2048)
+    ap.add_argument("--eval-tokens", type=int, default=25600)
+    ap.add_argument("--peer", action="store_true", help="llm-compressor SparseGPT and Wanda too")
+    ap.add_argument("--structured", action="store_true", help="depth and width to -25%%")
+    ap.add_argument("--structured-target", type=float, default=0.25)
+    ap.add_argument("--tag", default="")
+    return ap.parse_args()
+
+
+def pattern_kwargs(p: str) -> dict:
+    return {"nm": p} if ":" in p else {"sparsity": float(p)}
+
+
+def main() -> int:
+    args = parse_args()
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from slmkit.compress import (PRUNERS, DepthPruneConfig, WidthPruneConfig, prune)
+    from slmkit.data import build_calibration_with_provenance
+    from slmkit.eval.memory import PeakRSS
+    from slmkit.eval.perplexity import PerplexityConfig, window_perplexity
+    from slmkit.models import load, save
+
+    base, tok = load(args.model, "float32")
+    texts = eval_texts(tok, args.eval_tokens)
+    ppl_cfg = PerplexityConfig(protocols=["window"], window=args.window)
+
+    def ppls(model):
+        return {k: window_perplexity(model, tok, t, ppl_cfg)["token_perplexity"] for k, t in texts.items()}
+
+    calib, provenance = build_calibration_with_provenance(base, tok, args.calib, n=args.calib_n,
+                                                          length=args.calib_len, seed=0)
+    rows = {"dense (fp32)": {"ppl": ppls(base)}}
+    t: dict[str, float] = {}
+    for pattern in args.patterns.split(","):
+        for name in args.methods.split(","):
+            label = f"{name} {pattern}"
+            model = copy.deepcopy(base)
+            cfg = PRUNERS.get(name).config(**pattern_kwargs(pattern))
+            with PeakRSS() as mem, timed(t, label):
+                report = prune(model, cfg, None if name == "magnitude" else calib)
+            rows[label] = {"ppl": ppls(model), "seconds": t[label], "peak_rss_mb": mem.peak_bytes / 2**20,
+                           "sparsity": report["total"]["sparsity"]}
+            print(label, rows[label], flush=True)
+            del model
+
+    work = Path(tempfile.mkdtemp(prefix="slmkit-pbench-"))
+    src = save(base.to(torch.bfloat16), tok, work / "base")  # the bf16 reference for sizes, and the peer's input
+    base.float()
+    if args.peer:
+        from transformers import AutoModelForCausalLM
+
+        for pattern in args.patterns.split(","):
+            for name in ("sparsegpt", "wanda"):
+                extra = ["--nm", pattern] if ":" in pattern else ["--sparsity", pattern]
+                out, info = run_llmc(name, src, calib, work / f"{name}_{pattern.replace(':', '-')}", extra)
+                peer = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+                rows[f"llm-compressor {name} {pattern}"] = {
+                    "ppl": ppls(peer), "seconds": info["compress_s"], "peak_rss_mb": info["peak_rss_mb"],
+                    "peer": info}
+                del peer
+
+    extra = {}
+    if args.structured:
+        from slmkit.eval.speed import SpeedConfig, speed
+
+        speed_cfg = SpeedConfig(prompt_tokens=128, new_tokens=128, repeats=3,
+                                prefill_dtype="float32", decode_dtype="bfloat16")
+        dense_disk = sum(p.stat().st_size for p in src.glob("*.safetensors"))
+        extra["dense"] = {"params": base.num_parameters(), "disk_bytes": dense_disk,
+                          "speed": speed(base, tok, speed_cfg)}
+        for name, cfg in (("depth", DepthPruneConfig(target=args.structured_target)),
+                          ("width", WidthPruneConfig(target=args.structured_target))):
+            model = copy.deepcopy(base)
+            with PeakRSS() as mem, timed(t, name):
+                prune(model, cfg, calib)
+            out = save(model.to(torch.bfloat16), tok, work / f"structured_{name}")
+            model.float()
+            disk = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+            sp = speed(model, tok, speed_cfg)
+            rows[f"{name} -{args.structured_target:.0%}"] = {
+                "ppl": ppls(model), "seconds": t[name], "peak_rss_mb": mem.peak_bytes / 2**20,
+                "params": model.num_parameters(), "disk_bytes": disk,
+                "disk_ratio": disk / dense_disk, "decode_speedup": sp["decode_tok_s"] / extra["dense"]["speed"]["decode_tok_s"],
+                "prefill_speedup": sp["prefill_tok_s"] / extra["dense"]["speed"]["prefill_tok_s"], "speed": sp}
+            print(name, rows[f"{name} -{args.structured_target:.0%}"], flush=True)
+            del model
+
+    table = Table(title=f"{args.model}: calib {args.calib} {args.calib_n}x{args.calib_len}, "
+                        f"ppl protocol (i) window {args.window}, {args.eval_tokens} tokens per text")
+    for c in ("method", "ppl in-domain", "ratio", "ppl Austen", "ratio", "seconds", "peak RSS MB", "disk / decode"):
+        table.add_column(c, justify="left" if c == "method" else "right")
+    b = rows["dense (fp32)"]["ppl"]
+    for label, r in rows.items():
+        tail = (f"{r['disk_ratio']:.2f}x / {r['decode_speedup']:.2f}x" if "disk_ratio" in r else "-")
+        table.add_row(label, f"{r['ppl']['in']:.3f}", f"{r['ppl']['in'] / b['in']:.3f}x",
+                      f"{r['ppl']['out']:.3f}", f"{r['ppl']['out'] / b['out']:.3f}x",
+                      f"{r['seconds']:.1f}" if "seconds" in r else "-",
+                      f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-", tail)
+    Console(width=170).print(table)
+    payload = {"args": vars(args), "rows": rows, "texts": {k: v.describe() for k, v in texts.items()},
+               "calibration": provenance, **extra}
+    print(f"wrote {write_result('prune' + args.tag, payload)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
