@@ -48,6 +48,7 @@ def main() -> int:
     args = parse_args()
     import torch
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from slmkit.compress import (PRUNERS, DepthPruneConfig, WidthPruneConfig, prune)
@@ -128,7 +129,7 @@ def main() -> int:
     b = rows["dense (fp32)"]["ppl"]
     for label, r in rows.items():
         tail = (f"{r['disk_ratio']:.2f}x / {r['decode_speedup']:.2f}x" if "disk_ratio" in r else "-")
-        table.add_row(label, f"{r['ppl']['in']:.3f}", f"{r['ppl']['in'] / b['in']:.3f}x",
+        table.add_row(escape(label), f"{r['ppl']['in']:.3f}", f"{r['ppl']['in'] / b['in']:.3f}x",
                       f"{r['ppl']['out']:.3f}", f"{r['ppl']['out'] / b['out']:.3f}x",
                       f"{r['seconds']:.1f}" if "seconds" in r else "-",
                       f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-", tail)

@@ -78,6 +78,7 @@ def main() -> int:
     args = parse_args()
     import torch
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
     from transformers import AutoModelForCausalLM
 
@@ -157,7 +158,7 @@ def main() -> int:
         table.add_column(c, justify="left" if c.startswith("method") else "right")
     b = rows["baseline (fp32)"]["ppl"]
     for label, r in rows.items():
-        table.add_row(label, f"{r['ppl']['in']:.3f}", f"{r['ppl']['in'] / b['in']:.3f}x",
+        table.add_row(escape(label), f"{r['ppl']['in']:.3f}", f"{r['ppl']['in'] / b['in']:.3f}x",
                       f"{r['ppl']['out']:.3f}", f"{r['ppl']['out'] / b['out']:.3f}x",
                       f"{r['seconds']:.1f}" if "seconds" in r else "-",
                       f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-")
