@@ -103,7 +103,7 @@ def test_w8a8_is_the_per_token_int8_product(tokens, int_mm):
     weight_only = x @ qw.dequantize().T
     y = lin(x)
     assert rel(y, per_token) < (1e-6 if int_mm else 5e-3)   # int8pack rounds its output to bf16
-    assert rel(y, weight_only) > 10 * rel(y, per_token)      # activations really were quantized
+    assert rel(y, weight_only) > 4 * rel(y, per_token)       # activations really were quantized
 
 
 def test_w8a8_refuses_asymmetric_weights():
