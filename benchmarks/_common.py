@@ -93,3 +93,12 @@ def run_llmc(method: str, model_dir: Path, calib, work: Path, extra: list[str]) 
     print("peer:", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return out, json.loads((out / "peer.json").read_text())
+
+
+def ppl_function(tok, texts: dict, window: int):
+    """model -> {text key: protocol (i) token perplexity} over `texts`."""
+    from slmkit.eval.perplexity import PerplexityConfig, window_perplexity
+
+    cfg = PerplexityConfig(protocols=["window"], window=window)
+    return lambda model: {k: window_perplexity(model, tok, t, cfg)["token_perplexity"]
+                          for k, t in texts.items()}

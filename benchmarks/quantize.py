@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import eval_texts, run_llmc, timed, write_result  # noqa: E402
+from _common import eval_texts, ppl_function, run_llmc, timed, write_result  # noqa: E402
 
 
 def parse_args():
@@ -85,15 +85,11 @@ def main() -> int:
     from slmkit.compress.api import quantize
     from slmkit.data import build_calibration_with_provenance
     from slmkit.eval.memory import PeakRSS
-    from slmkit.eval.perplexity import PerplexityConfig, window_perplexity
     from slmkit.models import load, save
 
     base, tok = load(args.model, "float32")
     texts = eval_texts(tok, args.eval_tokens)
-    ppl_cfg = PerplexityConfig(protocols=["window"], window=args.window)
-
-    def ppls(model):
-        return {k: window_perplexity(model, tok, t, ppl_cfg)["token_perplexity"] for k, t in texts.items()}
+    ppls = ppl_function(tok, texts, args.window)
 
     specs = [s for s in args.calib.split(";") if s]
     calibs = {}

@@ -18,26 +18,17 @@ from slmkit.errors import SlmkitError
 from slmkit.models import ARCHS, read_manifest, save
 from slmkit.models.tiny import tiny_model
 
+from layer_inputs import correlated_inputs, gen
+
 CALIB = torch.randint(3, 500, (8, 48), generator=torch.Generator().manual_seed(0))
 METHODS = {"magnitude": MagnitudeConfig, "wanda": WandaConfig, "sparsegpt": SparseGPTConfig}
 
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 def zeros_per_group(w, m):
     """Zeros in every group of m consecutive inputs of every row of w [out, in] -> [out, in/m]."""
     return (w == 0).reshape(w.shape[0], -1, m).sum(dim=2)
 
-
-def correlated_inputs(n=512, d=96, seed=0):
-    """Inputs with strongly correlated features and a few outlier channels, like real activations."""
-    g = gen(seed)
-    z = torch.randn(n, d // 4, generator=g)
-    x = z @ torch.randn(d // 4, d, generator=g) + 0.1 * torch.randn(n, d, generator=g)
-    x[:, :3] *= 20
-    return x
 
 
 # ---- math ----------------------------------------------------------------------------------

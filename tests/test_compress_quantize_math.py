@@ -7,9 +7,8 @@ from slmkit.compress.quantize.gptq import gptq
 from slmkit.compress.quantize.rtn import rtn
 from slmkit.errors import SlmkitError
 
+from layer_inputs import correlated_inputs, gen
 
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -50,14 +49,6 @@ def test_out_of_range_settings_are_refused(bits, group_size):
     with pytest.raises(SlmkitError):
         rtn(torch.randn(2, 8), bits, group_size)
 
-
-def correlated_inputs(n=512, d=96, seed=0):
-    """Inputs with strongly correlated features and a few outlier channels, like real activations."""
-    g = gen(seed)
-    z = torch.randn(n, d // 4, generator=g)
-    x = z @ torch.randn(d // 4, d, generator=g) + 0.1 * torch.randn(n, d, generator=g)
-    x[:, :3] *= 20
-    return x
 
 
 @pytest.mark.parametrize("act_order, static_groups", [(False, False), (True, False), (True, True)])
