@@ -158,7 +158,6 @@ class W8A8Linear(Int8Linear):
     same integers go through `aten._weight_int8pack_mm` as bf16 values (exact: |q| <= 127), with
     the output rounded to bf16. Either way the result is the W8A8 product the checkpoint defines."""
 
-
     def __init__(self, qw, bias, group_size):
         super().__init__(qw, bias, group_size)
         if self._asym:
