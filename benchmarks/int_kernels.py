@@ -10,6 +10,7 @@ Ratios only mean something within one run on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,14 +57,27 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from slmkit.compress.quantize import native
     from slmkit.compress.quantize.kernels import make_linear
     from slmkit.compress.quantize.rtn import rtn
+
+    def torch_int4(qw):  # PyTorch's int4 kernel, as used where the native one does not build
+        os.environ["SLMKIT_NATIVE"] = "0"
+        native.library.cache_clear()
+        try:
+            return make_linear(qw, None)
+        finally:
+            del os.environ["SLMKIT_NATIVE"]
+            native.library.cache_clear()
+
+    print(native.status())
 
     torch.manual_seed(0)
     rows = []
     for out, k in SHAPES:
         w = torch.randn(out, k) * 0.02
-        int4 = make_linear(rtn(w, 4, 128, True), None)
+        int4 = torch_int4(rtn(w, 4, 128, True))
+        int4n = make_linear(rtn(w, 4, 128, True), None)
         int8 = make_linear(rtn(w, 8, None, True), None)
         w8 = rtn(w, 8, None, True)
         w8.act_bits = 8
@@ -79,6 +93,8 @@ def main() -> int:
                 "dense bf16": lambda: torch.nn.functional.linear(x16, w16),
                 "int4 (bf16 act)": lambda: int4(x16),
                 "int4 (fp32 act)": lambda: int4(x32),
+                "int4 slmkit native (fp32 act)": lambda: int4n(x32),
+                "int4 slmkit native (bf16 act)": lambda: int4n(x16),
                 "int8 w-only (bf16 act)": lambda: int8(x16),
                 "int8 w-only (fp32 act)": lambda: int8(x32),
                 "W8A8 via int8pack (this CPU's path)": lambda: w8a8_pack(x32),

@@ -43,8 +43,9 @@ def parse_args():
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--eval-tokens", type=int, default=51200,
                     help="evaluate on this many leading tokens of each text (0 = all)")
-    ap.add_argument("--gptq-damp", type=float, default=0.01)
+    ap.add_argument("--gptq-damp", type=float, default=0.1)
     ap.add_argument("--gptq-act-order", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--gptq-clip-search", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--peer", action="store_true", help="run llm-compressor's GPTQModifier too")
     ap.add_argument("--kernel-ppl", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure GPTQ's ppl through the packed int4 kernel")
@@ -60,7 +61,7 @@ def configs(args):
     common = dict(bits=args.bits, group_size=args.group_size, symmetric=args.symmetric)
     return {"rtn": RTNConfig(**common),
             "gptq": GPTQConfig(**common, damp=args.gptq_damp, act_order=args.gptq_act_order,
-                               static_groups=args.gptq_act_order),
+                               static_groups=args.gptq_act_order, clip_search=args.gptq_clip_search),
             "awq": AWQConfig(**common)}
 
 

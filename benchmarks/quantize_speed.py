@@ -2,6 +2,10 @@
 the bf16 model, and prefill tok/s of W8A8 (SmoothQuant, int8 x int8 matmuls) and int4 vs bf16
 and fp32. Quantization here is RTN (speed does not depend on how the grid was chosen).
 
+int4 runs twice: on slmkit's native kernel (what `slmkit.models.load` picks where it builds) and
+on PyTorch's `_weight_int4pack_mm_for_cpu` (SLMKIT_NATIVE=0), both with the rest of the model in
+bf16 for decode and float32 for prefill (what `auto` picks on AVX2; on AMX CPUs bf16 for both).
+
     python benchmarks/quantize_speed.py [--model PATH] [--group-size 128] [--prompt 512]
 """
 
@@ -39,32 +43,50 @@ def main() -> int:
     from slmkit.eval.speed import SpeedConfig, speed
     from slmkit.models import load
 
+    from slmkit.compress.quantize import native
+    from slmkit.models.dtype import auto_dtype_name
+
     base, tok = load(args.model, "float32")
-    variants = {"fp32 dense": (base, "float32"), "bf16 dense": (base, "bfloat16")}
-    int4 = quantize(copy.deepcopy(base), RTNConfig(bits=4, group_size=args.group_size, symmetric=True))
-    variants["int4 g%d (bf16 rest)" % args.group_size] = (int4, "bfloat16")
+    pre, dec = auto_dtype_name("prefill"), auto_dtype_name("decode")
+    variants = {"fp32 dense": (base, "float32", "float32"), "bf16 dense": (base, "bfloat16", "bfloat16")}
+    rtn4 = RTNConfig(bits=4, group_size=args.group_size, symmetric=True)
+    print(native.status())
+    if native.library() is not None:
+        variants[f"int4 g{args.group_size}, slmkit native"] = (quantize(copy.deepcopy(base), rtn4), pre, dec)
+        head8 = RTNConfig(bits=4, group_size=args.group_size, symmetric=True, head_bits=8)
+        variants[f"int4 g{args.group_size} + int8 lm_head, slmkit native"] = (
+            quantize(copy.deepcopy(base), head8), pre, dec)
+    os.environ["SLMKIT_NATIVE"] = "0"
+    native.library.cache_clear()
+    variants[f"int4 g{args.group_size}, torch int4pack"] = (quantize(copy.deepcopy(base), rtn4), pre, dec)
+    del os.environ["SLMKIT_NATIVE"]
+    native.library.cache_clear()
     if not args.no_w8a8:
         from slmkit.compress.quantize.smoothquant import SmoothQuantConfig
 
         calib = calibration_set(tok, embedded_text("calib"), 16, 256, seed=0)
         w8a8 = quantize(copy.deepcopy(base), SmoothQuantConfig(), calib)
-        variants["W8A8 (fp32 rest)"] = (w8a8, "float32")
+        variants["W8A8 (fp32 rest)"] = (w8a8, "float32", "float32")
     rows = {}
-    for name, (model, dtype) in variants.items():
+    for name, (model, prefill_dtype, decode_dtype) in variants.items():
         cfg = SpeedConfig(prompt_tokens=args.prompt, new_tokens=args.new_tokens, repeats=args.repeats,
-                          prefill_dtype=dtype, decode_dtype=dtype)
+                          prefill_dtype=prefill_dtype, decode_dtype=decode_dtype)
         rows[name] = speed(model, tok, cfg)
         print(name, {k: rows[name][k] for k in ("prefill_tok_s", "decode_tok_s")}, flush=True)
 
     table = Table(title=f"{args.model}: batch 1, prompt {args.prompt}, {args.new_tokens} new tokens")
-    for c in ("model", "prefill tok/s", "vs bf16", "decode tok/s", "vs bf16"):
+    for c in ("model", "dtypes (prefill/decode)", "prefill tok/s", "vs bf16", "decode tok/s", "vs bf16"):
         table.add_column(c, justify="left" if c == "model" else "right")
     ref = rows["bf16 dense"]
     for name, r in rows.items():
-        table.add_row(name, f"{r['prefill_tok_s']:.1f}", f"{r['prefill_tok_s'] / ref['prefill_tok_s']:.2f}x",
+        _, p, d = variants[name]
+        table.add_row(name, f"{p}/{d}", f"{r['prefill_tok_s']:.1f}", f"{r['prefill_tok_s'] / ref['prefill_tok_s']:.2f}x",
                       f"{r['decode_tok_s']:.1f}", f"{r['decode_tok_s'] / ref['decode_tok_s']:.2f}x")
     Console(width=140).print(table)
-    print(f"wrote {write_result('quantize_speed' + args.tag, {'args': vars(args), 'rows': rows})}")
+    dtypes = {name: v[1:] for name, v in variants.items()}
+    out = write_result('quantize_speed' + args.tag, {'args': vars(args), 'native': native.status(),
+                                                      'dtypes': dtypes, 'rows': rows})
+    print(f"wrote {out}")
     return 0
 
 

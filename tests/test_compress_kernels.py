@@ -128,3 +128,18 @@ def test_noncontiguous_groups_are_refused_with_a_fix():
     qw.g_idx = qw.g_idx[torch.randperm(64, generator=GEN)]
     with pytest.raises(SlmkitError, match="static_groups"):
         storage_group_size(qw)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_int8_float32_inputs_decode_in_bf16_and_prefill_exactly_in_chunks(sym, monkeypatch):
+    """float32 activations never reach the kernel's scalar float32 path: a few rows go through it
+    in bf16, many rows multiply the dequantized weight exactly, a block of rows at a time."""
+    qw = rtn(torch.randn(40, 96, generator=GEN), 8, None, sym)
+    lin = make_linear(qw, None)
+    monkeypatch.setattr(Int8Linear, "CHUNK", 16)          # 40 rows -> blocks of 16, 16, 8
+    many = torch.randn(Int8Linear.DECODE_ROWS + 1, 96, generator=GEN)
+    assert torch.allclose(lin(many), reference(qw, many), atol=1e-5, rtol=1e-5)
+    few = torch.randn(2, 96, generator=GEN)
+    ref = reference(qw, few)
+    err = (lin(few) - ref).abs().max() / ref.abs().max()
+    assert 0 < err < 0.01 and lin(few).dtype == torch.float32

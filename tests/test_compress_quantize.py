@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from slmkit.compress.api import quantize
 from slmkit.compress.quantize.awq import AWQConfig
 from slmkit.compress.quantize.config import GPTQConfig, RTNConfig
-from slmkit.compress.quantize.kernels import Int4Linear, W8A8Linear
+from slmkit.compress.quantize.kernels import Int4Linear, Int8Linear, W8A8Linear
 from slmkit.compress.quantize.smoothquant import SmoothQuantConfig
 from slmkit.compress.targets import all_targets
 from slmkit.errors import SlmkitError
@@ -169,3 +169,32 @@ def test_w8a8_checkpoint_loads_in_transformers_with_compressed_tensors(tiny_tok,
     assert 1e-3 < rel(ours, wo) < 0.05                       # activations are rounded ...
     assert 0.5 < rel(got, wo) / rel(ours, wo) < 2            # ... by the same amount in both
     assert rel(got, ours) < 2 * rel(ours, wo)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text"])
+def test_head_bits_unties_and_quantizes_the_output_head(model_type, tiny_tok, tmp_path):
+    model = tiny_model(model_type, seed=4, tie_word_embeddings=True)
+    emb = model.get_input_embeddings().weight.detach().clone()
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    quantize(model, RTNConfig(bits=4, group_size=32, symmetric=True, head_bits=8))
+    head = model.get_output_embeddings()
+    assert type(head) is Int8Linear and head.bits == 8 and head.group_size is None
+    assert torch.equal(model.get_input_embeddings().weight, emb)   # the embeddings are untouched
+    assert not model.config.tie_word_embeddings
+    assert (head.dense_weight() - emb).abs().max() <= head.scale.max() / 2 + 1e-6  # half a step
+    with torch.no_grad():
+        ref = model(CALIB[:2]).logits
+    out = save(model, tiny_tok, tmp_path / "q")
+    reloaded, _ = load(out, dtype="float32")
+    assert type(reloaded.get_output_embeddings()) is Int8Linear
+    with torch.no_grad():
+        assert torch.equal(reloaded(CALIB[:2]).logits, ref)
+    if importlib.util.find_spec("compressed_tensors"):
+        theirs = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        with torch.no_grad():
+            assert torch.allclose(theirs(CALIB[:2]).logits, ref, atol=1e-3, rtol=1e-3)
+
+
+def test_head_bits_out_of_range_is_refused():
+    with pytest.raises(SlmkitError, match="head_bits must be 5-8"):
+        quantize(tiny_model("llama"), RTNConfig(head_bits=4))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from slmkit.compress.quantize.gptq import gptq
-from slmkit.compress.quantize.rtn import rtn
+from slmkit.compress.quantize.rtn import grid, quantize_column, rtn, search_grid
 from slmkit.errors import SlmkitError
 
 from layer_inputs import correlated_inputs, gen
@@ -53,13 +53,16 @@ def test_out_of_range_settings_are_refused(bits, group_size):
 
 @pytest.mark.parametrize("act_order, static_groups", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("group_size", [None, 32, 40])
-def test_gptq_output_error_is_below_rtn_on_correlated_inputs(act_order, static_groups, group_size):
+@pytest.mark.parametrize("clip_search", [False, True])
+def test_gptq_output_error_is_below_rtn_on_correlated_inputs(act_order, static_groups, group_size,
+                                                             clip_search):
     x = correlated_inputs()
     w = torch.randn(64, 96, generator=gen(3))
     H = 2 * x.T @ x / x.shape[0]
     ref = x @ w.T
     q_rtn = rtn(w, 4, group_size)
-    q_gptq = gptq(w, H, 4, group_size, act_order=act_order, static_groups=static_groups, block_size=32)
+    q_gptq = gptq(w, H, 4, group_size, act_order=act_order, static_groups=static_groups, block_size=32,
+                  clip_search=clip_search)
     err_rtn = (x @ q_rtn.dequantize().T - ref).pow(2).mean()
     err_gptq = (x @ q_gptq.dequantize().T - ref).pow(2).mean()
     assert err_gptq < 0.8 * err_rtn
@@ -67,6 +70,33 @@ def test_gptq_output_error_is_below_rtn_on_correlated_inputs(act_order, static_g
     assert q_gptq.q.dtype == torch.uint8 and int(q_gptq.q.max()) <= 15
     if static_groups or not act_order:
         assert torch.equal(q_gptq.g_idx, torch.arange(96) // (group_size or 96))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_search_grid_never_loses_to_min_max_and_clips_outliers(symmetric):
+    w = torch.randn(32, 64, generator=gen(5)) ** 3  # heavy tails: min/max wastes grid on a few
+    importance = torch.rand(64, generator=gen(6)) + 0.1
+
+    def weighted_error(s, z):
+        deq = (quantize_column(w, s[:, None], z[:, None], 4) - z[:, None]) * s[:, None]
+        return (w - deq).square() @ importance
+
+    s0, z0 = grid(w, 4, symmetric)
+    s1, z1 = search_grid(w, 4, symmetric, importance)
+    e0, e1 = weighted_error(s0, z0), weighted_error(s1, z1)
+    assert (e1 <= e0 + 1e-6).all()           # per row: the search includes the min/max grid
+    assert e1.sum() < 0.98 * e0.sum()        # and the outliers make clipping pay
+    assert (s1 <= s0 + 1e-7).all()           # ranges only shrink
+    # an important outlier is kept: clipping it would cost more than the finer grid saves
+    w[:, 3] = 2 * w.abs().amax(dim=1)
+    importance[3] = 1e6
+
+    def outlier_error(s, z):
+        deq = (quantize_column(w[:, 3], s, z, 4) - z) * s
+        return (w[:, 3] - deq).abs()
+
+    e_kept, e_minmax = outlier_error(*search_grid(w, 4, symmetric, importance)), outlier_error(*grid(w, 4, symmetric))
+    assert (e_kept <= e_minmax + 1e-6).all()
 
 
 def test_gptq_handles_dead_inputs_and_rejects_bad_hessians():

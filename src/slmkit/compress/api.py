@@ -60,7 +60,7 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
         for t in targets:
             try:
                 qw = gptq(t.weight(), hc.H[t.name], *grid_for(cfg, t), cfg.damp, cfg.block_size,
-                          cfg.act_order, cfg.static_groups)
+                          cfg.act_order, cfg.static_groups, cfg.clip_search)
             except SlmkitError as e:
                 raise SlmkitError(f"{t.name}: {e}") from None
             _store(t, qw, store)
@@ -93,6 +93,26 @@ def pack(model, store: dict[str, QuantizedWeight]) -> None:
         model.set_submodule(name, make_linear(qw, getattr(module, "bias", None), name))
 
 
+def quantize_head(model, bits: int) -> dict[str, QuantizedWeight]:
+    """RTN per-channel symmetric `bits` for the output head, untying it from the input embeddings
+    first if they share one tensor (so the embeddings keep their exact weights)."""
+    import torch
+
+    head = model.get_output_embeddings()
+    if head is None or not isinstance(head, torch.nn.Linear):
+        raise SlmkitError(f"{type(model).__name__} has no linear output head to quantize (head_bits)")
+    name = next(n for n, m in model.named_modules() if m is head)
+    emb = model.get_input_embeddings()
+    if emb is not None and head.weight is emb.weight:
+        head.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
+        for c in {id(model.config): model.config, id(model.config.get_text_config()):
+                  model.config.get_text_config()}.values():
+            c.tie_word_embeddings = False
+    qw = rtn(head.weight.detach(), bits, None, True)
+    head.weight.data.copy_(qw.dequantize().to(head.weight.dtype))
+    return {name: qw}
+
+
 def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
     """Quantize `model` in place with the method `cfg` configures; returns the model.
 
@@ -108,7 +128,12 @@ def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
                           "static_groups=True (or pack_weights=False for a simulation)")
     if hasattr(cfg, "overrides"):
         check_overrides(cfg)
+    head_bits = getattr(cfg, "head_bits", None)
+    if head_bits is not None and not 5 <= head_bits <= 8:
+        raise SlmkitError(f"head_bits must be 5-8 (per-channel int8 kernel) or None, not {head_bits!r}")
     store = entry.fn(model, cfg, calib)
+    if head_bits is not None:
+        store.update(quantize_head(model, head_bits))
     if pack_weights:
         pack(model, store)
     else:

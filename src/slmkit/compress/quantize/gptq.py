@@ -21,22 +21,32 @@ from slmkit.compress.quantize.rtn import (
     grid,
     group_index,
     quantize_column,
+    search_grid,
 )
 from slmkit.errors import SlmkitError
 
 
 def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,
          symmetric: bool = False, damp: float = 0.01, block_size: int = 128,
-         act_order: bool = False, static_groups: bool = False) -> QuantizedWeight:
+         act_order: bool = False, static_groups: bool = False,
+         clip_search: bool = False) -> QuantizedWeight:
     check_bits(bits, group_size)
     W, H = prepare_hessian(w, hessian, damp, "GPTQ")
     rows, cols = W.shape
     g = group_size or cols
     n_groups = -(-cols // g)
 
+    importance = torch.diag(H)
+
+    def make_grid(w_group: torch.Tensor, cols_of: torch.Tensor):
+        if clip_search:
+            return search_grid(w_group, bits, symmetric, importance[cols_of])
+        return grid(w_group, bits, symmetric)
+
     static = None
     if static_groups:
-        static = [grid(W[:, j * g: min((j + 1) * g, cols)], bits, symmetric) for j in range(n_groups)]
+        static = [make_grid(W[:, j * g: min((j + 1) * g, cols)], torch.arange(j * g, min((j + 1) * g, cols)))
+                  for j in range(n_groups)]
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
 
@@ -60,7 +70,7 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
             else:
                 if (i1 + i) % g == 0:         # first column of a new group (in quantization order)
                     span = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g]
-                    current = grid(span, bits, symmetric)
+                    current = make_grid(span, perm[i1 + i: i1 + i + span.shape[1]])
                 s, z = current
             scale[:, j], zero[:, j] = s, z
             w_col = W1[:, i]

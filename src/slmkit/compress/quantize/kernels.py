@@ -1,7 +1,7 @@
 """Integer-weight linear layers that run on PyTorch's own CPU kernels.
 
-- `Int4Linear`: codes of <= 4 bits, grouped; `aten._weight_int4pack_mm_for_cpu` (tinygemm's CPU
-  port) multiplies bf16 activations straight against the packed nibbles.
+- `Int4Linear`: codes of <= 4 bits, grouped; slmkit's native AVX2 kernel (`native.py`) where it
+  builds, else `aten._weight_int4pack_mm_for_cpu` (tinygemm's CPU port) on bf16 activations.
 - `Int8Linear`: 5-8 bit codes, one scale per output channel, weight-only:
   `aten._weight_int8pack_mm`; an asymmetric zero point becomes a rank-1 correction.
 - `W8A8Linear`: int8 symmetric per-channel weights and dynamic per-token int8 activations
@@ -77,15 +77,33 @@ class QuantLinear(nn.Module):
 
 
 class Int4Linear(QuantLinear):
-    """Activations run through the kernel in bf16 whatever their dtype: its fp32 path is a scalar
-    fallback (~100x slower on AVX2, see benchmarks/int_kernels.py). The codes are also kept
-    bit-packed (0.5 byte/weight) so saving and `dense_weight` are exact and cheap."""
+    """Two engines, chosen once per layer (`kernel` says which):
 
-    kernel = "aten._weight_int4pack_mm_for_cpu (bf16 activations)"
+    - slmkit's native kernel (`native.py`, AVX2 + a C compiler): decode-sized inputs (up to
+      `NATIVE_ROWS` tokens) multiply the packed nibbles directly; longer inputs dequantize the
+      layer to float32 and use a BLAS matmul, which on AVX2 beats every integer kernel at prefill.
+    - otherwise `aten._weight_int4pack_mm_for_cpu`, with activations in bf16 whatever their dtype:
+      its fp32 path is a scalar fallback (~100x slower on AVX2, benchmarks/int_kernels.py).
+
+    The codes are always kept bit-packed (0.5 byte/weight) so saving and `dense_weight` are exact
+    and cheap; the native kernel reads them in place."""
+
+    NATIVE_ROWS = 8
 
     def __init__(self, qw, bias, group_size):
         super().__init__(qw, bias, group_size)
+        from slmkit.compress.quantize import native
+
         k = self.in_features
+        self.packed_codes = pack_int32(qw.q, self.bits)                   # [out, in * bits / 32]
+        # a flag, not the library handle: modules must stay deep-copyable (ctypes handles are not)
+        self._native_ok = native.supports(k, group_size or k) and native.library() is not None
+        if self._native_ok:
+            from slmkit.models.dtype import has_native_bf16
+
+            self.nibbles = (self.packed_codes if self.bits == 4 else pack_int32(qw.q, 4)).view(torch.uint8)
+            self._fast_low_precision = has_native_bf16()
+            return
         self.kgroup = next(s for s in INT4_GROUPS if (group_size or k) % s == 0)
         # tinygemm dequantizes (q - 8) * s + zf; ours is (q - z) * s. Codes of fewer bits are
         # shifted to sit around 8 so that zf = (8 - z) * s stays small (it is stored in bf16)
@@ -96,25 +114,70 @@ class Int4Linear(QuantLinear):
         self.scale_zeros = torch.stack([s.T, zf.T], dim=-1).to(torch.bfloat16).contiguous()
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
             qw.q.to(torch.int32) + shift, 1)
-        self.packed_codes = pack_int32(qw.q, self.bits)                   # [out, in * bits / 32]
+
+    @property
+    def kernel(self) -> str:
+        if self._native_ok:
+            return "slmkit native int4 (decode) / float32 dequantize + BLAS (prefill)"
+        return "aten._weight_int4pack_mm_for_cpu (bf16 activations)"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16).contiguous()
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.kgroup,
-                                                        self.scale_zeros)
+        x2 = x.reshape(-1, self.in_features)
+        if not self._native_ok:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2.to(torch.bfloat16).contiguous(), self.packed, self.kgroup, self.scale_zeros)
+        elif x2.shape[0] <= self.NATIVE_ROWS:
+            xf = x2.float().contiguous()
+            y = torch.empty(xf.shape[0], self.out_features)
+            self._native("int4_gemv", xf.data_ptr(), xf.shape[0], self.in_features,
+                         self.nibbles.data_ptr(), self.scale.data_ptr(), self.zero.data_ptr(),
+                         self.out_features, self.group_size or self.in_features, y.data_ptr())
+        elif x2.dtype == torch.float32 or not self._fast_low_precision:
+            y = x2.float() @ self._dequantize().T  # bf16 matmuls are ~8x slower without AMX/AVX512-BF16
+        else:
+            y = x2 @ self._dequantize().to(x2.dtype).T
         return self._finish(y, shape, dtype)
+
+    def _native(self, fn: str, *args) -> None:
+        from slmkit.compress.quantize import native
+
+        lib = native.library()
+        if lib is None:
+            raise SlmkitError(f"this layer was built for the native int4 kernel, which is no longer "
+                              f"available ({native.status()}); rebuild the model with slmkit.models.load")
+        rc = getattr(lib, fn)(*args)
+        if rc != 0:
+            raise SlmkitError(f"native int4 kernel {fn} failed (code {rc}) on a "
+                              f"{self.out_features}x{self.in_features} layer; set SLMKIT_NATIVE=0")
+
+    def _dequantize(self) -> torch.Tensor:
+        w = torch.empty(self.out_features, self.in_features)
+        self._native("int4_dequant", self.nibbles.data_ptr(), self.scale.data_ptr(),
+                     self.zero.data_ptr(), self.out_features, self.in_features,
+                     self.group_size or self.in_features, w.data_ptr())
+        return w
 
     def codes(self) -> torch.Tensor:
         return unpack_int32(self.packed_codes, self.bits, self.in_features)
 
     def dense_weight(self) -> torch.Tensor:
+        if self._native_ok:
+            return self._dequantize()
         g = self.g_idx()
         return (self.codes().float() - self.zero[:, g]) * self.scale[:, g]
 
 
 class Int8Linear(QuantLinear):
+    """`aten._weight_int8pack_mm` takes bf16/fp16 activations at full speed; its float32 path is a
+    scalar fallback (~10x slower than dense, benchmarks/int_kernels.py). So float32 inputs of up
+    to `DECODE_ROWS` tokens go through it in bf16 (the activation rounding of a W8A16 kernel),
+    and longer float32 inputs (prefill) are multiplied exactly against the weight dequantized to
+    float32 a block of `CHUNK` output rows at a time (bounded memory for a vocabulary-sized head)."""
+
     kernel = "aten._weight_int8pack_mm"
+    DECODE_ROWS = 8
+    CHUNK = 8192
 
     def __init__(self, qw, bias, group_size):
         super().__init__(qw, bias, group_size)
@@ -129,7 +192,9 @@ class Int8Linear(QuantLinear):
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             x2 = x2.float()
-        x2 = x2.contiguous()
+        if x2.dtype == torch.float32 and x2.shape[0] > self.DECODE_ROWS:
+            return self._finish(self._dense_chunks(x2), shape, dtype)
+        x2 = (x2.to(torch.bfloat16) if x2.dtype == torch.float32 else x2).contiguous()
         if x2.dtype not in self._cache:
             self._cache[x2.dtype] = (self._s32.to(x2.dtype), self._corr32.to(x2.dtype))
         s, corr = self._cache[x2.dtype]
@@ -137,6 +202,14 @@ class Int8Linear(QuantLinear):
         if self._asym:
             y = y + x2.sum(-1, keepdim=True) * corr
         return self._finish(y, shape, dtype)
+
+    def _dense_chunks(self, x2: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(x2.shape[0], self.out_features)
+        for r in range(0, self.out_features, self.CHUNK):
+            rows = slice(r, r + self.CHUNK)
+            w = (self.weight_int8[rows].float() + 128 - self.zero[rows]) * self.scale[rows]
+            y[:, rows] = x2 @ w.T
+        return y
 
     def dense_weight(self) -> torch.Tensor:
         return (self.weight_int8.float() + 128 - self.zero) * self.scale

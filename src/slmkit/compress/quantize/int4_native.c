@@ -1,0 +1,128 @@
+/* Grouped int4 weights x float32 activations on AVX2 CPUs: slmkit's decode kernel.
+ *
+ * Compiled on first use by slmkit/compress/quantize/native.py (cc -O3 -mavx2 -mfma -fopenmp);
+ * see that module for why it exists and how it is checked.
+ *
+ * Weights: codes q in [0, 15], bit-packed as compressed-tensors stores them (int32 words of 8
+ * codes, code j in bits 4j..4j+3, little-endian; as bytes: byte i of a row holds column 2i in its
+ * low nibble and column 2i+1 in its high nibble), with a float32 scale s and zero point z per
+ * (row, group of `gs` contiguous columns):  W[n, k] = (q[n, k] - z[n, k / gs]) * s[n, k / gs].
+ *
+ * int4_gemv:    y[m, n] = sum_k W[n, k] x[m, k]   for a few rows m (decode).
+ *   Each 32-column block of x is quantized to int16 with its own scale (max |x| / 32767), so
+ *   sum_k q x runs as 16-bit integer multiply-adds (_mm256_madd_epi16) over codes unpacked with
+ *   byte operations; the error is at most half an int16 step of the block's largest activation
+ *   (2^-16 relative), below bf16's rounding of activations (2^-9). The zero-point term
+ *   sum_k z s x uses the exact float32 block sums of x.
+ * int4_dequant: W as float32 [N, K] (prefill: dequantize, then a BLAS matmul).
+ *
+ * Requires: K % 32 == 0, gs % 32 == 0, K % gs == 0 (checked by the caller).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define BLOCK 32
+
+/* x [K] -> int16 codes in nibble order [K] (per 32-block: 16 even columns, then 16 odd ones),
+ * block scales dx [K/32] and exact block sums xs [K/32] */
+static void quantize_x(const float *x, int64_t K, int16_t *xq, float *dx, float *xs) {
+    for (int64_t b = 0; b < K / BLOCK; b++) {
+        const float *xb = x + b * BLOCK;
+        float amax = 0.f, sum = 0.f;
+        for (int i = 0; i < BLOCK; i++) {
+            float a = fabsf(xb[i]);
+            amax = a > amax ? a : amax;
+            sum += xb[i];
+        }
+        float d = amax / 32767.f;
+        float inv = d > 0.f ? 1.f / d : 0.f;
+        int16_t *o = xq + b * BLOCK;
+        for (int i = 0; i < BLOCK / 2; i++) {
+            o[i] = (int16_t)lrintf(xb[2 * i] * inv);
+            o[BLOCK / 2 + i] = (int16_t)lrintf(xb[2 * i + 1] * inv);
+        }
+        dx[b] = d;
+        xs[b] = sum;
+    }
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* one output: sum_k W[n, k] x[k] for row n (codes: K/2 bytes) */
+static inline float row_dot(const uint8_t *codes, const float *s, const float *z, int64_t K,
+                            int64_t gs, const int16_t *xq, const float *dx, const float *xs) {
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const int64_t bpg = gs / BLOCK;  /* blocks per group */
+    __m256 acc = _mm256_setzero_ps();
+    float zero_term = 0.f;
+    for (int64_t g = 0; g < K / gs; g++) {
+        __m256 gacc = _mm256_setzero_ps();
+        float gsum = 0.f;
+        for (int64_t bb = 0; bb < bpg; bb++) {
+            int64_t b = g * bpg + bb;
+            __m128i v = _mm_loadu_si128((const __m128i *)(codes + b * (BLOCK / 2)));
+            __m128i lo = _mm_and_si128(v, mask);                      /* even columns */
+            __m128i hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);  /* odd columns */
+            __m256i qlo = _mm256_cvtepu8_epi16(lo);
+            __m256i qhi = _mm256_cvtepu8_epi16(hi);
+            __m256i xlo = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+            __m256i xhi = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK + 16));
+            __m256i d = _mm256_add_epi32(_mm256_madd_epi16(qlo, xlo), _mm256_madd_epi16(qhi, xhi));
+            gacc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(dx[b]), gacc);
+            gsum += xs[b];
+        }
+        acc = _mm256_fmadd_ps(gacc, _mm256_set1_ps(s[g]), acc);
+        zero_term += z[g] * s[g] * gsum;
+    }
+    return hsum(acc) - zero_term;
+}
+
+/* y [M, N] = x [M, K] @ W^T; scratch: none (allocates K*2 + K/16 floats per call) */
+int int4_gemv(const float *x, int64_t M, int64_t K, const uint8_t *codes, const float *scale,
+              const float *zero, int64_t N, int64_t gs, float *y) {
+    if (K % BLOCK || gs % BLOCK || K % gs) return 1;
+    int16_t *xq = (int16_t *)aligned_alloc(64, ((M * K * 2 + 63) / 64) * 64);
+    float *dx = (float *)malloc(sizeof(float) * M * (K / BLOCK));
+    float *xs = (float *)malloc(sizeof(float) * M * (K / BLOCK));
+    if (!xq || !dx || !xs) { free(xq); free(dx); free(xs); return 2; }
+    for (int64_t m = 0; m < M; m++)
+        quantize_x(x + m * K, K, xq + m * K, dx + m * (K / BLOCK), xs + m * (K / BLOCK));
+    const int64_t G = K / gs;
+    #pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *c = codes + n * (K / 2);
+        for (int64_t m = 0; m < M; m++)
+            y[m * N + n] = row_dot(c, scale + n * G, zero + n * G, K, gs, xq + m * K,
+                                   dx + m * (K / BLOCK), xs + m * (K / BLOCK));
+    }
+    free(xq); free(dx); free(xs);
+    return 0;
+}
+
+/* w [N, K] float32 = dequantized weights */
+int int4_dequant(const uint8_t *codes, const float *scale, const float *zero, int64_t N,
+                 int64_t K, int64_t gs, float *w) {
+    if (K % 2 || K % gs) return 1;
+    const int64_t G = K / gs;
+    #pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *c = codes + n * (K / 2);
+        float *o = w + n * K;
+        for (int64_t g = 0; g < G; g++) {
+            const float s = scale[n * G + g], z = zero[n * G + g];
+            for (int64_t k = g * gs; k < (g + 1) * gs; k += 2) {  /* (q - z) * s, as torch does */
+                uint8_t b = c[k / 2];
+                o[k] = ((float)(b & 0x0F) - z) * s;
+                o[k + 1] = ((float)(b >> 4) - z) * s;
+            }
+        }
+    }
+    return 0;
+}
