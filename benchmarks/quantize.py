@@ -144,7 +144,7 @@ def main() -> int:
         del packed_gptq._slmkit_quantized
         pack(packed_gptq, store)
         if args.kernel_ppl:
-            rows["gptq, int4 kernel (bf16 act)"] = {"ppl": ppls(packed_gptq)}
+            rows["gptq, packed int4 kernels"] = {"ppl": ppls(packed_gptq)}
         if args.size:
             extra["size"] = checkpoint_sizes(base, packed_gptq, tok, work)
 

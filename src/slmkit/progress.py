@@ -8,7 +8,8 @@ from typing import Callable, Iterator
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: float, unit: str = "tok") -> Iterator[Callable[[float], None]]:
-    """`with progress_bar("ppl", n) as advance: advance(k)`; shows rate and time left on a TTY."""
+    """`with progress_bar("ppl", n) as advance: advance(k)`; shows rate and time left on a TTY.
+    `advance(k, "new description")` also replaces the description (e.g. a running loss)."""
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
@@ -19,4 +20,10 @@ def progress_bar(description: str, total: float, unit: str = "tok") -> Iterator[
     with Progress(*columns, console=console, transient=True,
                   disable=not console.is_terminal) as prog:
         task = prog.add_task(description, total=total)
-        yield lambda n: prog.advance(task, n)
+        def advance(n: float, description: str | None = None) -> None:
+            if description is None:
+                prog.advance(task, n)
+            else:
+                prog.update(task, advance=n, description=description)
+
+        yield advance

@@ -1,4 +1,4 @@
-"""`slmkit` — info, eval, convert, quantize, prune, export, lm-eval. Errors print one line and exit 1 (`--debug`: traceback)."""
+"""`slmkit` — info, eval, convert, quantize, prune, lowrank, export, finetune, distill, lm-eval. Errors print one line and exit 1 (`--debug`: traceback)."""
 
 from __future__ import annotations
 
@@ -49,11 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--dtype", default="bfloat16", help="dtype of the saved weights (default bfloat16)")
     cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    from slmkit.cli import export, prune, quantize
+    import importlib
 
-    quantize.add_parser(sub)
-    prune.add_parser(sub)
-    export.add_parser(sub)
+    for module in dict.fromkeys(MODULE_COMMANDS.values()):
+        importlib.import_module(f"slmkit.cli.{module}").add_parser(sub)
 
     # handled in main() before parsing; listed here for --help
     sub.add_parser("lm-eval", help="lm-eval's own command line, with `--model slmkit` available "
@@ -126,26 +125,21 @@ def one_line(e: BaseException) -> str:
     return " ".join(str(e).split())
 
 
-def cmd_quantize(ns) -> int:
-    from slmkit.cli import quantize
-
-    return quantize.run(ns)
-
-
-def cmd_prune(ns) -> int:
-    from slmkit.cli import prune
-
-    return prune.run(ns)
+# command -> module `slmkit.cli.<module>` with add_parser(sub) and run(ns)
+MODULE_COMMANDS = {"quantize": "quantize", "prune": "prune", "lowrank": "lowrank", "export": "export",
+                   "finetune": "train", "distill": "train"}
 
 
-def cmd_export(ns) -> int:
-    from slmkit.cli import export
+def _module_command(module: str):
+    def run(ns) -> int:
+        import importlib
 
-    return export.run(ns)
+        return importlib.import_module(f"slmkit.cli.{module}").run(ns)
+    return run
 
 
-COMMANDS = {"info": cmd_info, "eval": cmd_eval, "convert": cmd_convert, "quantize": cmd_quantize,
-            "prune": cmd_prune, "export": cmd_export}
+COMMANDS = {"info": cmd_info, "eval": cmd_eval, "convert": cmd_convert,
+            **{name: _module_command(module) for name, module in MODULE_COMMANDS.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from slmkit.compress.prune.apply import apply_magnitude, apply_sparsegpt, apply_
 from slmkit.compress.prune.config import MagnitudeConfig, SparseGPTConfig, WandaConfig
 from slmkit.compress.prune.structured import (DepthPruneConfig, WidthPruneConfig, prune_depth,
                                               prune_width)
+from slmkit.compress.lowrank.apply import ASVDConfig, SVDConfig, apply_asvd, apply_svd, records
 from slmkit.compress.quantize.awq import AWQConfig, apply_awq
 from slmkit.compress.quantize.config import (
     GPTQConfig,
@@ -93,6 +94,27 @@ def pack(model, store: dict[str, QuantizedWeight]) -> None:
         model.set_submodule(name, make_linear(qw, getattr(module, "bias", None), name))
 
 
+def dequantize(model):
+    """Replace every integer-kernel linear by a dense nn.Linear holding its exact dequantized
+    weight (float32), in place; returns the model (e.g. to fine-tune it, or for LoRA)."""
+    import torch
+
+    from slmkit.compress.quantize.kernels import QuantLinear
+
+    for name, m in list(model.named_modules()):
+        if isinstance(m, QuantLinear):
+            dense = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
+            with torch.no_grad():
+                dense.weight.copy_(m.dense_weight())
+                if m.bias is not None:
+                    dense.bias.copy_(m.bias)
+            model.set_submodule(name, dense)
+    if hasattr(model, "config") and hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model._slmkit_quantized = None
+    return model
+
+
 def quantize_head(model, bits: int) -> dict[str, QuantizedWeight]:
     """RTN per-channel symmetric `bits` for the output head, untying it from the input embeddings
     first if they share one tensor (so the embeddings keep their exact weights)."""
@@ -150,6 +172,29 @@ PRUNERS.add("depth", DepthPruneConfig, prune_depth,
             "structured: drop whole decoder layers (block influence or ppl ranking)")
 PRUNERS.add("width", WidthPruneConfig, prune_width,
             "structured: drop MLP channels and KV head groups, same count in every layer")
+
+
+LOWRANK = Registry("low-rank method")
+LOWRANK.add("svd", SVDConfig, apply_svd, "truncated SVD of each linear's weight")
+LOWRANK.add("asvd", ASVDConfig, apply_asvd, "activation-aware SVD: channels weighted by mean|x|^alpha")
+
+
+def lowrank(model, cfg, calib=None) -> dict:
+    """Factorize the decoder linears of `model` in place (W ~= up @ down) with the method `cfg`
+    configures; returns {"layers": [...], "params_before", "params_after"}. Save with
+    slmkit.models.save (reload with slmkit.models.load), or merge_lowrank(model) first for a
+    dense standard checkpoint."""
+    if is_quantized(model):
+        raise SlmkitError("this model is quantized; factorize the float model, then quantize")
+    entry = LOWRANK.for_config(cfg)
+    before = model.num_parameters()
+    done = entry.fn(model, cfg, calib)
+    model._slmkit_lowrank = [*getattr(model, "_slmkit_lowrank", []), *records(done)]
+    report = {"layers": records(done), "params_before": before, "params_after": model.num_parameters()}
+    model._slmkit_steps = [*getattr(model, "_slmkit_steps", []),
+                           {"lowrank": entry.name, "config": vars(cfg),
+                            "params_before": before, "params_after": report["params_after"]}]
+    return report
 
 
 def prune(model, cfg, calib=None) -> dict:

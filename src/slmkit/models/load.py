@@ -83,6 +83,46 @@ def load_gguf(path: str | Path, dtype: "torch.dtype"):
     return model, tok
 
 
+def _lowrank_records(folder: str) -> list[dict]:
+    from slmkit.models.manifest import read_manifest
+
+    return (read_manifest(folder) or {}).get("lowrank") or []
+
+
+def _load_lowrank(folder: str, dtype: "torch.dtype", records: list[dict]):
+    """A folder saved after slmkit.compress.lowrank: the config's model with the factorized
+    layers rebuilt as LowRankLinear (two small linears each), then the weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.initialization import no_init_weights
+
+    from slmkit.compress.lowrank.apply import rebuild_lowrank
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        rebuild_lowrank(model, records)
+        tensors: dict = {}
+        for f in sorted(Path(folder).glob("*.safetensors")):
+            tensors.update(load_file(str(f)))
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+        if getattr(config.get_text_config(), "tie_word_embeddings", False):
+            model.tie_weights()
+            missing = [k for k in missing if k != "lm_head.weight"]
+        if missing or unexpected:
+            raise SlmkitError(f"{folder}: weights do not match the low-rank layers slmkit.json "
+                              f"lists (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        tok = AutoTokenizer.from_pretrained(folder)
+    except SlmkitError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise SlmkitError(f"could not load low-rank model folder {folder}: {type(e).__name__}: {e}") from e
+    model.to(dtype)
+    model._slmkit_lowrank = list(records)
+    return model, tok
+
+
 def _is_compressed(folder: str) -> bool:
     import json
 
@@ -134,6 +174,8 @@ def load(source: str | os.PathLike = "default", dtype: "str | torch.dtype" = "au
             raise SlmkitError(f"{str(e).rstrip('.')}.{hint}") from e.__cause__
     elif _is_compressed(location):
         model, tok = _load_compressed(location, torch_dtype)
+    elif _lowrank_records(location):
+        model, tok = _load_lowrank(location, torch_dtype, _lowrank_records(location))
     else:
         model, tok = _from_pretrained(location, torch_dtype, f"model folder {location}")
     model.eval()

@@ -60,6 +60,8 @@ def build_manifest(model, extra: dict | None = None) -> dict:
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "source": source,
         "steps": list(getattr(model, "_slmkit_steps", [])),
+        # factorized layers (slmkit.compress.lowrank): slmkit.models.load rebuilds them
+        **({"lowrank": model._slmkit_lowrank} if getattr(model, "_slmkit_lowrank", None) else {}),
         "metrics": {},
         "versions": versions(),
     }

@@ -1,0 +1,207 @@
+"""Training and distillation acceptance, in three parts (run one or several):
+
+  lowrank     ASVD vs plain SVD at the same parameter cut on SmolLM2: ppl (protocol (i)) on the
+              embedded eval text and Austen's Emma, before any recovery.
+  throughput  training tokens/s of slmkit's loop vs a minimal hand-written PyTorch loop
+              (forward, backward, AdamW step, same autocast) on the same model, rows, sequence
+              length and batch, interleaved; peak RSS of each (each in its own process).
+  recovery    SmolLM2 with 25% of parameters removed structurally, trained for the same number of
+              steps with KD (forward KL from the unpruned model) and with plain CE; share of the
+              ppl gap recovered on both texts.
+
+    python benchmarks/distill.py --parts lowrank,throughput [--model default] [--tag _smollm2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import eval_texts, ppl_function, write_result  # noqa: E402
+
+
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--parts", default="lowrank,throughput")
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--eval-tokens", type=int, default=25600)
+    ap.add_argument("--window", type=int, default=2048)
+    ap.add_argument("--lowrank-keep", type=float, default=0.8, help="fraction of linear params kept")
+    ap.add_argument("--calib-n", type=int, default=64)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=30, help="throughput: steps timed after 5 warm-up")
+    ap.add_argument("--recovery-steps", type=int, default=100)
+    ap.add_argument("--recovery-method", default="width", choices=["width", "depth"])
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one timed loop
+    return ap.parse_args()
+
+
+# ---- throughput: each loop in its own process so peak RSS is its own -----------------------
+
+def _rows(tok, n: int, length: int):
+    from slmkit.data import embedded_text
+    from slmkit.data.chunk import chunk, token_stream
+
+    return chunk(token_stream(tok, embedded_text("calib")), length)[:n]
+
+
+def worker(args) -> int:
+    """Run one loop (args.worker = 'slmkit' | 'hand'); print a JSON line with its numbers."""
+    import resource
+
+    import torch
+
+    from slmkit.models import load
+    from slmkit.train import Batches, CausalLM, TrainConfig, train
+    from slmkit.train.loop import use_bf16_autocast
+
+    model, tok = load(args.model, "float32")
+    steps, warm = args.steps, 5
+    ids = _rows(tok, (steps + warm) * args.batch_size, args.seq_len)
+    autocast = use_bf16_autocast("auto")
+    times: list[float] = []
+    if args.worker == "slmkit":
+        stamps = []
+        cfg = TrainConfig(steps=steps + warm, batch_size=args.batch_size, lr=args.lr, warmup=0,
+                          schedule="constant", max_grad_norm=1.0, log_every=1)
+        t_last = [time.perf_counter()]
+
+        def stamp(step, record):
+            now = time.perf_counter()
+            stamps.append(now - t_last[0])
+            t_last[0] = now
+
+        train(model, CausalLM(), Batches(ids), cfg, None, callback=stamp)
+        times = stamps[warm:]
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
+        model.train()
+        for i in range(steps + warm):
+            t0 = time.perf_counter()
+            batch = ids[i * args.batch_size:(i + 1) * args.batch_size]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = model(input_ids=batch, use_cache=False).logits
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                                     batch[:, 1:].flatten())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i >= warm:
+                times.append(time.perf_counter() - t0)
+    tokens = args.batch_size * args.seq_len * len(times)
+    print(json.dumps({"loop": args.worker, "tok_s": tokens / sum(times), "steps": len(times),
+                      "step_s_median": sorted(times)[len(times) // 2], "bf16_autocast": autocast,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    return 0
+
+
+def throughput(args) -> dict:
+    """Alternate the two loops twice each (hand, slmkit, slmkit, hand) to cancel drift."""
+    out: dict[str, list[dict]] = {"hand": [], "slmkit": []}
+    for loop in ("hand", "slmkit", "slmkit", "hand"):
+        cmd = [sys.executable, __file__, "--worker", loop, "--model", args.model, "--steps",
+               str(args.steps), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)]
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rec = json.loads(r.stdout.strip().splitlines()[-1])
+        print(rec, flush=True)
+        out[loop].append(rec)
+    best = {k: max(r["tok_s"] for r in v) for k, v in out.items()}
+    return {"runs": out, "best_tok_s": best, "ratio_slmkit_to_hand": best["slmkit"] / best["hand"],
+            "peak_rss_mb": {k: max(r["peak_rss_mb"] for r in v) for k, v in out.items()}}
+
+
+# ---- low-rank ---------------------------------------------------------------------------------
+
+def lowrank_part(args, base, tok, ppls) -> dict:
+    from slmkit.compress import ASVDConfig, SVDConfig, lowrank
+    from slmkit.data import build_calibration
+
+    calib = build_calibration(base, tok, "embedded", n=args.calib_n, length=args.seq_len, seed=0)
+    rows = {}
+    for name, cfg in (("svd", SVDConfig(keep=args.lowrank_keep)), ("asvd", ASVDConfig(keep=args.lowrank_keep))):
+        model = copy.deepcopy(base)
+        t0 = time.perf_counter()
+        report = lowrank(model, cfg, calib)
+        rows[name] = {"seconds": time.perf_counter() - t0, "params_before": report["params_before"],
+                      "params_after": report["params_after"], "ppl": ppls(model)}
+        print(name, rows[name], flush=True)
+        del model
+    return rows
+
+
+# ---- recovery -----------------------------------------------------------------------------------
+
+def recovery(args, base, tok, ppls, dense_ppl) -> dict:
+    from slmkit.compress import DepthPruneConfig, WidthPruneConfig, prune
+    from slmkit.data import build_calibration
+    from slmkit.distill import Distill, DistillConfig
+    from slmkit.train import Batches, CausalLM, TrainConfig, train
+
+    calib = build_calibration(base, tok, "embedded", n=32, length=args.seq_len, seed=0)
+    cfg_cls = WidthPruneConfig if args.recovery_method == "width" else DepthPruneConfig
+    pruned = copy.deepcopy(base)
+    prune(pruned, cfg_cls(target=0.25), calib)
+    rows = {"pruned": {"params": pruned.num_parameters(), "ppl": ppls(pruned)}}
+    print("pruned", rows["pruned"], flush=True)
+    ids = _rows(tok, args.recovery_steps * args.batch_size, args.seq_len)
+    teacher = copy.deepcopy(base)
+    for name, objective in (("kd", lambda: Distill(teacher, DistillConfig(loss="fkl"))),
+                            ("ce", lambda: CausalLM())):
+        student = copy.deepcopy(pruned)
+        cfg = TrainConfig(steps=args.recovery_steps, batch_size=args.batch_size, lr=args.lr)
+        summary = train(student, objective(), Batches(ids), cfg, None)
+        p = ppls(student)
+        gap = {k: (rows["pruned"]["ppl"][k] - p[k]) / (rows["pruned"]["ppl"][k] - dense_ppl[k]) for k in p}
+        rows[name] = {"ppl": p, "recovered": gap, "seconds": summary["seconds"], "tok_s": summary["tok_s"]}
+        print(name, rows[name], flush=True)
+        del student
+    return rows
+
+
+def main() -> int:
+    args = parse_args()
+    if args.worker:
+        return worker(args)
+    from rich.console import Console
+
+    from slmkit.models import load
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    payload: dict = {"args": vars(args)}
+    console = Console(width=140)
+    if "throughput" in parts:
+        payload["throughput"] = throughput(args)
+        t = payload["throughput"]
+        console.print(f"throughput: slmkit {t['best_tok_s']['slmkit']:.0f} tok/s, hand loop "
+                      f"{t['best_tok_s']['hand']:.0f} tok/s, ratio {t['ratio_slmkit_to_hand']:.3f}x; "
+                      f"peak RSS {t['peak_rss_mb']}")
+    if "lowrank" in parts or "recovery" in parts:
+        base, tok = load(args.model, "float32")
+        texts = eval_texts(tok, args.eval_tokens)
+        ppls = ppl_function(tok, texts, args.window)
+        dense = ppls(base)
+        payload["dense_ppl"] = dense
+        console.print(f"dense ppl {dense}")
+        if "lowrank" in parts:
+            payload["lowrank"] = lowrank_part(args, base, tok, ppls)
+        if "recovery" in parts:
+            payload["recovery"] = recovery(args, base, tok, ppls, dense)
+    print(f"wrote {write_result('distill' + args.tag, payload)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""`slmkit lowrank MODEL OUT --method svd|asvd --keep 0.8 [--rank R] [--merge]`.
+
+Each decoder linear becomes two thin ones (W ~= up @ down) holding `keep` x its parameters. The
+saved folder keeps the factors and lists them in slmkit.json: reload it with
+`slmkit.models.load(OUT)` (one call). `--merge` multiplies the factors back into dense weights
+so plain `from_pretrained` loads it (same outputs, no size saving: useful after recovery
+training, or to hand the model to another tool).
+"""
+
+from __future__ import annotations
+
+from slmkit.cli.step import add_step_parser, method_config, run_step
+
+
+def add_parser(sub):
+    from slmkit.compress.api import LOWRANK
+
+    p = add_step_parser(sub, "lowrank", LOWRANK, "asvd", "factorize linear layers (SVD, ASVD) and save",
+                        __doc__)
+    p.add_argument("--merge", action="store_true",
+                   help="save dense weights (standard checkpoint) instead of the factors")
+    return p
+
+
+def run(ns) -> int:
+    from slmkit.compress.api import LOWRANK, lowrank
+    from slmkit.compress.lowrank.apply import merge_lowrank
+
+    cfg = method_config(ns, LOWRANK)
+
+    def apply(model, cfg, calib):
+        report = lowrank(model, cfg, calib)
+        if ns.merge:
+            merge_lowrank(model)
+        print(f"factorized {len(report['layers'])} linears: {report['params_before']:,} -> "
+              f"{report['params_after']:,} parameters")
+        return {k: report[k] for k in ("params_before", "params_after")} | {
+            "layers": len(report["layers"]), "merged": ns.merge}
+
+    run_step(ns, cfg, apply, needs_calib=ns.method == "asvd", verb="factorized")
+    return 0

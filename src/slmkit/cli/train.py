@@ -1,0 +1,169 @@
+"""`slmkit finetune MODEL OUT` and `slmkit distill --teacher T --student S OUT`: the one training
+loop from the command line.
+
+Data (both): `--data default:calib|FILE|hf:NAME` (plain text, cut into `--seq-len` blocks, every token
+scored) or `--sft FILE.jsonl` (prompt/response records through the chat template, only the
+response scored). `--eval-data` is held-out text for the periodic eval loss.
+
+distill objectives: kl (forward KL), rkl, jsd, skl (skew KL) on the logits; hidden adds a
+hidden-state term (MSE, evenly mapped layers, a learned projection when widths differ) to forward
+KL; blackbox: the teacher answers the `--prompts` jsonl (cached next to OUT, resumable), answers
+are filtered and the student is fine-tuned on them (any two tokenizers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from slmkit.cli.args import add_config_args, config_from_args
+from slmkit.errors import SlmkitError
+
+OBJECTIVES = ("kl", "rkl", "jsd", "skl", "hidden", "blackbox")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from slmkit.train import TrainConfig
+
+    p.add_argument("out", help="output folder (model, train_log.jsonl, loss.png, checkpoint.pt)")
+    p.add_argument("--data", default=None, help="text to train on: default:calib (the embedded "
+                   "training half), a file or folder, a .jsonl (field text), hf:NAME")
+    p.add_argument("--sft", default=None, help="jsonl of {prompt, response} records (SFT)")
+    p.add_argument("--prompt-field", default="prompt", help="SFT prompt field (default prompt)")
+    p.add_argument("--response-field", default="response", help="SFT response field")
+    p.add_argument("--eval-data", default=None, help="held-out text for the eval loss, e.g. default:eval")
+    p.add_argument("--seq-len", type=int, default=512, help="tokens per training row (default 512)")
+    p.add_argument("--max-rows", type=int, default=None, help="use at most this many rows")
+    p.add_argument("--dtype", default="float32", help="dtype of the trained weights (default float32)")
+    p.add_argument("--save-dtype", default="bfloat16", help="dtype on disk (default bfloat16)")
+    p.add_argument("--lora", action="store_true", help="train LoRA adapters (peft), merged at the end")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
+    p.add_argument("--no-resume", action="store_true", help="ignore OUT/checkpoint.pt and start over")
+    add_config_args(p, TrainConfig, "train", "training options", prefixed_flags=False, skip={"betas"})
+
+
+def add_parser(sub):
+    from slmkit.distill.objectives import DistillConfig
+
+    ft = sub.add_parser("finetune", help="fine-tune a model (LM or SFT, optionally LoRA)",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ft.add_argument("model", help="hub id, model folder, .gguf file, or 'default'")
+    _common(ft)
+    ds = sub.add_parser("distill", help="distill a teacher into a student (white- or black-box)",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ds.add_argument("--teacher", required=True, help="teacher model")
+    ds.add_argument("--student", required=True, help="student model")
+    ds.add_argument("--objective", default="kl", choices=OBJECTIVES, help="(default kl)")
+    ds.add_argument("--prompts", default=None, help="blackbox: jsonl of prompts for the teacher")
+    ds.add_argument("--teacher-tokens", type=int, default=256, help="blackbox: tokens per answer")
+    ds.add_argument("--check", default=None, help="blackbox: keep answers whose final answer "
+                    "matches the record's (gsm8k, exact)")
+    _common(ds)
+    add_config_args(ds, DistillConfig, "kd", "distillation options", prefixed_flags=False,
+                    skip={"loss", "layer_map", "hidden_weight"})
+    return ft
+
+
+def _batches(ns, tok):
+    from slmkit.data.sources import load_text, read_jsonl
+    from slmkit.train.sft import lm_batches, sft_batches
+
+    if (ns.data is None) == (ns.sft is None):
+        raise SlmkitError("give exactly one of --data (plain text) or --sft (prompt/response jsonl)")
+    if ns.sft:
+        data = sft_batches(tok, read_jsonl(ns.sft), ns.seq_len, prompt_key=ns.prompt_field,
+                           response_key=ns.response_field)
+    else:
+        data = lm_batches(tok, load_text(ns.data), ns.seq_len)
+    if ns.max_rows:
+        data = type(data)(data.ids[: ns.max_rows],
+                          None if data.labels is None else data.labels[: ns.max_rows],
+                          None if data.attention_mask is None else data.attention_mask[: ns.max_rows])
+    held = lm_batches(tok, load_text(ns.eval_data), ns.seq_len) if ns.eval_data else None
+    return data, held
+
+
+def _fit_and_save(ns, model, tok, objective, data, held, report: dict) -> None:
+    import torch
+
+    from slmkit.models import save
+    from slmkit.models.dtype import resolve_dtype
+    from slmkit.train import TrainConfig, train
+
+    cfg = config_from_args(ns, TrainConfig, "train")
+    save_dtype = resolve_dtype(ns.save_dtype)
+    target = model
+    if ns.lora:
+        from slmkit.train.lora import LoRAConfig, add_lora, merge_lora
+
+        target = add_lora(model, LoRAConfig(r=ns.lora_r))
+    summary = train(target, objective, data, cfg, ns.out, eval_data=held, resume=not ns.no_resume)
+    if ns.lora:
+        model = merge_lora(target)
+    model._slmkit_steps = [*getattr(model, "_slmkit_steps", []),
+                           {**report, "config": vars(cfg), "summary": summary}]
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun only rank 0 writes the model
+    model.to(save_dtype)
+    with torch.no_grad():
+        out = save(model, tok, f"{ns.out}/model", overwrite=True)
+    print(f"{summary['steps']} steps, {summary['tokens']:,} tokens, {summary['tok_s']:,.0f} tok/s, "
+          f"final loss {summary['final_loss']:.4f}" +
+          (f", eval loss {summary['eval_loss']:.4f}" if "eval_loss" in summary else ""))
+    print(f"wrote {out}")
+
+
+def run(ns) -> int:
+    from slmkit.models import load
+    from slmkit.train import CausalLM
+
+    if ns.command == "finetune":
+        model, tok = load(ns.model, ns.dtype)
+        data, held = _batches(ns, tok)
+        _fit_and_save(ns, model, tok, CausalLM(), data, held,
+                      {"finetune": "sft" if ns.sft else "lm", "data": ns.sft or ns.data})
+        return 0
+    return _distill(ns)
+
+
+def _distill(ns) -> int:
+    from slmkit.distill.objectives import Distill, DistillConfig
+    from slmkit.models import load
+
+    student, s_tok = load(ns.student, ns.dtype)
+    teacher, t_tok = load(ns.teacher, ns.dtype)
+    if ns.objective == "blackbox":
+        return _blackbox(ns, student, s_tok, teacher, t_tok)
+    loss = {"kl": "fkl", "hidden": "fkl"}.get(ns.objective, ns.objective)
+    kd = config_from_args(ns, DistillConfig, "kd", loss=loss,
+                          hidden_weight=1.0 if ns.objective == "hidden" else 0.0)
+    objective = Distill(teacher, kd, student, student_tokenizer=s_tok, teacher_tokenizer=t_tok)
+    data, held = _batches(ns, s_tok)
+    _fit_and_save(ns, student, s_tok, objective, data, held,
+                  {"distill": ns.objective, "teacher": ns.teacher, "kd": vars(kd)})
+    return 0
+
+
+def _blackbox(ns, student, s_tok, teacher, t_tok) -> int:
+    from pathlib import Path
+
+    from slmkit.data.sources import read_jsonl
+    from slmkit.distill.blackbox import TeacherConfig, filter_answers, local_teacher, teacher_answers
+    from slmkit.train import CausalLM
+    from slmkit.train.sft import sft_batches
+
+    if not ns.prompts:
+        raise SlmkitError("--objective blackbox needs --prompts FILE.jsonl (the teacher answers them)")
+    tcfg = TeacherConfig(max_new_tokens=ns.teacher_tokens, prompt_field=ns.prompt_field)
+    cache = Path(ns.out) / "teacher_answers.jsonl"
+    answers = teacher_answers(local_teacher(teacher, t_tok, tcfg), read_jsonl(ns.prompts), cache,
+                              tcfg, teacher_name=ns.teacher)
+    kept, counts = filter_answers(answers, s_tok, max_tokens=ns.seq_len, check=ns.check)
+    print(f"teacher answers: {counts}")
+    if not kept:
+        raise SlmkitError(f"no teacher answer survived the filters ({counts}); relax --check or "
+                          "raise --teacher-tokens")
+    data = sft_batches(s_tok, kept, ns.seq_len)
+    _fit_and_save(ns, student, s_tok, CausalLM(), data, None,
+                  {"distill": "blackbox", "teacher": ns.teacher, "answers": counts})
+    return 0

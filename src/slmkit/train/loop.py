@@ -1,0 +1,290 @@
+"""THE training loop: every objective (LM, SFT, distillation, recovery) runs through `train`.
+
+Per optimizer step: `grad_accum` micro-batches (each `objective.loss(model, batch)`, under bf16
+autocast where the CPU has native bf16), gradient clipping, AdamW, the lr schedule. Around it:
+periodic evaluation, a JSONL log, a progress bar with loss and tokens/s, resumable checkpoints
+and a loss-curve PNG. What a step adds over a bare forward/backward/AdamW loop: one
+`clip_grad_norm_` (a pass over the gradients), the scheduler update and, every `log_every`
+steps, a JSON line — measured in benchmarks/distill.py.
+
+Exact resume: a checkpoint holds the model and the objective's extra parameters, the optimizer,
+the scheduler, every RNG state and the step; batches are a pure function of their index
+(`Batches.batch`), so a run killed and resumed follows the uninterrupted run's trajectory.
+
+Multi-process: under `torchrun` / `accelerate launch` (WORLD_SIZE > 1) the model is wrapped in
+DistributedDataParallel over gloo, each process takes its own rows of every batch, and only
+rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from slmkit.errors import SlmkitError
+from slmkit.progress import progress_bar
+from slmkit.train.config import TrainConfig
+from slmkit.train.data import Batches
+from slmkit.train.schedule import lr_factor
+
+if TYPE_CHECKING:
+    import torch
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "train_log.jsonl"
+CURVE = "loss.png"
+
+
+def use_bf16_autocast(setting: str) -> bool:
+    from slmkit.models.dtype import has_native_bf16
+
+    return setting == "bf16" or (setting == "auto" and has_native_bf16())
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size), initialising gloo when launched with several processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def _atomic_save(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rewrite_log(path: Path, up_to_step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (the killed run's tail)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= up_to_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
+def evaluate(model, objective, data: Batches, batch_size: int, autocast: bool) -> float:
+    """Mean objective loss over every row of `data`, in order."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, rows = 0.0, 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        for start in range(0, len(data), batch_size):
+            sl = slice(start, start + batch_size)
+            batch = {"input_ids": data.ids[sl],
+                     "labels": (data.labels if data.labels is not None else data.ids)[sl]}
+            if data.attention_mask is not None:
+                batch["attention_mask"] = data.attention_mask[sl]
+            loss, _ = objective.loss(model, batch)
+            n = batch["input_ids"].shape[0]
+            total, rows = total + float(loss) * n, rows + n
+    model.train(was_training)
+    return total / rows
+
+
+def plot_curve(log_path: Path, out: Path) -> Path | None:
+    """Loss per step (and eval loss) from the JSONL log -> PNG; None without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    records = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    tmp = out.with_name(out.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: str | Path | None = None,
+          *, eval_data: Batches | None = None, resume: bool = True,
+          callback: Callable[[int, dict], None] | None = None) -> dict:
+    """Train `model` in place on `data` with `objective`; returns a summary.
+
+    out        folder for the JSONL log, the resumable checkpoint and the loss curve (None: none
+               of them; then nothing can resume)
+    resume     continue from `out`'s checkpoint if there is one
+    callback   called after every optimizer step with (step, record) on rank 0
+    """
+    import torch
+
+    cfg = cfg or TrainConfig()
+    rank, world = _distributed()
+    folder = Path(out) if out is not None else None
+    if folder is not None and rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+    data.per_epoch(cfg.batch_size, world)  # refuses data smaller than one batch, before any work
+
+    extra = list(objective.parameters())
+    params = [p for p in model.parameters() if p.requires_grad] + extra
+    if not params:
+        raise SlmkitError("nothing to train: no parameter of the model or objective requires grad")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio))
+
+    step = 0
+    ckpt = folder / CHECKPOINT if folder is not None else None
+    if resume and ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        for p, saved in zip(extra, state["extra"]):
+            p.data.copy_(saved)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        step = state["step"]
+        if rank == 0:
+            _rewrite_log(folder / LOG, step)
+    else:
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        if rank == 0 and folder is not None and (folder / LOG).exists():
+            (folder / LOG).unlink()
+
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)
+    autocast = use_bf16_autocast(cfg.autocast)
+
+    def save_checkpoint() -> None:
+        if ckpt is None or rank != 0:
+            return
+        _atomic_save({"model": model.state_dict(), "extra": [p.detach().clone() for p in extra],
+                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                      "rng": _rng_state(), "step": step, "config": vars(cfg)}, ckpt)
+
+    model.train()
+    tokens_total, t_start, last = 0, time.perf_counter(), {}
+    log = open(folder / LOG, "a") if folder is not None and rank == 0 else None
+    try:
+        with progress_bar("train", cfg.steps, unit="steps") as advance:
+            advance(step)
+            while step < cfg.steps:
+                t0 = time.perf_counter()
+                loss_sum, tokens, metrics = 0.0, 0, {}
+                for micro in range(cfg.grad_accum):
+                    batch = data.batch(step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed, rank, world)
+                    sync = micro == cfg.grad_accum - 1 or world == 1
+                    # DDP all-reduces gradients on the last micro-batch's backward only
+                    with net.no_sync() if not sync else contextlib.nullcontext():
+                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                            loss, m = objective.loss(net, batch)
+                        if not torch.isfinite(loss):
+                            raise SlmkitError(f"loss is {float(loss)} at step {step + 1}; lower the "
+                                              f"lr (now {sched.get_last_lr()[0]:.3g}) or check the data")
+                        (loss / cfg.grad_accum).backward()
+                    loss_sum += float(loss.detach()) / cfg.grad_accum
+                    tokens += data.tokens(batch) * world
+                    for k, v in m.items():
+                        metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
+                if world > 1:
+                    if extra:
+                        _all_reduce_grads(extra, world)
+                    loss_sum = _mean_over_ranks(loss_sum, world)
+                grad_norm = None
+                if cfg.max_grad_norm is not None:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                lr = sched.get_last_lr()[0]
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                dt = time.perf_counter() - t0
+                tokens_total += tokens
+                last = {"step": step, "loss": loss_sum, "lr": lr, "tokens": tokens,
+                        "tok_s": tokens / dt, "seconds": dt, **metrics}
+                if grad_norm is not None:
+                    last["grad_norm"] = grad_norm
+                if eval_data is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                    last["eval_loss"] = evaluate(model, objective, eval_data, cfg.batch_size, autocast)
+                if log is not None and (step % cfg.log_every == 0 or "eval_loss" in last or step == cfg.steps):
+                    log.write(json.dumps(last) + "\n")
+                    log.flush()
+                if cfg.save_every and step % cfg.save_every == 0:
+                    save_checkpoint()
+                if callback is not None and rank == 0:
+                    callback(step, last)
+                advance(1, f"train loss {loss_sum:.3f} · {tokens / dt:,.0f} tok/s")
+        summary = {"steps": step, "tokens": tokens_total, "seconds": time.perf_counter() - t_start,
+                   "final_loss": last.get("loss"), "world_size": world, "bf16_autocast": autocast}
+        summary["tok_s"] = summary["tokens"] / summary["seconds"] if summary["seconds"] > 0 else None
+        if eval_data is not None:
+            summary["eval_loss"] = evaluate(model, objective, eval_data, cfg.batch_size, autocast)
+            if log is not None:
+                log.write(json.dumps({"step": step, "eval_loss": summary["eval_loss"]}) + "\n")
+        save_checkpoint()
+    finally:
+        if log is not None:
+            log.close()
+    model.eval()
+    if folder is not None and rank == 0:
+        summary["log"] = str(folder / LOG)
+        curve = plot_curve(folder / LOG, folder / CURVE)
+        summary["curve"] = str(curve) if curve else None
+    return summary
+
+
+def _mean_over_ranks(value: float, world: int) -> float:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t) / world
+
+
+def _all_reduce_grads(params: list["torch.nn.Parameter"], world: int) -> None:
+    import torch.distributed as dist
+
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world

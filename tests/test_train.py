@@ -1,0 +1,122 @@
+"""The one training loop: schedule, deterministic batches, learning, logging, exact resume after a
+real kill, and a 2-process DDP run that matches the single-process run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from slmkit.errors import SlmkitError
+from slmkit.models.tiny import tiny_model
+from slmkit.train import IGNORE, Batches, CausalLM, TrainConfig, evaluate, train
+from slmkit.train.schedule import lr_factor
+
+SCRIPT = Path(__file__).with_name("train_script.py")
+IDS = torch.randint(3, 500, (16, 24), generator=torch.Generator().manual_seed(1))
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    f = [lr_factor(s, 100, 10, "cosine", 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(f[:10], f[1:10]))           # rising during warm-up
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))            # then never rising
+    assert f[-1] == pytest.approx(0.1)
+    lin = [lr_factor(s, 100, 0, "linear", 0.0) for s in range(100)]
+    assert lin[0] == 1.0 and lin[-1] == pytest.approx(0.0) and lin[50] == pytest.approx(0.5, abs=0.01)
+    assert lr_factor(70, 100, 5, "constant") == 1.0
+
+
+def test_batches_are_a_function_of_their_index_and_split_across_ranks():
+    data = Batches(IDS)
+    a, b = data.batch(3, 4, seed=0), data.batch(3, 4, seed=0)
+    assert torch.equal(a["input_ids"], b["input_ids"])
+    assert not torch.equal(data.batch(3, 4, seed=1)["input_ids"], a["input_ids"])
+    epoch = torch.cat([data.batch(i, 4, seed=0)["input_ids"] for i in range(4)])
+    assert sorted(map(tuple, epoch.tolist())) == sorted(map(tuple, IDS.tolist()))  # each row once
+    r0, r1 = data.batch(1, 2, 0, rank=0, world=2), data.batch(1, 2, 0, rank=1, world=2)
+    both = torch.cat([r0["input_ids"], r1["input_ids"]])
+    assert torch.equal(both, data.batch(1, 4, 0)["input_ids"])  # ranks split the same rows
+    with pytest.raises(SlmkitError, match="fewer than one batch"):
+        Batches(IDS[:3]).per_epoch(4)
+    with pytest.raises(SlmkitError, match="must match"):
+        Batches(IDS, labels=IDS[:, :5])
+
+
+def test_bad_settings_are_refused():
+    for kwargs, match in [({"steps": 0}, "steps"), ({"lr": 0}, "lr"), ({"min_lr_ratio": 2}, "min_lr_ratio"),
+                          ({"max_grad_norm": -1}, "max_grad_norm"), ({"grad_accum": 0}, "grad_accum")]:
+        with pytest.raises(SlmkitError, match=match):
+            TrainConfig(**kwargs)
+
+
+def test_training_lowers_the_loss_and_leaves_log_and_curve(tmp_path):
+    model = tiny_model("qwen2", seed=0)
+    data, held = Batches(IDS[:12]), Batches(IDS[12:])
+    before = evaluate(model, CausalLM(), data, 4, autocast=False)
+    summary = train(model, CausalLM(), data, TrainConfig(steps=30, batch_size=4, lr=3e-3, eval_every=10),
+                    tmp_path, eval_data=held)
+    after = evaluate(model, CausalLM(), data, 4, autocast=False)
+    assert after < 0.7 * before                                   # it learned the training rows
+    assert summary["steps"] == 30 and summary["tokens"] == 30 * 4 * 24 and summary["tok_s"] > 0
+    records = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == list(range(1, 31))
+    assert [r["step"] for r in records if "eval_loss" in r] == [10, 20, 30]
+    assert all(r["grad_norm"] > 0 and r["lr"] > 0 for r in records if "loss" in r)
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not model.training
+
+
+def test_prompt_tokens_labelled_ignore_are_not_scored():
+    model = tiny_model("llama", seed=0)
+    labels = IDS[:4].clone()
+    labels[:, :12] = IGNORE
+    batch = {"input_ids": IDS[:4], "labels": labels}
+    loss, _ = CausalLM().loss(model, batch)
+    logits = model(IDS[:4]).logits
+    ref = torch.nn.functional.cross_entropy(logits[:, 11:-1].flatten(0, 1), IDS[:4, 12:].flatten())
+    assert torch.allclose(loss, ref, atol=1e-6)
+
+
+def run_script(out, steps, *extra, launcher=(sys.executable,), check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([*launcher, str(SCRIPT), str(out), str(steps), *extra], env=env,
+                          capture_output=True, text=True, timeout=300, check=check)
+
+
+def losses(folder):
+    return [(r["step"], r["loss"]) for r in map(json.loads, (folder / "train_log.jsonl").read_text().splitlines())
+            if "loss" in r]
+
+
+def test_killed_run_resumes_on_the_uninterrupted_trajectory(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_script(straight, 8)
+    crash = run_script(killed, 8, "--kill-at", "5", check=False)
+    assert crash.returncode == -9, crash.stderr[-2000:]            # SIGKILL: no clean shutdown
+    assert [s for s, _ in losses(killed)] == [1, 2, 3, 4, 5]       # step 5 logged, checkpoint at 4
+    run_script(killed, 8)                                          # resumes from step 4
+    assert losses(killed) == losses(straight)                      # exactly the same numbers
+    a, b = torch.load(straight / "final_state.pt"), torch.load(killed / "final_state.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_rows(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_script(one, 4, "--batch-size", "4")
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", "29517")
+    r = run_script(two, 4, "--batch-size", "2", launcher=launcher, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref = torch.load(one / "final_state.pt")
+    for name in ("final_state.pt", "final_state_rank1.pt"):
+        got = torch.load(two / name)
+        for k in ref:
+            assert torch.allclose(got[k], ref[k], atol=2e-5, rtol=1e-4), (name, k)
+    l1, l2 = losses(one), losses(two)
+    assert [s for s, _ in l2] == [1, 2, 3, 4]                      # logged once, by rank 0,
+    assert all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(l1, l2))  # as the mean over ranks
