@@ -108,18 +108,49 @@ def worker(args) -> int:
     return 0
 
 
+TRL_PY = Path(__file__).resolve().parents[1] / ".venv-peers" / "trl" / "bin" / "python"
+
+
+def _trl_cmd(args) -> list[str]:
+    """TRL's SFTTrainer on the same rows, in its own venv (benchmarks/peers/setup.sh trl)."""
+    import tempfile
+
+    import torch
+
+    from slmkit.models import load, save
+    from slmkit.train.loop import use_bf16_autocast
+
+    work = Path(tempfile.mkdtemp(prefix="slmkit-trl-"))
+    model, tok = load(args.model, "float32")
+    folder = save(model, tok, work / "model")
+    torch.save(_rows(tok, (args.steps + 5) * args.batch_size, args.seq_len), work / "rows.pt")
+    cmd = [str(TRL_PY), str(Path(__file__).parent / "peers" / "trl_run.py"), "--model", str(folder),
+           "--rows", str(work / "rows.pt"), "--batch-size", str(args.batch_size), "--steps",
+           str(args.steps), "--warmup-steps", "5", "--lr", str(args.lr)]
+    return cmd + (["--bf16"] if use_bf16_autocast("auto") else [])
+
+
 def throughput(args) -> dict:
-    """Alternate the two loops twice each (hand, slmkit, slmkit, hand) to cancel drift."""
+    """Alternate the loops (hand, slmkit, trl, trl, slmkit, hand) to cancel drift."""
     out: dict[str, list[dict]] = {"hand": [], "slmkit": []}
-    for loop in ("hand", "slmkit", "slmkit", "hand"):
-        cmd = [sys.executable, __file__, "--worker", loop, "--model", args.model, "--steps",
-               str(args.steps), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)]
+    order = ["hand", "slmkit", "slmkit", "hand"]
+    trl = _trl_cmd(args) if TRL_PY.exists() else None
+    if trl:
+        out["trl"] = []
+        order = ["hand", "slmkit", "trl", "trl", "slmkit", "hand"]
+    else:
+        print(f"TRL venv missing ({TRL_PY}): run benchmarks/peers/setup.sh trl; timing without it")
+    for loop in order:
+        cmd = trl if loop == "trl" else [
+            sys.executable, __file__, "--worker", loop, "--model", args.model, "--steps",
+            str(args.steps), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)]
         r = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rec = json.loads(r.stdout.strip().splitlines()[-1])
         print(rec, flush=True)
         out[loop].append(rec)
     best = {k: max(r["tok_s"] for r in v) for k, v in out.items()}
-    return {"runs": out, "best_tok_s": best, "ratio_slmkit_to_hand": best["slmkit"] / best["hand"],
+    ratios = {f"slmkit / {k}": best["slmkit"] / best[k] for k in best if k != "slmkit"}
+    return {"runs": out, "best_tok_s": best, "ratios": ratios,
             "peak_rss_mb": {k: max(r["peak_rss_mb"] for r in v) for k, v in out.items()}}
 
 
@@ -185,9 +216,8 @@ def main() -> int:
     if "throughput" in parts:
         payload["throughput"] = throughput(args)
         t = payload["throughput"]
-        console.print(f"throughput: slmkit {t['best_tok_s']['slmkit']:.0f} tok/s, hand loop "
-                      f"{t['best_tok_s']['hand']:.0f} tok/s, ratio {t['ratio_slmkit_to_hand']:.3f}x; "
-                      f"peak RSS {t['peak_rss_mb']}")
+        console.print(f"throughput (best of 2, tok/s): {t['best_tok_s']}; {t['ratios']}; "
+                      f"peak RSS MB {t['peak_rss_mb']}")
     if "lowrank" in parts or "recovery" in parts:
         base, tok = load(args.model, "float32")
         texts = eval_texts(tok, args.eval_tokens)

@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/peers/setup.sh llmc        # llm-compressor 0.14 -> .venv-peers/llmc
 #   bash benchmarks/peers/setup.sh gptqmodel   # gptqmodel          -> .venv-peers/gptqmodel (see README)
+#   bash benchmarks/peers/setup.sh trl         # TRL's SFTTrainer   -> .venv-peers/trl
 #   FORCE=1 bash benchmarks/peers/setup.sh llmc   # rebuild even if the stamp exists
 #
 # Each venv is separate from the main .venv because the peers pin their own
@@ -21,8 +22,9 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 TORCH_PIN="torch==2.13.0"
 LLMC_PINS=("llmcompressor==0.14.0.1")
 GPTQMODEL_PINS=("gptqmodel==7.6.0")  # 7.7.0 needs torch>=2.14.1 (see README)
+TRL_PINS=("trl==1.16.*" "transformers==5.23.*" "datasets==5.2.*")
 
-usage() { echo "usage: $0 llmc|gptqmodel|all" >&2; exit 2; }
+usage() { echo "usage: $0 llmc|gptqmodel|trl|all" >&2; exit 2; }
 
 make_venv() {  # name, then requirement strings
     local name="$1"; shift
@@ -46,7 +48,7 @@ make_venv() {  # name, then requirement strings
 import importlib.metadata as md
 import torch
 assert "+cpu" in torch.__version__ or not torch.version.cuda, f"non-CPU torch: {torch.__version__}"
-for p in ("torch", "transformers", "compressed-tensors", "llmcompressor", "gptqmodel",
+for p in ("torch", "transformers", "compressed-tensors", "llmcompressor", "gptqmodel", "trl",
           "datasets", "accelerate", "auto-round"):
     try:
         print(f"[peers]   {p}=={md.version(p)}")
@@ -62,6 +64,7 @@ for target in "$@"; do
     case "$target" in
         llmc) make_venv llmc "${LLMC_PINS[@]}" ;;
         gptqmodel) make_venv gptqmodel "${GPTQMODEL_PINS[@]}" ;;
+        trl) make_venv trl "${TRL_PINS[@]}" ;;
         all) make_venv llmc "${LLMC_PINS[@]}"; make_venv gptqmodel "${GPTQMODEL_PINS[@]}" ;;
         *) usage ;;
     esac

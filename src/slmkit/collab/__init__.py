@@ -1,0 +1,8 @@
+"""Small and large models together: the LM protocol and speculative decoding."""
+
+from slmkit.collab.protocol import LM, LocalLM, Session, fingerprint
+from slmkit.collab.speculative import (ModelDrafter, PromptLookupDrafter, SpecStats,
+                                       speculative_generate)
+
+__all__ = ["LM", "LocalLM", "ModelDrafter", "PromptLookupDrafter", "Session", "SpecStats",
+           "fingerprint", "speculative_generate"]

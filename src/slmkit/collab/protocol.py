@@ -1,0 +1,120 @@
+"""The minimal interface every collaborator speaks, and its local implementation.
+
+    LM.generate(prompts, max_new_tokens, temperature)  -> texts
+    LM.loglikelihood(context, continuation)           -> sum of token log-probs
+    LM.tokenizer_fingerprint()                         -> same value <=> same token ids
+
+Token-level collaboration (speculative decoding, proxy tuning) also needs a KV-cached session
+over token ids, which `LocalLM.session()` gives:
+
+    s = lm.session(); logits = s.extend([ids...])   # [n, vocab] float32, one row per new token
+    s.crop(n)                                        # forget everything after the first n tokens
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Protocol
+
+from slmkit.errors import SlmkitError
+
+if TYPE_CHECKING:
+    import torch
+
+
+class LM(Protocol):
+    name: str
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 128,
+                 temperature: float = 0.0) -> list[str]: ...
+
+    def loglikelihood(self, context: str, continuation: str) -> float: ...
+
+    def tokenizer_fingerprint(self) -> str: ...
+
+
+def fingerprint(tokenizer) -> str:
+    """A hash of the token -> id map (two tokenizers agree on ids iff their hashes agree)."""
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+class Session:
+    """A KV-cached pass over one token sequence of a local model."""
+
+    def __init__(self, model):
+        from transformers import DynamicCache
+
+        self.model = model
+        self.cache = DynamicCache(config=model.config)
+        self.length = 0
+
+    def extend(self, ids: list[int]) -> "torch.Tensor":
+        """Feed `ids` after what is cached -> logits [len(ids), vocab] (float32)."""
+        import torch
+
+        if not ids:
+            raise SlmkitError("extend() needs at least one token")
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ids]), past_key_values=self.cache, use_cache=True)
+        self.cache = out.past_key_values
+        self.length += len(ids)
+        return out.logits[0].float()
+
+    def crop(self, length: int) -> None:
+        """Keep only the first `length` cached tokens (rollback of rejected drafts)."""
+        if length < self.length:
+            self.cache.crop(length - self.length)  # transformers 5.2x: minus the number of tokens to drop
+            self.length = length
+
+
+class LocalLM:
+    """A Hugging Face causal LM and its tokenizer behind the LM protocol."""
+
+    def __init__(self, model, tokenizer, name: str | None = None):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+
+    def session(self) -> Session:
+        return Session(self.model)
+
+    def tokenizer_fingerprint(self) -> str:
+        return fingerprint(self.tokenizer)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0) -> list[str]:
+        from slmkit.eval.generation import generate_greedy
+
+        if temperature != 0.0:
+            return [self._sample(p, max_new_tokens, temperature) for p in prompts]
+        return generate_greedy(self.model, self.tokenizer, prompts, max_new_tokens)
+
+    def _sample(self, prompt: str, max_new_tokens: int, temperature: float) -> str:
+        import torch
+
+        s, ids, out = self.session(), self.encode(prompt), []
+        logits = s.extend(ids)[-1]
+        eos = self.tokenizer.eos_token_id
+        for _ in range(max_new_tokens):
+            t = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1))
+            if t == eos:
+                break
+            out.append(t)
+            logits = s.extend([t])[-1]
+        return self.tokenizer.decode(out, skip_special_tokens=True)
+
+    def loglikelihood(self, context: str, continuation: str) -> float:
+        import torch
+
+        ctx, cont = self.encode(context), self.encode(continuation)
+        if not cont:
+            raise SlmkitError("the continuation is empty after tokenisation")
+        ids = ctx + cont
+        logits = self.session().extend(ids)
+        logp = torch.log_softmax(logits[len(ctx) - 1: len(ids) - 1], -1) if ctx else None
+        if logp is None:
+            raise SlmkitError("loglikelihood needs a non-empty context")
+        return float(logp.gather(1, torch.tensor(cont)[:, None]).sum())
