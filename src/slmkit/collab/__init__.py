@@ -1,8 +1,9 @@
 """Small and large models together: the LM protocol and speculative decoding."""
 
 from slmkit.collab.protocol import LM, LocalLM, Session, fingerprint
+from slmkit.collab.proxy import ProxyStats, proxy_generate
 from slmkit.collab.speculative import (ModelDrafter, PromptLookupDrafter, SpecStats,
                                        speculative_generate)
 
 __all__ = ["LM", "LocalLM", "ModelDrafter", "PromptLookupDrafter", "Session", "SpecStats",
-           "fingerprint", "speculative_generate"]
+           "ProxyStats", "fingerprint", "proxy_generate", "speculative_generate"]

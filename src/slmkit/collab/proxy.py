@@ -1,0 +1,57 @@
+"""Proxy tuning (Liu et al., 2024): steer a large base model with the difference a fine-tune made
+to a small one, at decoding time, without touching the large model's weights:
+
+    logits_t = base_t + alpha * (expert_t - anti_expert_t)
+
+(expert: the tuned small model; anti-expert: the same small model untuned). All three must share
+one tokenizer. Each model keeps its own KV cache; one token per step is appended to all three.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from slmkit.collab.protocol import LocalLM
+from slmkit.errors import SlmkitError
+
+
+@dataclass
+class ProxyStats:
+    new_tokens: int = 0
+    mean_abs_shift: float = 0.0   # mean |alpha * (expert - anti)| at the chosen tokens
+
+
+def check_same_vocab(*lms: LocalLM) -> None:
+    prints = {lm.tokenizer_fingerprint() for lm in lms}
+    if len(prints) != 1:
+        raise SlmkitError("proxy tuning needs one tokenizer for base, expert and anti-expert; got "
+                          f"{len(prints)} different ones ({', '.join(lm.name for lm in lms)})")
+
+
+def proxy_generate(base: LocalLM, expert: LocalLM, anti_expert: LocalLM, prompt_ids: list[int],
+                   max_new_tokens: int, *, alpha: float = 1.0, temperature: float = 0.0,
+                   eos_token_id: int | None = None, generator=None) -> tuple[list[int], ProxyStats]:
+    import torch
+
+    check_same_vocab(base, expert, anti_expert)
+    if not prompt_ids:
+        raise SlmkitError("proxy tuning needs a non-empty prompt")
+    sessions = [lm.session() for lm in (base, expert, anti_expert)]
+    logits = [s.extend(prompt_ids)[-1] for s in sessions]
+    out, stats, shift = [], ProxyStats(), 0.0
+    for _ in range(max_new_tokens):
+        v = min(x.shape[-1] for x in logits)  # padded embedding rows of one vocabulary
+        delta = alpha * (logits[1][:v] - logits[2][:v])
+        z = logits[0][:v] + delta
+        if temperature == 0:
+            t = int(z.argmax())
+        else:
+            t = int(torch.multinomial(torch.softmax(z / temperature, -1), 1, generator=generator))
+        shift += float(delta[t].abs())
+        out.append(t)
+        if eos_token_id is not None and t == eos_token_id:
+            break
+        logits = [s.extend([t])[-1] for s in sessions]
+    stats.new_tokens = len(out)
+    stats.mean_abs_shift = shift / max(len(out), 1)
+    return out, stats
