@@ -2,8 +2,8 @@
 
 from slmkit.collab.protocol import LM, LocalLM, Session, fingerprint
 from slmkit.collab.proxy import ProxyStats, proxy_generate
-from slmkit.collab.speculative import (ModelDrafter, PromptLookupDrafter, SpecStats,
+from slmkit.collab.speculative import (ModelDrafter, NoDrafter, PromptLookupDrafter, SpecStats,
                                        speculative_generate)
 
-__all__ = ["LM", "LocalLM", "ModelDrafter", "PromptLookupDrafter", "Session", "SpecStats",
+__all__ = ["LM", "LocalLM", "ModelDrafter", "NoDrafter", "PromptLookupDrafter", "Session", "SpecStats",
            "ProxyStats", "fingerprint", "proxy_generate", "speculative_generate"]

@@ -40,6 +40,20 @@ def fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
 
 
+def same_vocabulary(a, b) -> bool:
+    """Whether two LMs give tokens the same ids: every token string both know has one id, and
+    the rest are a handful of added tokens (tokenizer classes add e.g. <|endoftext|> on load).
+    LMs without a local tokenizer compare by fingerprint."""
+    ta, tb = getattr(a, "tokenizer", None), getattr(b, "tokenizer", None)
+    if ta is None or tb is None:
+        return a.tokenizer_fingerprint() == b.tokenizer_fingerprint()
+    va, vb = ta.get_vocab(), tb.get_vocab()
+    shared = va.keys() & vb.keys()
+    if any(va[k] != vb[k] for k in shared):
+        return False
+    return len(va.keys() ^ vb.keys()) <= max(16, len(shared) // 1000)
+
+
 class Session:
     """A KV-cached pass over one token sequence of a local model."""
 

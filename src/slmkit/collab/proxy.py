@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from slmkit.collab.protocol import LocalLM
+from slmkit.collab.protocol import LocalLM, same_vocabulary
 from slmkit.errors import SlmkitError
 
 
@@ -22,10 +22,10 @@ class ProxyStats:
 
 
 def check_same_vocab(*lms: LocalLM) -> None:
-    prints = {lm.tokenizer_fingerprint() for lm in lms}
-    if len(prints) != 1:
-        raise SlmkitError("proxy tuning needs one tokenizer for base, expert and anti-expert; got "
-                          f"{len(prints)} different ones ({', '.join(lm.name for lm in lms)})")
+    bad = [lm.name for lm in lms[1:] if not same_vocabulary(lms[0], lm)]
+    if bad:
+        raise SlmkitError(f"proxy tuning needs one tokenizer for base, expert and anti-expert; "
+                          f"{', '.join(bad)} differ from the base {lms[0].name}")
 
 
 def proxy_generate(base: LocalLM, expert: LocalLM, anti_expert: LocalLM, prompt_ids: list[int],

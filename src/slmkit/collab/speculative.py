@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from slmkit.collab.protocol import LocalLM, Session
+from slmkit.collab.protocol import LocalLM, Session, same_vocabulary
 from slmkit.errors import SlmkitError
 
 if TYPE_CHECKING:
@@ -99,6 +99,17 @@ class PromptLookupDrafter:
         pass
 
 
+class NoDrafter:
+    """Proposes nothing: plain one-token-at-a-time decoding through the same code path (the
+    target-only baseline)."""
+
+    def propose(self, seq, k, temperature, generator):
+        return [], None
+
+    def accepted(self, length: int) -> None:
+        pass
+
+
 @dataclass
 class SpecStats:
     rounds: int = 0
@@ -158,8 +169,7 @@ def speculative_generate(target: LocalLM, drafter: Drafter, prompt_ids: list[int
         raise SlmkitError("k and max_new_tokens must be >= 1")
     if temperature < 0:
         raise SlmkitError(f"temperature must be >= 0, not {temperature}")
-    if isinstance(drafter, ModelDrafter) and \
-            drafter.lm.tokenizer_fingerprint() != target.tokenizer_fingerprint():
+    if isinstance(drafter, ModelDrafter) and not same_vocabulary(drafter.lm, target):
         raise SlmkitError(f"draft {drafter.lm.name!r} and target {target.name!r} use different "
                           "tokenizers; speculative decoding needs one vocabulary (use prompt lookup)")
     stats = SpecStats()

@@ -1,0 +1,175 @@
+"""`slmkit generate`, `slmkit proxy`, `slmkit route`: small and large models together.
+
+  slmkit generate MODEL --prompt "..." [--draft D | --prompt-lookup] [--k 4] [--temperature 0]
+  slmkit proxy --base L --expert S --anti-expert S0 --prompt "..." [--alpha 1]
+  slmkit route --small S --large L --data items.jsonl [--threshold T]   (cascade; with answers in
+        the data it also sweeps every threshold and prints the accuracy / cost curve)
+
+A model is a hub id, folder, .gguf or 'default'; for --large also an OpenAI-compatible endpoint
+written as URL#MODEL (e.g. http://127.0.0.1:8000/v1#qwen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from slmkit.errors import SlmkitError
+
+
+def add_parser(sub):
+    g = sub.add_parser("generate", help="generate text, optionally with speculative decoding",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g.add_argument("model")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--draft", default=None, help="draft model (same tokenizer)")
+    g.add_argument("--prompt-lookup", action="store_true", help="draft by n-gram lookup in the context")
+    g.add_argument("--k", type=int, default=4, help="draft tokens per round (adaptive; default 4)")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--dtype", default="auto", help="decode dtype (auto picks per CPU)")
+    g.add_argument("--chat", default="auto", choices=["auto", "yes", "no"], help="use the chat template")
+
+    p = sub.add_parser("proxy", help="proxy-tune a large model with a small expert / anti-expert",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for flag in ("--base", "--expert", "--anti-expert"):
+        p.add_argument(flag, required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--chat", default="auto", choices=["auto", "yes", "no"])
+
+    r = sub.add_parser("route", help="cascade: small model first, large model when unsure",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--small", required=True)
+    r.add_argument("--large", required=True, help="model, or URL#MODEL of an OpenAI-compatible endpoint")
+    r.add_argument("--data", required=True, help="jsonl with a prompt field (and an answer field to score)")
+    r.add_argument("--prompt-field", default="question")
+    r.add_argument("--answer-field", default="answer")
+    r.add_argument("--extract", default="gsm8k", help="answer extractor for scoring: gsm8k, exact")
+    r.add_argument("--threshold", type=float, default=-1.0,
+                   help="escalate when mean token log-prob of the small answer is below this")
+    r.add_argument("--limit", type=int, default=None)
+    r.add_argument("--max-new-tokens", type=int, default=256)
+    r.add_argument("--out", default=None, help="write results (json) and the curve (png) here")
+    r.add_argument("--dtype", default="auto")
+    return g
+
+
+def _local(source: str, dtype: str):
+    from slmkit.collab import LocalLM
+    from slmkit.models import load
+
+    model, tok = load(source, dtype, phase="decode")
+    return LocalLM(model, tok, source)
+
+
+def _lm(source: str, dtype: str):
+    if "://" in source:
+        from slmkit.collab.remote import RemoteLM
+
+        url, _, model = source.partition("#")
+        if not model:
+            raise SlmkitError(f"remote model {source!r}: write it as URL#MODEL")
+        return RemoteLM(url, model)
+    return _local(source, dtype)
+
+
+def _prompt_ids(lm, text: str, chat: str) -> list[int]:
+    from slmkit.eval.generation import build_prompt
+
+    return lm.encode(build_prompt(lm.tokenizer, text, chat))
+
+
+def run(ns) -> int:
+    return {"generate": _generate, "proxy": _proxy, "route": _route}[ns.command](ns)
+
+
+def _generate(ns) -> int:
+    from slmkit.collab import ModelDrafter, NoDrafter, PromptLookupDrafter, speculative_generate
+
+    target = _local(ns.model, ns.dtype)
+    ids = _prompt_ids(target, ns.prompt, ns.chat)
+    eos = target.tokenizer.eos_token_id
+    if ns.draft and ns.prompt_lookup:
+        raise SlmkitError("give --draft or --prompt-lookup, not both")
+    drafter = (ModelDrafter(_local(ns.draft, ns.dtype)) if ns.draft else
+               PromptLookupDrafter() if ns.prompt_lookup else NoDrafter())
+    t0 = time.perf_counter()
+    out, stats = speculative_generate(target, drafter, ids, ns.max_new_tokens, k=ns.k,
+                                      temperature=ns.temperature, eos_token_id=eos)
+    info = stats.as_dict() if not isinstance(drafter, NoDrafter) else {}
+    dt = time.perf_counter() - t0
+    print(target.tokenizer.decode(out, skip_special_tokens=True))
+    print(json.dumps({"new_tokens": len(out), "seconds": round(dt, 2),
+                      "tok_s": round(len(out) / dt, 2), **info}))
+    return 0
+
+
+def _proxy(ns) -> int:
+    from slmkit.collab.proxy import proxy_generate
+
+    base = _local(ns.base, ns.dtype)
+    expert, anti = _local(ns.expert, ns.dtype), _local(ns.anti_expert, ns.dtype)
+    ids = _prompt_ids(base, ns.prompt, ns.chat)
+    out, stats = proxy_generate(base, expert, anti, ids, ns.max_new_tokens, alpha=ns.alpha,
+                                eos_token_id=base.tokenizer.eos_token_id)
+    print(base.tokenizer.decode(out, skip_special_tokens=True))
+    print(json.dumps({"new_tokens": stats.new_tokens, "mean_abs_shift": round(stats.mean_abs_shift, 4)}))
+    return 0
+
+
+def _route(ns) -> int:
+    from pathlib import Path
+
+    from slmkit.collab.route import cascade, logprob_confidence, sweep
+    from slmkit.data.sources import read_jsonl
+    from slmkit.eval.generation import EXTRACTORS
+
+    items = read_jsonl(ns.data)[: ns.limit]
+    missing = [i for i, it in enumerate(items) if ns.prompt_field not in it]
+    if missing:
+        raise SlmkitError(f"{ns.data}: records {missing[:5]} have no {ns.prompt_field!r} field")
+    prompts = [str(it[ns.prompt_field]) for it in items]
+    small, large = _local(ns.small, ns.dtype), _lm(ns.large, ns.dtype)
+    res = cascade(small, large, prompts, ns.threshold, max_new_tokens=ns.max_new_tokens)
+    summary = dict(res.stats)
+    if all(ns.answer_field in it for it in items):
+        ex = EXTRACTORS[ns.extract]
+        gold = [ex(str(it[ns.answer_field])) for it in items]
+        small_ans = small.generate(prompts, ns.max_new_tokens)
+        large_ans = large.generate(prompts, ns.max_new_tokens)
+        sc = [ex(a) == g for a, g in zip(small_ans, gold)]
+        lc = [ex(a) == g for a, g in zip(large_ans, gold)]
+        conf = [logprob_confidence(small, p, a) for p, a in zip(prompts, small_ans)]
+        summary.update({"accuracy_small": sum(sc) / len(sc), "accuracy_large": sum(lc) / len(lc),
+                        "accuracy_cascade": sum(ex(a) == g for a, g in zip(res.answers, gold)) / len(gold),
+                        "curve": sweep(sc, lc, conf)})
+    print(json.dumps({k: v for k, v in summary.items() if k != "curve"}))
+    if ns.out:
+        out = Path(ns.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "route.json").write_text(json.dumps({"summary": summary, "answers": res.answers,
+                                                    "escalated": res.escalated}, indent=1))
+        if "curve" in summary:
+            _plot_curve(summary["curve"], out / "route_curve.png")
+        print(f"wrote {out}")
+    return 0
+
+
+def _plot_curve(points: list[dict], path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    ax.plot([p["fraction_to_large"] for p in points], [p["accuracy"] for p in points], "o-")
+    ax.set_xlabel("fraction of queries sent to the large model")
+    ax.set_ylabel("cascade accuracy")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
