@@ -31,6 +31,14 @@ class RTNConfig:
                 "many bits (5-8; 8 is near-lossless and takes ~30% off the head's decode time); a head "
                 "tied to the input embeddings is untied first (the embeddings stay as they are)"})
 
+    def __post_init__(self) -> None:
+        """Refuse out-of-range grids when the config is made (CLI, recipes, Python alike)."""
+        from slmkit.compress.quantize.rtn import check_bits
+
+        check_bits(self.bits, self.group_size)
+        if self.head_bits is not None and not (isinstance(self.head_bits, int) and 5 <= self.head_bits <= 8):
+            raise SlmkitError(f"head_bits must be 5-8 (per-channel int8 kernel) or None, not {self.head_bits!r}")
+
 
 @dataclass
 class GPTQConfig(RTNConfig):

@@ -1,0 +1,160 @@
+"""The run report: report.json, report.md and a self-contained report.html (PNG plots inlined as
+base64) with, per stage, parameters, disk size, perplexity (both protocols), MC accuracy,
+decode tok/s, peak memory and wall time; and the comparison of several runs (`slmkit report`)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+from slmkit.errors import SlmkitError
+
+COLUMNS = [  # (label, getter, format)
+    ("params (M)", lambda r: r["metrics"].get("params", 0) / 1e6, "{:.1f}"),
+    ("disk MB", lambda r: r["metrics"].get("disk_mb"), "{:.1f}"),
+    ("decode tok/s", lambda r: r["metrics"].get("speed", {}).get("decode_tok_s"), "{:.1f}"),
+    ("MC acc", lambda r: r["metrics"].get("mc", {}).get("acc"), "{:.3f}"),
+    ("peak MB", lambda r: r.get("peak_rss_mb"), "{:.0f}"),
+    ("seconds", lambda r: r.get("seconds"), "{:.0f}"),
+]
+
+
+def _ppl_columns(stages: list[dict]) -> list[tuple]:
+    texts = []
+    for s in stages:
+        for t in s["metrics"].get("ppl", {}):
+            if t not in texts:
+                texts.append(t)
+    cols = []
+    for t in texts:
+        short = Path(t).stem if t != "default" else "eval text"
+        cols.append((f"ppl (i) {short}", lambda r, t=t: r["metrics"].get("ppl", {}).get(t, {}).get("window"), "{:.3f}"))
+        if any("word_ppl" in s["metrics"].get("ppl", {}).get(t, {}) for s in stages):
+            cols.append((f"word ppl (ii) {short}",
+                         lambda r, t=t: r["metrics"].get("ppl", {}).get(t, {}).get("word_ppl"), "{:.3f}"))
+    return cols
+
+
+def table(report: dict) -> tuple[list[str], list[list[str]]]:
+    stages = report["stages"]
+    cols = _ppl_columns(stages) + COLUMNS
+    rows = []
+    for s in stages:
+        cells = []
+        for _, get, fmt in cols:
+            try:
+                v = get(s)
+            except (KeyError, TypeError):
+                v = None
+            cells.append("-" if v is None else fmt.format(v))
+        rows.append([s["stage"], *cells])
+    return ["stage", *[c[0] for c in cols]], rows
+
+
+def to_markdown(report: dict) -> str:
+    head, rows = table(report)
+    out = [f"# {report['recipe']} on {report['model']}", "", "| " + " | ".join(head) + " |",
+           "|---|" + "---:|" * (len(head) - 1)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _figures(runs: dict[str, dict]) -> list[tuple[str, bytes]]:
+    """(title, PNG bytes): size vs ppl per stage, decode tok/s per stage, MC accuracy per stage."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    figs = []
+
+    def png(fig) -> bytes:
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        return buf.getvalue()
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, rep in runs.items():
+        pts = [(s["metrics"].get("disk_mb"), next(iter(s["metrics"].get("ppl", {}).values()), {}).get("window"))
+               for s in rep["stages"]]
+        pts = [(x, y, s["stage"]) for (x, y), s in zip(pts, rep["stages"]) if x and y]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+        for x, y, label in pts:
+            ax.annotate(label, (x, y), fontsize=7)
+    ax.set_xlabel("size on disk (MB)")
+    ax.set_ylabel("ppl (i), first text")
+    ax.legend(fontsize=8)
+    figs.append(("Size vs perplexity per stage", png(fig)))
+    for title, get, ylabel in (("Decode speed per stage", lambda s: s["metrics"].get("speed", {}).get("decode_tok_s"), "decode tok/s"),
+                               ("Accuracy per stage", lambda s: s["metrics"].get("mc", {}).get("acc"), "MC accuracy")):
+        if not any(get(s) for rep in runs.values() for s in rep["stages"]):
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name, rep in runs.items():
+            ax.plot([s["stage"] for s in rep["stages"]], [get(s) or 0 for s in rep["stages"]], "o-", label=name)
+        ax.set_ylabel(ylabel)
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        ax.legend(fontsize=8)
+        figs.append((title, png(fig)))
+    return figs
+
+
+def to_html(runs: dict[str, dict]) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>slmkit report</title>",
+             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}</style></head><body>",
+             "<h1>slmkit shrink report</h1>"]
+    for name, rep in runs.items():
+        head, rows = table(rep)
+        parts.append(f"<h2>{html.escape(rep['recipe'])} on {html.escape(str(rep['model']))} "
+                     f"({html.escape(name)})</h2><table><tr>" +
+                     "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
+        parts.append("</table>")
+    for title, data in _figures(runs):
+        parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' "
+                     f"src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_report(report: dict, folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    out = []
+    for name, text in (("report.json", json.dumps(report, indent=2, default=str) + "\n"),
+                       ("report.md", to_markdown(report)),
+                       ("report.html", to_html({folder.name: report}))):
+        _atomic_text(folder / name, text)
+        out.append(folder / name)
+    return out
+
+
+def compare(run_dirs: list[str | Path], out: str | Path | None = None) -> tuple[str, dict]:
+    """Markdown of every run's table, and (with `out`) a combined report.html there."""
+    runs = {}
+    for d in run_dirs:
+        f = Path(d) / "report.json"
+        if not f.exists():
+            raise SlmkitError(f"{d} has no report.json (not a finished `slmkit shrink` run)")
+        runs[Path(d).name] = json.loads(f.read_text())
+    md = "\n".join(to_markdown(r) for r in runs.values())
+    if out is not None:
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        _atomic_text(o / "compare.html", to_html(runs))
+        _atomic_text(o / "compare.md", md)
+    return md, runs

@@ -1,0 +1,280 @@
+"""Run a recipe: each stage reads the previous stage's model folder, writes its own
+(`RUN/NN-kind/model`, with slmkit.json) and its measurements (`RUN/NN-kind/stage.json`, written
+last, so its presence means "done").
+
+Re-runs: a stage whose key — a hash of its options, the calibration/evaluation settings and the
+previous stage's key — matches its stage.json is skipped; a changed stage and everything after
+it run again. An interrupted stage has no stage.json and runs again (training stages continue
+from their checkpoint in RUN/NN-kind/train). A failing stage leaves the earlier stages intact
+and raises an error naming the stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from slmkit.errors import SlmkitError
+from slmkit.recipes.schema import Recipe, Stage, stage_configs
+
+STAGE_FILE = "stage.json"
+
+
+def _jsonable(x):
+    if dataclasses.is_dataclass(x):
+        return dataclasses.asdict(x)
+    return str(x)
+
+
+def stage_key(stage: Stage, recipe: Recipe, previous: str) -> str:
+    blob = json.dumps({"kind": stage.kind, "options": stage.options, "previous": previous,
+                       "calibration": dataclasses.asdict(recipe.calibration),
+                       "evaluation": dataclasses.asdict(recipe.evaluation)},
+                      sort_keys=True, default=_jsonable)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stage_dirs(recipe: Recipe, run: Path) -> list[Path]:
+    return [run / f"{i:02d}-{s.kind}" for i, s in enumerate(recipe.stages, 1)]
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _load(source: str, dtype: str = "float32"):
+    from slmkit.models import load
+
+    return load(source, dtype)
+
+
+def _calib(recipe: Recipe, model, tok):
+    from slmkit.data import build_calibration
+
+    c = recipe.calibration
+    return build_calibration(model, tok, c.spec, n=c.n, length=c.length, seed=c.seed)
+
+
+# ---- stage bodies: (model, tok, stage, recipe, folder) -> (model, tok, info) -------------------
+
+def _compress(model, tok, stage, recipe, folder):
+    from slmkit.compress.api import lowrank, prune, quantize
+    from slmkit.compress.lowrank.apply import merge_lowrank
+
+    cfgs = stage_configs(stage)
+    method, cfg = cfgs["method"], cfgs["config"]
+    needs_calib = not (method in ("magnitude", "rtn", "svd") and not getattr(cfg, "owl", False))
+    calib = _calib(recipe, model, tok) if needs_calib else None
+    if stage.kind == "prune":
+        report = prune(model, cfg, calib)
+        info = {k: report[k] for k in ("total", "params_before", "params_after", "removed_layers")
+                if k in report}
+    elif stage.kind == "quantize":
+        quantize(model, cfg, calib)
+        info = {"method": method}
+    else:
+        info = {k: v for k, v in lowrank(model, cfg, calib).items() if k != "layers"}
+        if stage.options.get("merge"):
+            merge_lowrank(model)
+    return model, tok, info
+
+
+def _train(model, tok, stage, recipe, folder):
+    from slmkit.data.sources import load_text, read_jsonl
+    from slmkit.distill import Distill
+    from slmkit.train import CausalLM, train
+    from slmkit.train.sft import lm_batches, sft_batches
+
+    cfgs = stage_configs(stage)
+    d = cfgs["data"]
+    data = (sft_batches(tok, read_jsonl(d["sft"]), d["seq_len"]) if d["sft"]
+            else lm_batches(tok, load_text(d["data"]), d["seq_len"]))
+    if d["max_rows"]:
+        data = type(data)(data.ids[: d["max_rows"]],
+                          None if data.labels is None else data.labels[: d["max_rows"]],
+                          None if data.attention_mask is None else data.attention_mask[: d["max_rows"]])
+    held = lm_batches(tok, load_text(d["eval_data"]), d["seq_len"]) if d["eval_data"] else None
+    if stage.kind == "distill":
+        teacher_src = recipe.model if cfgs["teacher"] == "source" else cfgs["teacher"]
+        teacher, t_tok = _load(teacher_src)
+        objective = Distill(teacher, cfgs["kd"], model, student_tokenizer=tok, teacher_tokenizer=t_tok)
+    else:
+        objective = CausalLM()
+    target = model
+    if stage.kind == "finetune" and cfgs.get("lora"):
+        from slmkit.train.lora import LoRAConfig, add_lora
+
+        target = add_lora(model, LoRAConfig(**cfgs["lora"]) if isinstance(cfgs["lora"], dict) else None)
+    summary = train(target, objective, data, cfgs["train"], folder / "train", eval_data=held)
+    if target is not model:
+        from slmkit.train.lora import merge_lora
+
+        model = merge_lora(target)
+    return model, tok, {"train": summary}
+
+
+STAGE_FUNCTIONS = {"prune": _compress, "quantize": _compress, "lowrank": _compress,
+                   "distill": _train, "finetune": _train}
+
+
+# ---- measurement ------------------------------------------------------------------------------
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def measure(model, tok, recipe: Recipe, folder: Path | None) -> dict:
+    """Per-stage metrics: size, perplexity (protocol (i) on every text, (ii) on the first), MC
+    accuracy, decode/prefill speed."""
+    from slmkit.data.chunk import token_stream
+    from slmkit.data.sources import TextData, load_text
+    from slmkit.eval.mc import MCConfig, load_items, multiple_choice
+    from slmkit.eval.memory import param_count
+    from slmkit.eval.perplexity import PerplexityConfig, perplexity
+    from slmkit.eval.speed import SpeedConfig, speed
+
+    ev = recipe.evaluation
+    out: dict = {"params": param_count(model)}
+    if folder is not None:
+        out["disk_mb"] = _folder_bytes(folder) / 2 ** 20
+    out["ppl"] = {}
+    for i, spec in enumerate(ev.texts):
+        data = load_text(spec)
+        if ev.ppl_tokens:
+            data = TextData(f"{data.name}[:{ev.ppl_tokens}]", [tok.decode(token_stream(tok, data)[: ev.ppl_tokens])])
+        protocols = ["window", "rolling"] if (i == 0 and ev.rolling) else ["window"]
+        r = perplexity(model, tok, data, PerplexityConfig(protocols=protocols))
+        out["ppl"][spec] = {"window": r["window"]["token_perplexity"]}
+        if "rolling" in r:
+            out["ppl"][spec].update({"word_ppl": r["rolling"]["word_perplexity"],
+                                     "bits_per_byte": r["rolling"]["bits_per_byte"]})
+    if ev.mc:
+        mc = multiple_choice(model, tok, load_items(ev.mc, ev.mc_limit), MCConfig(path=ev.mc))
+        out["mc"] = {"acc": mc["acc"], "acc_norm": mc["acc_norm"]}
+    sp = speed(model, tok, SpeedConfig(prompt_tokens=ev.speed_prompt, new_tokens=ev.speed_new_tokens,
+                                       repeats=ev.speed_repeats))
+    out["speed"] = {k: sp[k] for k in ("prefill_tok_s", "decode_tok_s") if k in sp}
+    return out
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+def plan(recipe: Recipe, run: Path, model_params: int | None = None) -> list[dict]:
+    """What a run would do: per stage, whether it is already done, and a rough time/memory
+    estimate from the parameter count (calibration: two fp32 layer passes over the calibration
+    tokens; training: forward + backward (+ teacher forward) per token; ~100 GFLOP/s on 2 AVX2
+    cores; memory: fp32 weights, + grads and AdamW state when training, + a teacher)."""
+    previous, rows = "source", []
+    flops = 100e9
+    p = model_params or 135e6
+    for stage, folder in zip(recipe.stages, stage_dirs(recipe, run)):
+        key = stage_key(stage, recipe, previous)
+        done = (folder / STAGE_FILE).exists() and json.loads((folder / STAGE_FILE).read_text()).get("key") == key
+        calib_tokens = recipe.calibration.n * recipe.calibration.length
+        if stage.kind in ("distill", "finetune"):
+            c = stage_configs(stage)["train"]
+            tokens = c.steps * c.batch_size * c.grad_accum * stage_configs(stage)["data"]["seq_len"]
+            seconds = tokens * p * (6 + (2 if stage.kind == "distill" else 0)) / flops
+            mem = p * 4 * (4 + (1 if stage.kind == "distill" else 0))
+        elif stage.kind in ("prune", "quantize", "lowrank"):
+            cheap = stage.method in ("magnitude", "rtn", "svd")
+            seconds = 0 if cheap else 2 * 2 * p * calib_tokens / flops
+            mem = p * 4 * 1.5
+        else:
+            seconds, mem = 30, p * 4
+        rows.append({"stage": folder.name, "key": key, "done": done, "est_seconds": round(seconds),
+                     "est_memory_gb": round(mem / 2 ** 30, 1)})
+        previous = key
+    return rows
+
+
+def run_recipe(recipe: Recipe, run: str | Path, *, log=print) -> dict:
+    """Run (or resume) `recipe` into the folder `run`; returns the report dict."""
+    from slmkit.eval.memory import PeakRSS
+    from slmkit.models import save
+    from slmkit.recipes.report import write_report
+
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, default=str))
+    source_file = run / "00-source.json"
+    results = []
+    if source_file.exists() and json.loads(source_file.read_text()).get("model") == recipe.model:
+        results.append(json.loads(source_file.read_text()))
+    else:
+        log(f"[source] measuring {recipe.model}")
+        model, tok = _load(recipe.model)
+        t0 = time.perf_counter()
+        m = measure(model, tok, recipe, None)
+        from slmkit.eval.memory import disk_bytes
+        db = disk_bytes(model)
+        m["disk_mb"] = None if db is None else db / 2 ** 20
+        results.append({"stage": "00-source", "model": recipe.model, "metrics": m,
+                        "seconds": time.perf_counter() - t0})
+        _write_json(source_file, results[-1])
+        del model
+    previous, current = "source", recipe.model
+    for i, (stage, folder) in enumerate(zip(recipe.stages, stage_dirs(recipe, run)), 1):
+        key = stage_key(stage, recipe, previous)
+        done_file = folder / STAGE_FILE
+        if done_file.exists():
+            rec = json.loads(done_file.read_text())
+            if rec.get("key") == key:
+                log(f"[{folder.name}] unchanged, skipped")
+                results.append(rec)
+                previous, current = key, rec["output"]
+                continue
+            done_file.unlink()  # options or an earlier stage changed: redo
+        log(f"[{folder.name}] running")
+        folder.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        try:
+            with PeakRSS() as mem:
+                if stage.kind == "export":
+                    rec = _export(stage, current, folder)
+                else:
+                    model, tok = _load(current)
+                    info: dict = {}
+                    if stage.kind in STAGE_FUNCTIONS:
+                        model, tok, info = STAGE_FUNCTIONS[stage.kind](model, tok, stage, recipe, folder)
+                        out = save(model, tok, folder / "model", {"recipe_stage": stage.kind},
+                                   overwrite=True)
+                    else:  # eval: measure the input as it is
+                        out = Path(current)
+                    metrics = measure(model, tok, recipe, out if out.is_dir() else None)
+                    rec = {"output": str(out), "info": info, "metrics": metrics}
+                    del model
+        except SlmkitError as e:
+            raise SlmkitError(f"stage {i} ({stage.kind}, {folder.name}) failed: {e}; earlier stages "
+                              f"are kept in {run} and re-running resumes here") from e
+        rec.update({"stage": folder.name, "kind": stage.kind, "options": stage.options, "key": key,
+                    "seconds": time.perf_counter() - t0, "peak_rss_mb": mem.peak_bytes / 2 ** 20})
+        _write_json(done_file, rec)
+        results.append(rec)
+        previous, current = key, rec["output"]
+    report = {"recipe": recipe.name, "model": recipe.model, "stages": results}
+    write_report(report, run)
+    return report
+
+
+def _export(stage: Stage, current: str, folder: Path) -> dict:
+    from slmkit.compress.quantize.gguf_export import export_gguf
+
+    t = stage_configs(stage)["type"]
+    model, tok = _load(current)
+    if any(type(m).__name__.endswith("Linear") and type(m).__module__.startswith("slmkit")
+           for m in model.modules()):
+        from slmkit.compress.api import dequantize
+
+        dequantize(model)   # GGUF gets the exact dequantized grid, requantized to `t`
+    path = export_gguf(model, tok, folder / f"model-{t}.gguf", t, overwrite=True)
+    return {"output": str(path), "info": {"type": t},
+            "metrics": {"params": sum(p.numel() for p in model.parameters()),
+                        "disk_mb": path.stat().st_size / 2 ** 20}}
+

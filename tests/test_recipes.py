@@ -1,0 +1,122 @@
+"""Recipes: schema validation with file:line errors, every shipped recipe end to end on a tiny
+model, skip/resume on re-runs, a failing stage that keeps earlier outputs, and the report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from slmkit.cli.main import main
+from slmkit.errors import SlmkitError
+from slmkit.recipes import load_recipe, parse_recipe, plan, run_recipe
+from slmkit.recipes.schema import Calibration, Evaluation
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "recipes").glob("*.yaml"))
+FAST_EVAL = Evaluation(texts=["default"], ppl_tokens=400, rolling=True, mc=None,
+                       speed_prompt=8, speed_new_tokens=4, speed_repeats=1)
+FAST_CALIB = Calibration(spec="embedded", n=4, length=64)
+
+
+def test_shipped_recipes_are_valid():
+    assert {p.stem for p in SHIPPED} >= {"default", "quantize-only", "sparse-2of4", "hub-model"}
+    for p in SHIPPED:
+        r = load_recipe(p)
+        assert r.stages and r.name == p.stem
+
+
+@pytest.mark.parametrize("text, match", [
+    ("name: x\nstages:\n  - prune: {method: wanda, sparsty: 0.5}\n", r"<t>:3: stages\[0\].prune.sparsty: unknown option 'sparsty'"),
+    ("name: x\nstages:\n  - squash: {}\n", r"<t>:3: stages\[0\].squash: unknown stage 'squash'; allowed: prune"),
+    ("name: x\nstages:\n  - quantize: {method: gptq, bits: 9}\n", r"<t>:3: .*bits must be an integer in \[2, 8\]"),
+    ("name: x\nstages:\n  - quantize: {method: fp4}\n", r"method 'fp4' unknown for quantize; allowed: rtn, gptq"),
+    ("name: x\nstages: []\n", r"<t>:2: stages: needs a non-empty list"),
+    ("name: x\nmodle: default\nstages:\n  - eval: {}\n", r"<t>:2: modle: unknown key 'modle'"),
+    ("name: x\nevaluation: {ppl_tokenz: 5}\nstages:\n  - eval: {}\n", r"<t>:2: evaluation.ppl_tokenz: unknown option"),
+    ("stages: [\n", r"<t>: not valid YAML"),
+])
+def test_validation_errors_name_the_line_key_and_allowed_values(text, match):
+    with pytest.raises(SlmkitError, match=match):
+        parse_recipe(text, "<t>")
+
+
+def fast(recipe, model):
+    return dataclasses.replace(recipe, model=str(model), evaluation=FAST_EVAL, calibration=FAST_CALIB)
+
+
+def shrink_steps(recipe):
+    """Shipped training stages shortened for CI (the stage itself is unchanged)."""
+    for s in recipe.stages:
+        if s.kind in ("distill", "finetune"):
+            s.options.update(steps=2, batch_size=2, seq_len=32, max_rows=8)
+    return recipe
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_every_shipped_recipe_runs_end_to_end_on_a_tiny_model(path, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)   # shipped recipes name ../shared/data relative to the repository
+    recipe = shrink_steps(fast(load_recipe(path), tiny_dir("llama")))
+    report = run_recipe(recipe, tmp_path / "run", log=lambda m: None)
+    assert [s["stage"] for s in report["stages"]][1:] == [f"{i:02d}-{s.kind}" for i, s in
+                                                          enumerate(recipe.stages, 1)]
+    for s in report["stages"][1:]:
+        assert Path(s["output"]).exists()
+        if s["kind"] != "export":
+            assert s["metrics"]["ppl"]["default"]["window"] > 1
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table>" in html
+
+
+def test_rerun_skips_unchanged_stages_and_redoes_changed_ones(tiny_dir, tmp_path):
+    text = ("name: t\nstages:\n  - prune: {method: magnitude, sparsity: 0.5}\n"
+            "  - quantize: {method: rtn, bits: 4, group_size: 32}\n  - eval: {}\n")
+    recipe = fast(parse_recipe(text, "t.yaml"), tiny_dir("qwen2"))
+    logs: list[str] = []
+    first = run_recipe(recipe, tmp_path / "run", log=logs.append)
+    assert sum("running" in m for m in logs) == 3
+    logs.clear()
+    again = run_recipe(recipe, tmp_path / "run", log=logs.append)
+    assert sum("skipped" in m for m in logs) == 3 and again["stages"] == first["stages"]
+    assert all(r["done"] for r in plan(recipe, tmp_path / "run"))
+    changed = fast(parse_recipe(text.replace("bits: 4", "bits: 3"), "t.yaml"), tiny_dir("qwen2"))
+    logs.clear()
+    run_recipe(changed, tmp_path / "run", log=logs.append)
+    assert [m.split("]")[0] for m in logs if "running" in m] == ["[02-quantize", "[03-eval"]
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "01-prune" / "model")
+    assert pruned.num_parameters() > 0
+
+
+def test_a_failing_stage_keeps_earlier_outputs_and_resumes(tiny_dir, tmp_path):
+    text = ("name: t\nstages:\n  - prune: {method: magnitude, sparsity: 0.5}\n"
+            "  - distill: {teacher: /nonexistent/teacher, steps: 2, batch_size: 2, seq_len: 32, max_rows: 8}\n")
+    recipe = fast(parse_recipe(text, "t.yaml"), tiny_dir("llama"))
+    with pytest.raises(SlmkitError, match=r"stage 2 \(distill, 02-distill\) failed"):
+        run_recipe(recipe, tmp_path / "run", log=lambda m: None)
+    assert (tmp_path / "run" / "01-prune" / "stage.json").exists()
+    assert not (tmp_path / "run" / "02-distill" / "stage.json").exists()
+    fixed = fast(parse_recipe(text.replace("/nonexistent/teacher", "source"), "t.yaml"), tiny_dir("llama"))
+    logs: list[str] = []
+    run_recipe(fixed, tmp_path / "run", log=logs.append)
+    assert any("01-prune] unchanged" in m for m in logs) and any("02-distill] running" in m for m in logs)
+
+
+def test_cli_dry_run_and_report_compare(tiny_dir, tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nevaluation: {ppl_tokens: 300, speed_prompt: 8, speed_new_tokens: 4, "
+                      "speed_repeats: 1}\ncalibration: {spec: embedded, n: 4, length: 64}\n"
+                      "stages:\n  - quantize: {method: rtn, bits: 4, group_size: 32}\n")
+    assert main(["shrink", str(recipe), "--model", str(tiny_dir("llama")), "--out", str(tmp_path / "a"),
+                 "--dry-run"]) == 0
+    assert "01-quantize" in capsys.readouterr().out and not (tmp_path / "a" / "01-quantize").exists()
+    for run in ("a", "b"):
+        assert main(["shrink", str(recipe), "--model", str(tiny_dir("llama")), "--out", str(tmp_path / run)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    assert capsys.readouterr().out.count("01-quantize") == 2
+    assert (tmp_path / "cmp" / "compare.html").read_text().count("<table>") == 2
+    rep = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert rep["stages"][0]["stage"] == "00-source"
