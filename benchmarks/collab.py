@@ -1,0 +1,161 @@
+"""Speculative decoding acceptance: target-only vs transformers' assisted generation vs slmkit's
+speculative decoding with (a) the plain small draft, (b) drafts slmkit makes (the draft quantized
+to int4 by slmkit, prompt-lookup n-gram drafting), greedy, side by side in one run.
+
+    python benchmarks/collab.py --target /work/models/qwen2.5-coder-1.5b-instruct \\
+        --draft /work/models/qwen2.5-coder-0.5b-instruct [--prompts 20] [--new-tokens 128] \\
+        [--dtype float32] [--tag _qwen]
+
+Prompts: code questions (Python FAQ) and prose continuations (Austen), alternating, through the
+target's chat template for the questions. For each prompt: the greedy output of every method is
+compared with target-only's (identical in float32 is required; in bf16 divergences are counted
+and the top-2 logit gap at the first divergence is reported), and its tokens/s. Also reported:
+acceptance rate, draft/target cost per token, and the speed-up the standard formula predicts
+from them, (1 - a^(k+1)) / ((1 - a)(c k + 1)), next to the measured one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import AUSTEN, write_result  # noqa: E402
+
+FAQ = AUSTEN.parent / "python_faq_qa.jsonl"
+
+
+def prompts(tok, n: int) -> list[list[int]]:
+    from slmkit.data.sources import read_jsonl
+    from slmkit.eval.generation import build_prompt
+
+    qa = read_jsonl(FAQ)
+    prose = AUSTEN.read_text(encoding="utf-8").split("\n\n")
+    prose = [p.replace("\n", " ") for p in prose if len(p) > 400][::7]
+    out = []
+    for i in range(n):
+        if i % 2 == 0:
+            text = build_prompt(tok, qa[i // 2 % len(qa)]["question"], "auto")
+        else:
+            text = prose[i // 2 % len(prose)][:600]
+        out.append(tok(text, add_special_tokens=False)["input_ids"])
+    return out
+
+
+def predicted_speedup(a: float, k: float, c: float) -> float:
+    """Expected speed-up of speculative decoding (Leviathan et al.): acceptance rate a, k drafts
+    per round, draft cost c per token relative to the target."""
+    if a >= 1:
+        return (k + 1) / (c * k + 1)
+    return (1 - a ** (k + 1)) / ((1 - a) * (c * k + 1))
+
+
+def per_token_cost(lm, ids: list[int], n: int = 32) -> float:
+    """Seconds per decoded token, one at a time with a KV cache."""
+    s = lm.session()
+    logits = s.extend(ids)[-1]
+    t0 = time.perf_counter()
+    for _ in range(n):
+        logits = s.extend([int(logits.argmax())])[-1]
+    return (time.perf_counter() - t0) / n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--draft", required=True)
+    ap.add_argument("--prompts", type=int, default=20)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--no-hf", action="store_true", help="skip transformers' assisted generation")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+
+    import copy
+
+    import torch
+
+    from slmkit.collab import LocalLM, ModelDrafter, NoDrafter, PromptLookupDrafter, speculative_generate
+    from slmkit.compress.api import quantize
+    from slmkit.compress.quantize.config import RTNConfig
+    from slmkit.models import load
+
+    target_m, tok = load(args.target, args.dtype)
+    draft_m, _ = load(args.draft, args.dtype)
+    target, draft = LocalLM(target_m, tok, "target"), LocalLM(draft_m, tok, "draft")
+    q = copy.deepcopy(draft_m).float()
+    quantize(q, RTNConfig(bits=4, group_size=128, symmetric=True, head_bits=8))
+    draft_int4 = LocalLM(q.to(target_m.dtype), tok, "draft int4")
+    ps = prompts(tok, args.prompts)
+    eos = tok.eos_token_id
+    methods = {"target only": lambda: NoDrafter(), "slmkit, 0.5B draft": lambda: ModelDrafter(draft),
+               "slmkit, 0.5B int4 draft": lambda: ModelDrafter(draft_int4),
+               "slmkit, prompt lookup": lambda: PromptLookupDrafter()}
+    rows: dict[str, dict] = {m: {"seconds": 0.0, "tokens": 0, "identical": 0, "accepted": 0, "proposed": 0}
+                             for m in methods}
+    if not args.no_hf:
+        rows["transformers assisted"] = {"seconds": 0.0, "tokens": 0, "identical": 0}
+    for i, ids in enumerate(ps):
+        ref = None
+        for name, make in methods.items():
+            t0 = time.perf_counter()
+            out, st = speculative_generate(target, make(), ids, args.new_tokens, k=args.k, eos_token_id=eos)
+            dt = time.perf_counter() - t0
+            ref = out if ref is None else ref
+            r = rows[name]
+            r["seconds"] += dt
+            r["tokens"] += len(out)
+            r["identical"] += out == ref
+            r["accepted"] += st.accepted
+            r["proposed"] += st.proposed
+        if not args.no_hf:
+            x = torch.tensor([ids])
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                g = target_m.generate(x, attention_mask=torch.ones_like(x), assistant_model=draft_m,
+                                      max_new_tokens=args.new_tokens, do_sample=False, pad_token_id=eos)
+            dt = time.perf_counter() - t0
+            out = g[0, len(ids):].tolist()
+            r = rows["transformers assisted"]
+            r["seconds"] += dt
+            r["tokens"] += len(out)
+            r["identical"] += out == ref[: len(out)]
+        print(i, {k: round(v["tokens"] / v["seconds"], 2) for k, v in rows.items()}, flush=True)
+
+    c_draft = per_token_cost(draft, ps[0]) / per_token_cost(target, ps[0])
+    c_int4 = per_token_cost(draft_int4, ps[0]) / per_token_cost(target, ps[0])
+    base = rows["target only"]["tokens"] / rows["target only"]["seconds"]
+    for name, r in rows.items():
+        r["tok_s"] = r["tokens"] / r["seconds"]
+        r["speedup"] = r["tok_s"] / base
+        if r.get("proposed"):
+            r["acceptance_rate"] = r["accepted"] / r["proposed"]
+    for name, c in (("slmkit, 0.5B draft", c_draft), ("slmkit, 0.5B int4 draft", c_int4)):
+        rows[name]["draft_cost_ratio"] = c
+        rows[name]["predicted_speedup"] = predicted_speedup(rows[name]["acceptance_rate"], args.k, c)
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"greedy, {args.prompts} prompts x {args.new_tokens} new tokens, {args.dtype}")
+    for c in ("method", "tok/s", "speed-up", "identical", "acceptance", "draft cost", "predicted"):
+        t.add_column(c, justify="left" if c == "method" else "right")
+    for name, r in rows.items():
+        t.add_row(name, f"{r['tok_s']:.2f}", f"{r['speedup']:.2f}x", f"{r['identical']}/{args.prompts}",
+                  f"{r['acceptance_rate']:.2f}" if "acceptance_rate" in r else "-",
+                  f"{r['draft_cost_ratio']:.2f}" if "draft_cost_ratio" in r else "-",
+                  f"{r['predicted_speedup']:.2f}x" if "predicted_speedup" in r else "-")
+    Console(width=140).print(t)
+    print(f"wrote {write_result('collab' + args.tag, {'args': vars(args), 'rows': rows})}")
+    print(json.dumps({k: round(v['speedup'], 3) for k, v in rows.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
