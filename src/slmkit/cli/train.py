@@ -65,20 +65,11 @@ def add_parser(sub):
 
 
 def _batches(ns, tok):
-    from slmkit.data.sources import load_text, read_jsonl
-    from slmkit.train.sft import lm_batches, sft_batches
+    from slmkit.data.sources import load_text
+    from slmkit.train.sft import lm_batches, training_batches
 
-    if (ns.data is None) == (ns.sft is None):
-        raise SlmkitError("give exactly one of --data (plain text) or --sft (prompt/response jsonl)")
-    if ns.sft:
-        data = sft_batches(tok, read_jsonl(ns.sft), ns.seq_len, prompt_key=ns.prompt_field,
-                           response_key=ns.response_field)
-    else:
-        data = lm_batches(tok, load_text(ns.data), ns.seq_len)
-    if ns.max_rows:
-        data = type(data)(data.ids[: ns.max_rows],
-                          None if data.labels is None else data.labels[: ns.max_rows],
-                          None if data.attention_mask is None else data.attention_mask[: ns.max_rows])
+    data = training_batches(tok, data=ns.data, sft=ns.sft, seq_len=ns.seq_len, max_rows=ns.max_rows,
+                            prompt_key=ns.prompt_field, response_key=ns.response_field)
     held = lm_batches(tok, load_text(ns.eval_data), ns.seq_len) if ns.eval_data else None
     return data, held
 

@@ -124,11 +124,9 @@ class LocalLM:
         import torch
 
         ctx, cont = self.encode(context), self.encode(continuation)
-        if not cont:
-            raise SlmkitError("the continuation is empty after tokenisation")
-        ids = ctx + cont
-        logits = self.session().extend(ids)
-        logp = torch.log_softmax(logits[len(ctx) - 1: len(ids) - 1], -1) if ctx else None
-        if logp is None:
-            raise SlmkitError("loglikelihood needs a non-empty context")
+        if not ctx or not cont:
+            raise SlmkitError("loglikelihood needs a context and a continuation that are not empty "
+                              "after tokenisation")
+        logits = self.session().extend(ctx + cont)
+        logp = torch.log_softmax(logits[len(ctx) - 1: -1], -1)   # the positions predicting `cont`
         return float(logp.gather(1, torch.tensor(cont)[:, None]).sum())

@@ -9,12 +9,12 @@ Teacher: a local model and its tokenizer now; anything with `generate(prompts) -
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from slmkit.errors import SlmkitError
+from slmkit.files import write_text_atomic
 from slmkit.eval.generation import EXTRACTORS, build_prompt, generate_greedy
 from slmkit.progress import progress_bar
 
@@ -69,9 +69,7 @@ def teacher_answers(generate: Callable[[list[str]], list[str]], records: list[di
     if [d["prompt"] for d in done] != prompts[: len(done)]:
         raise SlmkitError(f"{path} holds answers to other prompts; use a new cache file or delete it")
     # rewrite what survived (drops a torn last line), then append
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(d) + "\n" for d in done), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(d) + "\n" for d in done))
     with open(path, "a", encoding="utf-8") as f, \
             progress_bar("teacher answers", len(prompts), unit="prompts") as advance:
         advance(len(done))

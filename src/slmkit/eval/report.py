@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from slmkit.errors import SlmkitError
+from slmkit.files import write_text_atomic
 
 # (dotted metric path, column label, format) for the Markdown/terminal table and the plot
 HEADLINE = [
@@ -99,10 +100,7 @@ class Report:
         written = []
         for name, text in (("report.json", json.dumps(self.to_dict(), indent=2, default=str) + "\n"),
                            ("report.md", self.to_markdown())):
-            tmp = folder / f".{name}.tmp"
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, folder / name)
-            written.append(folder / name)
+            written.append(write_text_atomic(folder / name, text))
         if len(self.models) >= 2:
             written.append(self.plot(folder / "report.png"))
         return written

@@ -8,10 +8,10 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
 
 from slmkit.errors import SlmkitError
+from slmkit.files import write_text_atomic
 
 COLUMNS = [  # (label, getter, format)
     ("params (M)", lambda r: r["metrics"].get("params", 0) / 1e6, "{:.1f}"),
@@ -126,19 +126,13 @@ def to_html(runs: dict[str, dict]) -> str:
     return "\n".join(parts)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(report: dict, folder: str | Path) -> list[Path]:
     folder = Path(folder)
     out = []
     for name, text in (("report.json", json.dumps(report, indent=2, default=str) + "\n"),
                        ("report.md", to_markdown(report)),
                        ("report.html", to_html({folder.name: report}))):
-        _atomic_text(folder / name, text)
+        write_text_atomic(folder / name, text)
         out.append(folder / name)
     return out
 
@@ -155,6 +149,6 @@ def compare(run_dirs: list[str | Path], out: str | Path | None = None) -> tuple[
     if out is not None:
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
-        _atomic_text(o / "compare.html", to_html(runs))
-        _atomic_text(o / "compare.md", md)
+        write_text_atomic(o / "compare.html", to_html(runs))
+        write_text_atomic(o / "compare.md", md)
     return md, runs

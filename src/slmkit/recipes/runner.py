@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 from slmkit.errors import SlmkitError
+from slmkit.files import write_text_atomic
 from slmkit.recipes.schema import Recipe, Stage, stage_configs
 
 STAGE_FILE = "stage.json"
@@ -43,9 +43,7 @@ def stage_dirs(recipe: Recipe, run: Path) -> list[Path]:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
 
 
 def _load(source: str, dtype: str = "float32"):
@@ -86,19 +84,15 @@ def _compress(model, tok, stage, recipe, folder):
 
 
 def _train(model, tok, stage, recipe, folder):
-    from slmkit.data.sources import load_text, read_jsonl
+    from slmkit.data.sources import load_text
     from slmkit.distill import Distill
     from slmkit.train import CausalLM, train
-    from slmkit.train.sft import lm_batches, sft_batches
+    from slmkit.train.sft import lm_batches, training_batches
 
     cfgs = stage_configs(stage)
     d = cfgs["data"]
-    data = (sft_batches(tok, read_jsonl(d["sft"]), d["seq_len"]) if d["sft"]
-            else lm_batches(tok, load_text(d["data"]), d["seq_len"]))
-    if d["max_rows"]:
-        data = type(data)(data.ids[: d["max_rows"]],
-                          None if data.labels is None else data.labels[: d["max_rows"]],
-                          None if data.attention_mask is None else data.attention_mask[: d["max_rows"]])
+    data = training_batches(tok, data=None if d["sft"] else d["data"], sft=d["sft"],
+                            seq_len=d["seq_len"], max_rows=d["max_rows"])
     held = lm_batches(tok, load_text(d["eval_data"]), d["seq_len"]) if d["eval_data"] else None
     if stage.kind == "distill":
         teacher_src = recipe.model if cfgs["teacher"] == "source" else cfgs["teacher"]

@@ -35,6 +35,11 @@ class Batches:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
+    def head(self, n: int) -> "Batches":
+        """The first `n` rows."""
+        cut = lambda t: None if t is None else t[:n]  # noqa: E731
+        return Batches(self.ids[:n], cut(self.labels), cut(self.attention_mask))
+
     def per_epoch(self, size: int, world: int = 1) -> int:
         """Micro-batches per epoch (each process takes `size` rows of every micro-batch)."""
         n = len(self) // (size * world)

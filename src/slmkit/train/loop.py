@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from slmkit.errors import SlmkitError
+from slmkit.files import write_text_atomic
 from slmkit.progress import progress_bar
 from slmkit.train.config import TrainConfig
 from slmkit.train.data import Batches
@@ -88,9 +89,7 @@ def _rewrite_log(path: Path, up_to_step: int) -> None:
         return
     keep = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line).get("step", 0) <= up_to_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
 def evaluate(model, objective, data: Batches, batch_size: int, autocast: bool) -> float:

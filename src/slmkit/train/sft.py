@@ -77,5 +77,20 @@ def sft_batches(tokenizer, examples: list[dict], length: int, *, prompt_key: str
     return Batches(ids, labels, mask)
 
 
+def training_batches(tokenizer, *, data: str | None = None, sft: str | None = None,
+                     seq_len: int = 512, max_rows: int | None = None, prompt_key: str = "prompt",
+                     response_key: str = "response") -> Batches:
+    """Rows to train on from a text spec (`data`: every token scored) or a prompt/response jsonl
+    (`sft`: answers scored), optionally only the first `max_rows`."""
+    from slmkit.data.sources import load_text, read_jsonl
+
+    if (data is None) == (sft is None):
+        raise SlmkitError("give exactly one of --data (plain text) or --sft (prompt/response jsonl)")
+    rows = (sft_batches(tokenizer, read_jsonl(sft), seq_len, prompt_key=prompt_key,
+                        response_key=response_key) if sft
+            else lm_batches(tokenizer, load_text(data), seq_len))
+    return rows.head(max_rows) if max_rows else rows
+
+
 def scored_tokens(batches: Batches) -> "torch.Tensor":
     return (batches.labels != IGNORE).sum() if batches.labels is not None else batches.ids.numel()
