@@ -28,7 +28,9 @@ def parse_args():
     ap.add_argument("--model", default="default")
     ap.add_argument("--methods", default="magnitude,wanda,sparsegpt")
     ap.add_argument("--patterns", default="0.5,2:4", help="sparsities and/or N:M patterns")
-    ap.add_argument("--calib", default="embedded")
+    ap.add_argument("--calib", default="embedded",
+                    help="calibration spec(s), ';'-separated: every calibrated method runs on each; "
+                         "the peer and the structured rows use the first")
     ap.add_argument("--calib-n", type=int, default=128)
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--window", type=int, default=2048)
@@ -60,21 +62,24 @@ def main() -> int:
     texts = eval_texts(tok, args.eval_tokens)
     ppls = ppl_function(tok, texts, args.window)
 
-    calib, provenance = build_calibration_with_provenance(base, tok, args.calib, n=args.calib_n,
-                                                          length=args.calib_len, seed=0)
+    specs = [s for s in args.calib.split(";") if s]
+    calibs = {spec: build_calibration_with_provenance(base, tok, spec, n=args.calib_n,
+                                                      length=args.calib_len, seed=0) for spec in specs}
+    calib = calibs[specs[0]][0]
     rows = {"dense (fp32)": {"ppl": ppls(base)}}
     t: dict[str, float] = {}
     for pattern in args.patterns.split(","):
         for name in args.methods.split(","):
-            label = f"{name} {pattern}"
-            model = copy.deepcopy(base)
-            cfg = PRUNERS.get(name).config(**pattern_kwargs(pattern))
-            with PeakRSS() as mem, timed(t, label):
-                report = prune(model, cfg, None if name == "magnitude" else calib)
-            rows[label] = {"ppl": ppls(model), "seconds": t[label], "peak_rss_mb": mem.peak_bytes / 2**20,
-                           "sparsity": report["total"]["sparsity"]}
-            print(label, rows[label], flush=True)
-            del model
+            for spec in ([None] if name == "magnitude" else specs):
+                label = f"{name} {pattern}" + (f" [{spec}]" if spec else "")
+                model = copy.deepcopy(base)
+                cfg = PRUNERS.get(name).config(**pattern_kwargs(pattern))
+                with PeakRSS() as mem, timed(t, label):
+                    report = prune(model, cfg, calibs[spec][0] if spec else None)
+                rows[label] = {"ppl": ppls(model), "seconds": t[label], "peak_rss_mb": mem.peak_bytes / 2**20,
+                               "sparsity": report["total"]["sparsity"], "calibration": spec}
+                print(label, rows[label], flush=True)
+                del model
 
     work = Path(tempfile.mkdtemp(prefix="slmkit-pbench-"))
     src = save(base.to(torch.bfloat16), tok, work / "base")  # the bf16 reference for sizes, and the peer's input
@@ -87,7 +92,7 @@ def main() -> int:
                 extra = ["--nm", pattern] if ":" in pattern else ["--sparsity", pattern]
                 out, info = run_llmc(name, src, calib, work / f"{name}_{pattern.replace(':', '-')}", extra)
                 peer = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-                rows[f"llm-compressor {name} {pattern}"] = {
+                rows[f"llm-compressor {name} {pattern} [{specs[0]}]"] = {
                     "ppl": ppls(peer), "seconds": info["compress_s"], "peak_rss_mb": info["peak_rss_mb"],
                     "peer": info}
                 del peer
@@ -118,7 +123,7 @@ def main() -> int:
             print(name, rows[f"{name} -{args.structured_target:.0%}"], flush=True)
             del model
 
-    table = Table(title=f"{args.model}: calib {args.calib} {args.calib_n}x{args.calib_len}, "
+    table = Table(title=f"{args.model}: calib {args.calib_n}x{args.calib_len}, "
                         f"ppl protocol (i) window {args.window}, {args.eval_tokens} tokens per text")
     for c in ("method", "ppl in-domain", "ratio", "ppl Austen", "ratio", "seconds", "peak RSS MB", "disk / decode"):
         table.add_column(c, justify="left" if c == "method" else "right")
@@ -131,7 +136,7 @@ def main() -> int:
                       f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-", tail)
     Console(width=170).print(table)
     payload = {"args": vars(args), "rows": rows, "texts": {k: v.describe() for k, v in texts.items()},
-               "calibration": provenance, **extra}
+               "calibration": {spec: prov for spec, (_, prov) in calibs.items()}, **extra}
     print(f"wrote {write_result('prune' + args.tag, payload)}")
     return 0
 

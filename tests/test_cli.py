@@ -344,3 +344,17 @@ def test_info_describes_a_model(capsys, tiny_dir):
     assert code == 0
     for expected in ("Phi3ForCausalLM", "phi3", "adapter", "yes", "auto dtype here"):
         assert expected in out
+
+
+def test_every_subcommand_prints_its_help(capsys):
+    """argparse %-formats help strings: a field help with a bare '%' must not crash --help."""
+    from slmkit.cli.main import MODULE_COMMANDS
+
+    for command in ["info", "eval", "convert", *MODULE_COMMANDS]:
+        with pytest.raises(SystemExit) as e:
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert e.value.code == 0 and f"usage: slmkit {command}" in out, command
+    with pytest.raises(SystemExit):
+        main(["quantize", "--help"])
+    assert "20-60% of the bytes" in capsys.readouterr().out

@@ -198,3 +198,47 @@ def test_head_bits_unties_and_quantizes_the_output_head(model_type, tiny_tok, tm
 def test_head_bits_out_of_range_is_refused():
     with pytest.raises(SlmkitError, match="head_bits must be 5-8"):
         quantize(tiny_model("llama"), RTNConfig(head_bits=4))
+
+
+@pytest.mark.parametrize("model_type,bits", [("llama", 4), ("qwen2", 8), ("gemma3_text", 4)])
+def test_embed_bits_quantizes_the_table_and_reloads_everywhere(model_type, bits, tiny_tok, tmp_path):
+    from slmkit.compress.api import dequantize
+    from slmkit.compress.quantize.embedding import QuantEmbedding
+
+    model = tiny_model(model_type, seed=5, tie_word_embeddings=True)
+    emb = model.get_input_embeddings()
+    table, cls, scale = emb.weight.detach().clone(), type(emb), getattr(emb, "embed_scale", None)
+    quantize(model, RTNConfig(bits=4, group_size=32, embed_bits=bits, head_bits=8))
+    q = model.get_input_embeddings()
+    assert type(q) is QuantEmbedding and q.bits == bits and not model.config.tie_word_embeddings
+    assert q.group_size == (None if bits == 8 else 32)
+    err = (q.dense_weight() - table).abs()
+    assert 0 < err.max() <= q.scale.max() / 2 + 1e-6                 # half a step, not exact
+    ids = CALIB[:2]
+    looked_up = table[ids] * (1 if scale is None else scale)
+    assert torch.allclose(q(ids), q.dense_weight()[ids] * (1 if scale is None else scale))
+    assert not torch.equal(q(ids), looked_up)
+    with torch.no_grad():
+        ref = model(ids).logits
+    out = save(model, tiny_tok, tmp_path / "q")
+    size = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    reloaded, _ = load(out, dtype="float32")
+    assert type(reloaded.get_input_embeddings()) is QuantEmbedding
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, ref)
+    # (transformers 5.23 cannot build a compressed nn.Embedding: its weight initialisation reads
+    # `embed_tokens.weight`, which compressed-tensors has replaced; slmkit.models.load is the way)
+    dequantize(reloaded)
+    dense = reloaded.get_input_embeddings()
+    assert type(dense) is cls and torch.equal(dense.weight, q.dense_weight())
+    # the table on disk is codes, not floats: ~bits/16 of its bf16 bytes
+    plain = tiny_model(model_type, seed=5, tie_word_embeddings=False)
+    quantize(plain, RTNConfig(bits=4, group_size=32, head_bits=8))
+    size_float_table = sum(f.stat().st_size for f in save(plain, tiny_tok, tmp_path / "p").glob("*.safetensors"))
+    table_bytes = table.numel() * 4   # tiny models save float32
+    assert size_float_table - size > table_bytes * (1 - bits / 32 - 0.15)
+
+
+def test_embed_bits_other_than_4_or_8_is_refused():
+    with pytest.raises(SlmkitError, match="embed_bits must be one of"):
+        RTNConfig(embed_bits=6)

@@ -116,7 +116,31 @@ def test_cli_dry_run_and_report_compare(tiny_dir, tmp_path, capsys):
         assert main(["shrink", str(recipe), "--model", str(tiny_dir("llama")), "--out", str(tmp_path / run)]) == 0
     capsys.readouterr()
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
-    assert capsys.readouterr().out.count("01-quantize") == 2
-    assert (tmp_path / "cmp" / "compare.html").read_text().count("<table>") == 2
+    out = capsys.readouterr().out
+    assert out.count("| 01-quantize |") == 2 and "| a/01-quantize |" in out and "## Pareto" in out
+    assert (tmp_path / "cmp" / "compare.html").read_text().count("<table>") == 3  # two runs + Pareto
     rep = json.loads((tmp_path / "a" / "report.json").read_text())
     assert rep["stages"][0]["stage"] == "00-source"
+
+
+def _rep(name, stages):
+    return {"recipe": name, "model": "m", "stages": [
+        {"stage": st, "metrics": {"disk_mb": mb, "ppl": {"default": {"window": p1}, "x.txt": {"window": p2}},
+                                  "speed": {"decode_tok_s": tps}}} for st, mb, p1, p2, tps in stages]}
+
+
+def test_pareto_marks_dominated_points_only():
+    from slmkit.recipes.report import pareto, pareto_markdown, table
+
+    runs = {"chain": _rep("chain", [("00-source", 100, 10, 20, 10), ("03-quantize", 30, 11, 22, 16)]),
+            "qonly": _rep("qonly", [("00-source", 100, 10, 20, 10), ("01-quantize", 35, 11.5, 21, 15)])}
+    by = {f"{p['run']}/{p['stage']}": p["dominated_by"] for p in pareto(runs)}
+    assert by["chain/03-quantize"] == []            # smallest, fastest
+    assert by["qonly/01-quantize"] == []            # worse in-domain but better on x.txt: not dominated
+    assert by["chain/00-source"] == [] and by["qonly/00-source"] == []   # equal points do not dominate
+    runs["qonly"]["stages"][1]["metrics"]["ppl"]["x.txt"]["window"] = 23   # now worse everywhere
+    by = {f"{p['run']}/{p['stage']}": p["dominated_by"] for p in pareto(runs)}
+    assert by["qonly/01-quantize"] == ["chain/03-quantize"]
+    assert "| qonly/01-quantize | 35.0 | 11.500 | 23.000 | 15.0 | chain/03-quantize |" in pareto_markdown(runs)
+    head, rows = table(runs["chain"])
+    assert head[-2:] == ["size vs source", "decode vs source"] and rows[1][-2:] == ["0.30x", "1.60x"]

@@ -85,7 +85,8 @@ def add_config_args(parser: argparse.ArgumentParser, config_cls: type, prefix: s
         if aliases and f.name in aliases:
             flags.append(aliases[f.name])
         default = getattr(defaults, f.name)
-        help_text = f.metadata.get("help", "") + f" (default: {default})"
+        doc = f.metadata.get("help", "").replace("%", "%%")  # argparse %-formats help strings
+        help_text = doc + f" (default: {default})".replace("%", "%%")
         dest = f"{prefix}__{f.name}"
         if tp is bool:
             group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction,
@@ -95,7 +96,7 @@ def add_config_args(parser: argparse.ArgumentParser, config_cls: type, prefix: s
             flag = flags[0][:-1] if flags[0].endswith("s") else flags[0]  # --override, repeatable
             group.add_argument(flag, dest=dest, type=_dict_item, action="append",
                                default=argparse.SUPPRESS, metavar="KEY:name=value,...",
-                               help=f.metadata.get("help", "") + " (repeatable)")
+                               help=doc + " (repeatable)")
             continue
         if typing.get_origin(tp) is typing.Literal:
             group.add_argument(*flags, dest=dest, choices=list(typing.get_args(tp)),

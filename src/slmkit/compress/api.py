@@ -101,8 +101,12 @@ def dequantize(model):
 
     from slmkit.compress.quantize.kernels import QuantLinear
 
+    from slmkit.compress.quantize.embedding import QuantEmbedding
+
     for name, m in list(model.named_modules()):
-        if isinstance(m, QuantLinear):
+        if isinstance(m, QuantEmbedding):
+            model.set_submodule(name, m.to_dense())
+        elif isinstance(m, QuantLinear):
             dense = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
             with torch.no_grad():
                 dense.weight.copy_(m.dense_weight())
@@ -153,9 +157,18 @@ def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
     head_bits = getattr(cfg, "head_bits", None)
     if head_bits is not None and not 5 <= head_bits <= 8:
         raise SlmkitError(f"head_bits must be 5-8 (per-channel int8 kernel) or None, not {head_bits!r}")
+    embed_bits = getattr(cfg, "embed_bits", None)
+    if embed_bits is not None:
+        from slmkit.compress.quantize.embedding import embed_grid
+
+        embed_grid(embed_bits, 32)
     store = entry.fn(model, cfg, calib)
     if head_bits is not None:
         store.update(quantize_head(model, head_bits))
+    if embed_bits is not None:
+        from slmkit.compress.quantize.embedding import quantize_embeddings
+
+        quantize_embeddings(model, embed_bits, simulate=not pack_weights)
     if pack_weights:
         pack(model, store)
     else:

@@ -39,9 +39,25 @@ def _ppl_columns(stages: list[dict]) -> list[tuple]:
     return cols
 
 
+def _source(report: dict) -> dict:
+    return next((s for s in report["stages"] if s["stage"] == "00-source"), report["stages"][0])
+
+
+def _ratio_columns(report: dict) -> list[tuple]:
+    """Disk size and decode speed relative to the source model (the run's 00-source row)."""
+    src = _source(report)["metrics"]
+    cols = []
+    if src.get("disk_mb"):
+        cols.append(("size vs source", lambda r: r["metrics"]["disk_mb"] / src["disk_mb"], "{:.2f}x"))
+    if src.get("speed", {}).get("decode_tok_s"):
+        cols.append(("decode vs source",
+                     lambda r: r["metrics"]["speed"]["decode_tok_s"] / src["speed"]["decode_tok_s"], "{:.2f}x"))
+    return cols
+
+
 def table(report: dict) -> tuple[list[str], list[list[str]]]:
     stages = report["stages"]
-    cols = _ppl_columns(stages) + COLUMNS
+    cols = _ppl_columns(stages) + COLUMNS + _ratio_columns(report)
     rows = []
     for s in stages:
         cells = []
@@ -53,6 +69,51 @@ def table(report: dict) -> tuple[list[str], list[list[str]]]:
             cells.append("-" if v is None else fmt.format(v))
         rows.append([s["stage"], *cells])
     return ["stage", *[c[0] for c in cols]], rows
+
+
+def pareto(runs: dict[str, dict]) -> list[dict]:
+    """Every measured stage of every run as a point (disk MB, ppl (i) on each text, decode tok/s),
+    with the points that dominate it: no larger, no worse on any ppl, no slower (where measured),
+    and strictly better on one. A chain is Pareto-better than quantize-only / prune-only when
+    its final model is dominated by none of their points and dominates them at their sizes."""
+    pts = []
+    for run, rep in runs.items():
+        for s in rep["stages"]:
+            m = s["metrics"]
+            ppl = {t: v.get("window") for t, v in m.get("ppl", {}).items()}
+            if m.get("disk_mb") and ppl and all(ppl.values()):
+                pts.append({"run": run, "stage": s["stage"], "disk_mb": m["disk_mb"], "ppl": ppl,
+                            "decode_tok_s": m.get("speed", {}).get("decode_tok_s")})
+
+    def better_or_equal(a, b):  # a is at least as good as b everywhere both are measured
+        if a["disk_mb"] > b["disk_mb"] or set(a["ppl"]) != set(b["ppl"]):
+            return False
+        if any(a["ppl"][t] > b["ppl"][t] for t in a["ppl"]):
+            return False
+        return not (a["decode_tok_s"] and b["decode_tok_s"] and a["decode_tok_s"] < b["decode_tok_s"])
+
+    for p in pts:
+        p["dominated_by"] = [f"{q['run']}/{q['stage']}" for q in pts
+                             if q is not p and better_or_equal(q, p) and not better_or_equal(p, q)]
+    return pts
+
+
+def pareto_markdown(runs: dict[str, dict]) -> str:
+    pts = pareto(runs)
+    if not pts:
+        return ""
+    texts = list(pts[0]["ppl"])
+    head = ["run/stage", "disk MB", *[f"ppl (i) {Path(t).stem if t != 'default' else 'eval text'}" for t in texts],
+            "decode tok/s", "dominated by"]
+    out = ["## Pareto (size, perplexity, decode speed)", "",
+           "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 2) + "---|"]
+    for p in pts:
+        cells = [f"{p['run']}/{p['stage']}", f"{p['disk_mb']:.1f}",
+                 *[f"{p['ppl'].get(t, float('nan')):.3f}" for t in texts],
+                 f"{p['decode_tok_s']:.1f}" if p["decode_tok_s"] else "-",
+                 ", ".join(p["dominated_by"]) or "**on the front**"]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def to_markdown(report: dict) -> str:
@@ -119,6 +180,13 @@ def to_html(runs: dict[str, dict]) -> str:
                      "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
         parts.append("</table>")
+    if len(runs) > 1 and pareto(runs):
+        head, *rest = [line for line in pareto_markdown(runs).splitlines() if line.startswith("|")]
+        parts.append("<h2>Pareto (size, perplexity, decode speed)</h2><table>")
+        cells = lambda line: [c.strip().replace("**", "") for c in line.strip("|").split("|")]  # noqa: E731
+        parts.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells(head)) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells(r)) + "</tr>" for r in rest[1:]]
+        parts.append("</table>")
     for title, data in _figures(runs):
         parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' "
                      f"src='data:image/png;base64,{base64.b64encode(data).decode()}'>")
@@ -146,6 +214,8 @@ def compare(run_dirs: list[str | Path], out: str | Path | None = None) -> tuple[
             raise SlmkitError(f"{d} has no report.json (not a finished `slmkit shrink` run)")
         runs[Path(d).name] = json.loads(f.read_text())
     md = "\n".join(to_markdown(r) for r in runs.values())
+    if len(runs) > 1:
+        md += "\n" + pareto_markdown(runs)
     if out is not None:
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)

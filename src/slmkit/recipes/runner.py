@@ -262,10 +262,9 @@ def _export(stage: Stage, current: str, folder: Path) -> dict:
 
     t = stage_configs(stage)["type"]
     model, tok = _load(current)
-    if any(type(m).__name__.endswith("Linear") and type(m).__module__.startswith("slmkit")
-           for m in model.modules()):
-        from slmkit.compress.api import dequantize
+    from slmkit.compress.api import dequantize, is_quantized
 
+    if is_quantized(model):
         dequantize(model)   # GGUF gets the exact dequantized grid, requantized to `t`
     path = export_gguf(model, tok, folder / f"model-{t}.gguf", t, overwrite=True)
     return {"output": str(path), "info": {"type": t},

@@ -1,7 +1,7 @@
 """Quantized checkpoints in the compressed-tensors format (what llm-compressor writes; transformers
 with the `compressed-tensors` package and vLLM read it), written and read without that package.
 
-Per quantized linear `NAME` (weight-only, "pack-quantized"):
+Per quantized linear or embedding table `NAME` (weight-only, "pack-quantized"):
   NAME.weight_packed      int32 [out, ceil(in * bits / 32)]   codes, see `pack.py`
   NAME.weight_scale       float32 [out, groups]               (groups = 1 per channel)
   NAME.weight_zero_point  int32 [ceil(out * bits / 32), groups]  packed along out; asymmetric only
@@ -183,8 +183,12 @@ def load_compressed(folder: str | Path, dtype: torch.dtype):
                 if f"{name}.weight_scale" not in tensors:
                     break  # a target class with no quantized tensors (e.g. an untouched head)
                 qw = _quantized_weight(name, scheme, tensors)
-                bias = tensors.get(f"{name}.bias")
-                model.set_submodule(name, make_linear(qw, bias, name))
+                if isinstance(module, nn.Embedding):
+                    from slmkit.compress.quantize.embedding import QuantEmbedding
+
+                    model.set_submodule(name, QuantEmbedding(qw, module))
+                else:
+                    model.set_submodule(name, make_linear(qw, tensors.get(f"{name}.bias"), name))
                 replaced.add(name)
                 break
     rest = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] not in replaced}

@@ -30,6 +30,10 @@ class RTNConfig:
         "help": "also quantize the output head (lm_head) per output channel, symmetric, to this "
                 "many bits (5-8; 8 is near-lossless and takes ~30% off the head's decode time); a head "
                 "tied to the input embeddings is untied first (the embeddings stay as they are)"})
+    embed_bits: int | None = field(default=None, metadata={
+        "help": "also quantize the input embedding table (RTN; 8 = per token row, 4 = groups of "
+                "32, as GGUF q4_0): for small models the table is 20-60% of the bytes; a tied head "
+                "is untied first and stays float unless head_bits is set"})
 
     def __post_init__(self) -> None:
         """Refuse out-of-range grids when the config is made (CLI, recipes, Python alike)."""
@@ -38,6 +42,10 @@ class RTNConfig:
         check_bits(self.bits, self.group_size)
         if self.head_bits is not None and not (isinstance(self.head_bits, int) and 5 <= self.head_bits <= 8):
             raise SlmkitError(f"head_bits must be 5-8 (per-channel int8 kernel) or None, not {self.head_bits!r}")
+        if self.embed_bits is not None:
+            from slmkit.compress.quantize.embedding import embed_grid
+
+            embed_grid(self.embed_bits, 32)
 
 
 @dataclass
