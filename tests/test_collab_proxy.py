@@ -43,3 +43,26 @@ def test_mixed_tokenizers_are_refused(trio):
     other = LocalLM(expert.model, tiny_tokenizer(300), "other")
     with pytest.raises(SlmkitError, match="one tokenizer"):
         proxy_generate(base, expert, other, [5], 3)
+
+
+def test_proxy_logprobs_match_the_step_by_step_proxy_distribution(trio):
+    """Teacher-forced scoring in one pass equals the logits proxy_generate combines step by step;
+    alpha=0 is the base model's own log-likelihood."""
+    from slmkit.collab.proxy import proxy_logprobs
+
+    base, expert, anti = trio
+    ids, start = [5, 6, 7, 8, 40, 41, 42, 43, 44], 4
+    got = proxy_logprobs(base, expert, anti, ids, start, alpha=0.7)
+    sessions = [lm.session() for lm in trio]
+    logits = [s.extend(ids[:start])[-1] for s in sessions]
+    want = []
+    for t in ids[start:]:
+        z = logits[0] + 0.7 * (logits[1] - logits[2])
+        want.append(float(torch.log_softmax(z.float(), -1)[t]))
+        logits = [s.extend([t])[-1] for s in sessions]
+    assert torch.allclose(got, torch.tensor(want), atol=1e-4)
+    own = torch.log_softmax(base.session().extend(ids)[start - 1:-1].float(), -1)
+    assert torch.allclose(proxy_logprobs(base, expert, anti, ids, start, alpha=0.0),
+                          own.gather(1, torch.tensor(ids[start:])[:, None])[:, 0], atol=1e-5)
+    with pytest.raises(SlmkitError, match="start must be"):
+        proxy_logprobs(base, expert, anti, ids, len(ids))

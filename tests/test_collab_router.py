@@ -37,3 +37,17 @@ def test_pgr_and_weak_labels(tiny_tok):
     lm = LocalLM(tiny_model("llama", seed=0), tiny_tok)
     recs = weak_labels(lm, ["a", "b"], 3)
     assert [r["prompt"] for r in recs] == ["a", "b"] and all(isinstance(r["response"], str) for r in recs)
+
+
+def test_choice_confidence_is_the_winners_softmax_probability():
+    import math
+
+    from slmkit.collab.route import choice_confidence
+
+    assert choice_confidence([-1.0, -1.0]) == pytest.approx(0.5)
+    lls = [-3.0, -0.5, -2.0, -7.0]
+    z = sum(math.exp(v) for v in lls)
+    assert choice_confidence(lls) == pytest.approx(math.exp(-0.5) / z)
+    assert choice_confidence([-1000.0, -1.0]) == pytest.approx(1.0)   # no overflow/underflow
+    with pytest.raises(SlmkitError):
+        choice_confidence([])

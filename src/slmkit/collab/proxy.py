@@ -10,9 +10,13 @@ one tokenizer. Each model keeps its own KV cache; one token per step is appended
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from slmkit.collab.protocol import LocalLM, same_vocabulary
 from slmkit.errors import SlmkitError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -55,3 +59,22 @@ def proxy_generate(base: LocalLM, expert: LocalLM, anti_expert: LocalLM, prompt_
     stats.new_tokens = len(out)
     stats.mean_abs_shift = shift / max(len(out), 1)
     return out, stats
+
+
+def proxy_logprobs(base: LocalLM, expert: LocalLM, anti_expert: LocalLM, ids: list[int], start: int,
+                   *, alpha: float = 1.0) -> "torch.Tensor":
+    """Teacher-forced log-probabilities of `ids[start:]` under the proxy-tuned distribution
+    (one forward pass per model over the whole sequence) -> float32 [len(ids) - start]. With
+    alpha=0 it is the base model's own; summed, it is the proxy-tuned log-likelihood."""
+    import torch
+
+    check_same_vocab(base, expert, anti_expert)
+    if not 1 <= start < len(ids):
+        raise SlmkitError(f"start must be in [1, {len(ids) - 1}] (a non-empty context and "
+                          f"continuation), got {start} for {len(ids)} tokens")
+    with torch.inference_mode():
+        logits = [lm.session().extend(ids)[start - 1: -1].float() for lm in (base, expert, anti_expert)]
+    v = min(x.shape[-1] for x in logits)
+    z = logits[0][:, :v] + alpha * (logits[1][:, :v] - logits[2][:, :v])
+    target = torch.tensor(ids[start:])
+    return torch.log_softmax(z, -1).gather(1, target[:, None])[:, 0]

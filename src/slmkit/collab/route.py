@@ -5,6 +5,8 @@ Confidence scores (higher = surer), any LM of the protocol:
   logprob   mean log-probability per token of the small model's answer (its own loglikelihood)
   agreement fraction of `samples` sampled answers whose extracted final answer equals the greedy
             one's (self-consistency)
+  choice    for multiple choice: the probability the small model gives its own pick when its
+            choice log-likelihoods are normalised over the choices (`choice_confidence`)
 
 `sweep` turns per-query records (small correct?, large correct?, confidence) into the
 quality-cost curve of every threshold, to pick one or to plot.
@@ -12,6 +14,7 @@ quality-cost curve of every threshold, to pick one or to plot.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,6 +37,15 @@ def agreement_confidence(lm, prompt: str, answer: str, extract: Callable[[str], 
     target = extract(answer)
     drawn = lm.generate([prompt] * samples, temperature=temperature)
     return sum(extract(d) == target for d in drawn) / samples
+
+
+def choice_confidence(loglikelihoods: list[float]) -> float:
+    """Softmax over a multiple-choice item's choice log-likelihoods; the winner's probability."""
+    if not loglikelihoods:
+        raise SlmkitError("choice_confidence needs at least one log-likelihood")
+    top = max(loglikelihoods)
+    z = sum(math.exp(v - top) for v in loglikelihoods)
+    return 1.0 / z
 
 
 @dataclass
