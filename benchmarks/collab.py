@@ -5,6 +5,7 @@ to int4 by slmkit, prompt-lookup n-gram drafting), greedy, side by side in one r
     python benchmarks/collab.py --target /work/models/qwen2.5-coder-1.5b-instruct \\
         --draft /work/models/qwen2.5-coder-0.5b-instruct [--prompts 20] [--new-tokens 128] \\
         [--dtype float32] [--tag _qwen]
+    python benchmarks/collab.py --target default --drafts self-int4,self-depth,lookup --tag _smollm2
 
 Prompts: code questions (Python FAQ) and prose continuations (Austen), alternating, through the
 target's chat template for the questions. For each prompt: the greedy output of every method is
@@ -66,15 +67,28 @@ def per_token_cost(lm, ids: list[int], n: int = 32) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def top2_gap(lm, ids: list[int], out: list[int], ref: list[int]) -> float:
+    """The target's gap between its two highest logits where `out` first leaves `ref`: a
+    divergence at a near-tie (gap < 1e-2) is batched-verification rounding, not a wrong token."""
+    j = next((i for i, (a, b) in enumerate(zip(out, ref)) if a != b), min(len(out), len(ref)))
+    logits = lm.session().extend(ids + ref[:j])[-1].float()
+    top = logits.topk(2).values
+    return float(top[0] - top[1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", required=True)
-    ap.add_argument("--draft", required=True)
+    ap.add_argument("--draft", default=None, help="a smaller model with the target's tokenizer")
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' assisted generation")
+    ap.add_argument("--drafts", default="draft,draft-int4,lookup",
+                    help="comma list of: draft (the --draft model), draft-int4 (it, int4 by slmkit), "
+                         "lookup (prompt n-grams), self-int4 (the target itself, int4 by slmkit), "
+                         "self-depth (the target with half its layers dropped by slmkit)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
@@ -88,16 +102,47 @@ def main() -> int:
     from slmkit.models import load
 
     target_m, tok = load(args.target, args.dtype)
-    draft_m, _ = load(args.draft, args.dtype)
-    target, draft = LocalLM(target_m, tok, "target"), LocalLM(draft_m, tok, "draft")
-    q = copy.deepcopy(draft_m).float()
-    quantize(q, RTNConfig(bits=4, group_size=128, symmetric=True, head_bits=8))
-    draft_int4 = LocalLM(q.to(target_m.dtype), tok, "draft int4")
+    target = LocalLM(target_m, tok, "target")
+    wanted = [d.strip() for d in args.drafts.split(",") if d.strip()]
+    if args.draft is None and any(d.startswith("draft") for d in wanted):
+        ap.error("--drafts draft/draft-int4 need --draft")
+    if args.draft is None:
+        args.no_hf = True
+    lms: dict[str, LocalLM] = {}
+    draft_m = None
+    if args.draft is not None:
+        draft_m, _ = load(args.draft, args.dtype)
+    int4 = RTNConfig(bits=4, group_size=128, symmetric=True, head_bits=8)
+    for d in wanted:
+        if d == "draft":
+            lms["slmkit, small draft"] = LocalLM(draft_m, tok, "draft")
+        elif d == "draft-int4":
+            q = quantize(copy.deepcopy(draft_m).float(), copy.deepcopy(int4))
+            lms["slmkit, small draft int4"] = LocalLM(q.to(target_m.dtype), tok, "draft int4")
+        elif d == "self-int4":
+            q = quantize(copy.deepcopy(target_m).float(), copy.deepcopy(int4))
+            lms["slmkit, self int4"] = LocalLM(q.to(target_m.dtype), tok, "self int4")
+        elif d == "self-depth":
+            from slmkit.compress import DepthPruneConfig, prune
+            from slmkit.data import build_calibration
+
+            from slmkit.models import get_arch
+
+            m = copy.deepcopy(target_m).float()
+            layers = get_arch(m).decoder_layers(m)
+            half = sum(p.numel() for p in layers.parameters()) / 2 / m.num_parameters()
+            prune(m, DepthPruneConfig(target=half * 0.99),   # just under half the layers' weights
+                  build_calibration(m, tok, "embedded", n=16, length=256, seed=0))
+            lms["slmkit, self half depth"] = LocalLM(m.to(target_m.dtype), tok, "self half depth")
+        elif d != "lookup":
+            ap.error(f"unknown draft {d!r}")
     ps = prompts(tok, args.prompts)
     eos = tok.eos_token_id
-    methods = {"target only": lambda: NoDrafter(), "slmkit, 0.5B draft": lambda: ModelDrafter(draft),
-               "slmkit, 0.5B int4 draft": lambda: ModelDrafter(draft_int4),
-               "slmkit, prompt lookup": lambda: PromptLookupDrafter()}
+    methods = {"target only": lambda: NoDrafter()}
+    for name, lm in lms.items():
+        methods[name] = lambda lm=lm: ModelDrafter(lm)
+    if "lookup" in wanted:
+        methods["slmkit, prompt lookup"] = lambda: PromptLookupDrafter()
     rows: dict[str, dict] = {m: {"seconds": 0.0, "tokens": 0, "identical": 0, "accepted": 0, "proposed": 0}
                              for m in methods}
     if not args.no_hf:
@@ -113,6 +158,8 @@ def main() -> int:
             r["seconds"] += dt
             r["tokens"] += len(out)
             r["identical"] += out == ref
+            if out != ref:
+                r.setdefault("divergence_top2_gaps", []).append(top2_gap(target, ids, out, ref))
             r["accepted"] += st.accepted
             r["proposed"] += st.proposed
         if not args.no_hf:
@@ -127,27 +174,32 @@ def main() -> int:
             r["seconds"] += dt
             r["tokens"] += len(out)
             r["identical"] += out == ref[: len(out)]
+            if out != ref[: len(out)]:
+                r.setdefault("divergence_top2_gaps", []).append(top2_gap(target, ids, out, ref))
         print(i, {k: round(v["tokens"] / v["seconds"], 2) for k, v in rows.items()}, flush=True)
 
-    c_draft = per_token_cost(draft, ps[0]) / per_token_cost(target, ps[0])
-    c_int4 = per_token_cost(draft_int4, ps[0]) / per_token_cost(target, ps[0])
+    t_cost = per_token_cost(target, ps[0])
+    costs = {name: per_token_cost(lm, ps[0]) / t_cost for name, lm in lms.items()}
     base = rows["target only"]["tokens"] / rows["target only"]["seconds"]
     for name, r in rows.items():
         r["tok_s"] = r["tokens"] / r["seconds"]
         r["speedup"] = r["tok_s"] / base
         if r.get("proposed"):
             r["acceptance_rate"] = r["accepted"] / r["proposed"]
-    for name, c in (("slmkit, 0.5B draft", c_draft), ("slmkit, 0.5B int4 draft", c_int4)):
+    for name, c in costs.items():
         rows[name]["draft_cost_ratio"] = c
         rows[name]["predicted_speedup"] = predicted_speedup(rows[name]["acceptance_rate"], args.k, c)
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"greedy, {args.prompts} prompts x {args.new_tokens} new tokens, {args.dtype}")
-    for c in ("method", "tok/s", "speed-up", "identical", "acceptance", "draft cost", "predicted"):
+    for c in ("method", "tok/s", "speed-up", "identical", "max top-2 gap at divergence", "acceptance",
+              "draft cost", "predicted"):
         t.add_column(c, justify="left" if c == "method" else "right")
     for name, r in rows.items():
+        gaps = r.get("divergence_top2_gaps")
         t.add_row(name, f"{r['tok_s']:.2f}", f"{r['speedup']:.2f}x", f"{r['identical']}/{args.prompts}",
+                  f"{max(gaps):.2g}" if gaps else "-",
                   f"{r['acceptance_rate']:.2f}" if "acceptance_rate" in r else "-",
                   f"{r['draft_cost_ratio']:.2f}" if "draft_cost_ratio" in r else "-",
                   f"{r['predicted_speedup']:.2f}x" if "predicted_speedup" in r else "-")
