@@ -1,5 +1,5 @@
 """Run a recipe: each stage reads the previous stage's model folder, writes its own
-(`RUN/NN-kind/model`, with slmkit.json) and its measurements (`RUN/NN-kind/stage.json`, written
+(`RUN/NN-kind/model`, float weights in bfloat16, with slmkit.json) and its measurements (`RUN/NN-kind/stage.json`, written
 last, so its presence means "done").
 
 Re-runs: a stage whose key — a hash of its options, the calibration/evaluation settings and the
@@ -22,6 +22,7 @@ from slmkit.files import write_text_atomic
 from slmkit.recipes.schema import Recipe, Stage, stage_configs
 
 STAGE_FILE = "stage.json"
+SAVE_DTYPE = "bfloat16"   # stage checkpoints; integer weights and their grids are not affected
 
 
 def _jsonable(x):
@@ -237,8 +238,14 @@ def run_recipe(recipe: Recipe, run: str | Path, *, log=print) -> dict:
                     info: dict = {}
                     if stage.kind in STAGE_FUNCTIONS:
                         model, tok, info = STAGE_FUNCTIONS[stage.kind](model, tok, stage, recipe, folder)
+                        # written in bf16 (what one ships; sizes compare with the bf16 source),
+                        # then measured exactly as written: the float weights round-trip
+                        import torch
+
+                        model.to(getattr(torch, SAVE_DTYPE))
                         out = save(model, tok, folder / "model", {"recipe_stage": stage.kind},
                                    overwrite=True)
+                        model.float()
                     else:  # eval: measure the input as it is
                         out = Path(current)
                     metrics = measure(model, tok, recipe, out if out.is_dir() else None)

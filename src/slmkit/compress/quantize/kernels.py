@@ -261,14 +261,14 @@ class DequantLinear(QuantLinear):
 
     def __init__(self, qw, bias, group_size):
         super().__init__(qw, bias, group_size)
-        self.weight = nn.Parameter(qw.dequantize(), requires_grad=False)
+        self.dense = qw.dequantize().float().contiguous()  # plain attribute: .to(bf16) keeps it exact
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.weight.to(x.dtype),
+        return nn.functional.linear(x, self.dense.to(x.dtype),
                                     None if self.bias is None else self.bias.to(x.dtype))
 
     def dense_weight(self) -> torch.Tensor:
-        return self.weight.detach().float()
+        return self.dense
 
 
 def storage_group_size(qw: QuantizedWeight) -> int | None:
