@@ -67,6 +67,13 @@ def test_every_shipped_recipe_runs_end_to_end_on_a_tiny_model(path, tiny_dir, tm
         assert Path(s["output"]).exists()
         if s["kind"] != "export":
             assert s["metrics"]["ppl"]["default"]["window"] > 1
+            # float weights on disk are bf16, so sizes compare with the bf16 source
+            from safetensors import safe_open
+
+            with safe_open(str(next(Path(s["output"]).glob("*.safetensors"))), "pt") as f:
+                dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()
+                          if not k.endswith("weight_scale")}   # quantization grids stay float32
+            assert "F32" not in dtypes and "BF16" in dtypes, dtypes
     html = (tmp_path / "run" / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html
 
