@@ -76,6 +76,10 @@ def test_every_shipped_recipe_runs_end_to_end_on_a_tiny_model(path, tiny_dir, tm
             assert "F32" not in dtypes and "BF16" in dtypes, dtypes
     html = (tmp_path / "run" / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html
+    calibrated = [s for s in recipe.stages if s.kind in ("prune", "quantize", "lowrank")
+                  and s.options.get("method") not in ("magnitude", "rtn", "svd")]
+    # one calibration set per run, however many stages use it
+    assert len(list((tmp_path / "run").glob("calibration-*.pt"))) == (1 if calibrated else 0)
 
 
 def test_rerun_skips_unchanged_stages_and_redoes_changed_ones(tiny_dir, tmp_path):

@@ -53,11 +53,27 @@ def _load(source: str, dtype: str = "float32"):
     return load(source, dtype)
 
 
-def _calib(recipe: Recipe, model, tok):
+def _calib(recipe: Recipe, run: Path):
+    """The run's calibration ids: built once, from the source model (its self-generated rows
+    included), saved in RUN/calibration-<key>.pt and reused by every calibrated stage — so the
+    stages see the same data, and a pruned model does not write its own calibration text."""
+    import torch
+
     from slmkit.data import build_calibration
 
     c = recipe.calibration
-    return build_calibration(model, tok, c.spec, n=c.n, length=c.length, seed=c.seed)
+    key = hashlib.sha256(json.dumps([recipe.model, dataclasses.asdict(c)], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:12]
+    path = run / f"calibration-{key}.pt"
+    if path.exists():
+        return torch.load(path)
+    model, tok = _load(recipe.model)
+    ids = build_calibration(model, tok, c.spec, n=c.n, length=c.length, seed=c.seed)
+    del model
+    tmp = path.with_suffix(".tmp")
+    torch.save(ids, tmp)
+    tmp.replace(path)
+    return ids
 
 
 # ---- stage bodies: (model, tok, stage, recipe, folder) -> (model, tok, info) -------------------
@@ -69,7 +85,7 @@ def _compress(model, tok, stage, recipe, folder):
     cfgs = stage_configs(stage)
     method, cfg = cfgs["method"], cfgs["config"]
     needs_calib = not (method in ("magnitude", "rtn", "svd") and not getattr(cfg, "owl", False))
-    calib = _calib(recipe, model, tok) if needs_calib else None
+    calib = _calib(recipe, folder.parent) if needs_calib else None
     if stage.kind == "prune":
         report = prune(model, cfg, calib)
         info = {k: report[k] for k in ("total", "params_before", "params_after", "removed_layers")
