@@ -31,6 +31,7 @@ def parse_args():
     ap.add_argument("--recipes", default="default,quantize-only")
     ap.add_argument("--runs", default="runs/bench", help="folder for one run per recipe")
     ap.add_argument("--model", default=None, help="override the recipes' model")
+    ap.add_argument("--speed-rounds", type=int, default=5, help="side-by-side speed rounds (0: skip)")
     ap.add_argument("--tag", default="")
     return ap.parse_args()
 
@@ -61,6 +62,27 @@ def screenshot(html: Path, png: Path) -> str | None:
     return None
 
 
+def side_by_side_speed(report: dict, rounds: int) -> dict:
+    """Decode and prefill tok/s of the source and the final slmkit checkpoint, measured in
+    alternation in this one process (`rounds` times each, 128 + 128 tokens, auto dtype per phase):
+    the per-stage numbers in the report come from different moments of a long run."""
+    from slmkit.eval.speed import SpeedConfig, speed
+    from slmkit.models import load
+
+    final = [s for s in report["stages"] if s["metrics"].get("speed", {}).get("decode_tok_s")][-1]
+    models = {"source": load(report["model"], "auto"), final["stage"]: load(final["output"], "auto")}
+    cfg = SpeedConfig(prompt_tokens=128, new_tokens=128, repeats=1)
+    runs: dict[str, list[dict]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for name, (model, tok) in models.items():
+            runs[name].append(speed(model, tok, cfg))
+    med = {k: {m: sorted(r[m] for r in v)[len(v) // 2] for m in ("decode_tok_s", "prefill_tok_s")}
+           for k, v in runs.items()}
+    return {"final": final["stage"], "rounds": rounds, "median": med,
+            "decode_ratio": med[final["stage"]]["decode_tok_s"] / med["source"]["decode_tok_s"],
+            "prefill_ratio": med[final["stage"]]["prefill_tok_s"] / med["source"]["prefill_tok_s"]}
+
+
 def acceptance(report: dict) -> dict:
     """The issue's numbers for one run: final slmkit checkpoint (the last stage with a decode
     speed) and final artifact (the last stage) against the 00-source row."""
@@ -68,7 +90,7 @@ def acceptance(report: dict) -> dict:
     src = stages[0]["metrics"]
     measured = [s for s in stages if s["metrics"].get("speed", {}).get("decode_tok_s")]
     final_model, final = measured[-1], stages[-1]
-    out = {"stage_seconds": sum(s.get("seconds", 0) for s in stages),
+    out = {"stage_seconds": sum(s.get("seconds", 0) for s in stages),   # incl. 00-source
            "final_model": final_model["stage"], "final_artifact": final["stage"],
            "size_vs_bf16": {s["stage"]: s["metrics"]["disk_mb"] / src["disk_mb"] for s in stages[1:]
                             if s["metrics"].get("disk_mb")},
@@ -93,10 +115,15 @@ def main() -> int:
     Console(width=200).print(md)
     acc = {name: {**acceptance(rep), **process[name]} for name, rep in reports.items()}
     for name, a in acc.items():
-        print(f"{name}: wall {a['wall_s'] / 60:.1f} min (stages {a['stage_seconds'] / 60:.1f} min); size vs "
+        print(f"{name}: process wall {a['wall_s'] / 60:.1f} min (stage records {a['stage_seconds'] / 60:.1f} min); size vs "
               f"bf16 {', '.join(f'{k} {v:.2f}x' for k, v in a['size_vs_bf16'].items())}; decode "
               f"{a['final_model']} {a['decode_vs_source']:.2f}x source; ppl increase "
               f"{', '.join(f'{Path(t).stem} {v:+.1%}' for t, v in a['ppl_increase'].items())}")
+    if args.speed_rounds:
+        for name, rep in reports.items():
+            acc[name]["side_by_side"] = sbs = side_by_side_speed(rep, args.speed_rounds)
+            print(f"{name}: side by side ({sbs['rounds']} rounds, medians): {sbs['final']} decodes "
+                  f"{sbs['decode_ratio']:.2f}x and prefills {sbs['prefill_ratio']:.2f}x the source")
     shot = runs_dir / "compare" / "compare.png"
     why = screenshot(runs_dir / "compare" / "compare.html", shot)
     print(f"screenshot: {shot}" if why is None else f"no screenshot: {why}")
