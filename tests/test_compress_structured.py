@@ -213,7 +213,7 @@ def test_width_removes_the_units_that_contribute_nothing():
         with torch.no_grad():
             lin["down"].weight[:, :60] = 0  # channels 0-59 write nothing
             lin["o"].weight[:, 32:] = 0     # heads 2, 3 (KV group 1) write nothing
-    report = prune_width(model, WidthPruneConfig(target=0.2), ids())
+    report = prune_width(model, WidthPruneConfig(target=0.2, align=1), ids())
     assert report["removed_kv_groups_per_layer"] == 1 and report["removed_channels_per_layer"] <= 60
     for entry in report["layers"]:
         assert entry["removed_kv_groups"] == [1] and entry["removed_heads"] == [2, 3]
@@ -275,3 +275,20 @@ def test_unknown_architecture_is_an_error():
     for fn, cfg in ((prune_depth, DepthPruneConfig()), (prune_width, WidthPruneConfig())):
         with pytest.raises(SlmkitError, match="adapter table"):
             fn(model, cfg, ids())
+
+
+@pytest.mark.parametrize("align", [1, 16, 32])
+def test_width_keeps_a_multiple_of_align_mlp_channels(align):
+    """A kernel-friendly width: the kept channel count is a multiple of `align`, reached by
+    removing more (never fewer) channels than the target needs."""
+    model = tiny_model("llama", seed=3)
+    spec = get_arch(model)
+    width = spec.linears(spec.decoder_layers(model)[0])["down"].weight.shape[1]
+    exact = prune_width(copy.deepcopy(model), WidthPruneConfig(target=0.11, prune="mlp", align=1), ids())
+    report = prune_width(model, WidthPruneConfig(target=0.11, prune="mlp", align=align), ids())
+    kept = width - report["removed_channels_per_layer"]
+    assert kept % align == 0 and kept > 0
+    assert 0 <= report["removed_channels_per_layer"] - exact["removed_channels_per_layer"] < align
+    assert spec.linears(spec.decoder_layers(model)[0])["down"].weight.shape[1] == kept
+    with pytest.raises(SlmkitError, match="align must be a positive integer"):
+        prune_width(tiny_model("llama"), WidthPruneConfig(target=0.1, align=0), ids())

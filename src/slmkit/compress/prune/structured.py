@@ -55,6 +55,10 @@ class WidthPruneConfig:
         "help": "with prune='both': share of the removed parameters taken from attention, rounded "
                 "to whole KV groups (the MLP removes the rest); None = attention's share of the "
                 "prunable (attention + MLP) parameters"})
+    align: int = field(default=64, metadata={
+        "help": "keep a multiple of this many MLP channels (rounding the removal up): int4 "
+                "kernels and GGUF blocks need multiples of 32, and a quantization group must "
+                "divide the width; 1 = exactly the target"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
 
 

@@ -13,7 +13,9 @@ before the next layer calibrates ("true sequential"); the physical surgery follo
 
 Split (prune="both"): attention gives round(share * removed / per-group cost) KV groups per layer
 (share = `attn_share`, or attention's share of the prunable parameters), at most all but one; the
-MLP removes the fewest channels that reach the rest of the target.
+MLP removes the fewest channels that reach the rest of the target, then rounds up so the kept
+channel count is a multiple of `align` (64 by default: int4 kernels, GGUF blocks and quantization
+groups need such widths; SmolLM2's 1536 cut by the exact 25% target would leave 1057).
 """
 
 from __future__ import annotations
@@ -111,6 +113,11 @@ def plan(shape: Shape, n_layers: int, remove: int, cfg: WidthPruneConfig) -> tup
         if c > max_c:  # the MLP cannot take the rest: more heads
             c = max_c
             g = max(g, units_needed(remove - c * pc, pg))
+    if not isinstance(cfg.align, int) or cfg.align < 1:
+        raise SlmkitError(f"align must be a positive integer, not {cfg.align!r}")
+    if c and cfg.align > 1:  # keep a multiple of `align` channels (or all the remainder)
+        kept = (shape.channels - c) // cfg.align * cfg.align
+        c = shape.channels - kept if kept else c
     if c > max_c or g > max_g or (cfg.prune == "heads" and g == 0):
         most = (max_c * pc if cfg.prune != "heads" else 0) + (max_g * pg if cfg.prune != "mlp" else 0)
         raise SlmkitError(f"removing {remove:,} parameters would leave fewer than one MLP channel "
