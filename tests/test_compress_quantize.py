@@ -242,3 +242,13 @@ def test_embed_bits_quantizes_the_table_and_reloads_everywhere(model_type, bits,
 def test_embed_bits_other_than_4_or_8_is_refused():
     with pytest.raises(SlmkitError, match="embed_bits must be one of"):
         RTNConfig(embed_bits=6)
+
+
+def test_param_count_counts_quantized_weights():
+    from slmkit.eval.memory import param_count
+
+    model = tiny_model("qwen2", seed=1)
+    before = param_count(model)
+    quantize(model, RTNConfig(bits=4, group_size=32))
+    assert sum(p.numel() for p in model.parameters()) < before   # codes are not Parameters ...
+    assert param_count(model) == before                          # ... but are still parameters

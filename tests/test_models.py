@@ -27,14 +27,30 @@ def test_unknown_architecture_from_a_real_model():
         get_arch(model)
 
 
-@pytest.mark.parametrize("flags, prefill, decode", [
-    ({"avx2", "fma"}, "float32", "bfloat16"),
-    ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16", "bfloat16"),
-    ({"avx2", "amx_bf16", "amx_tile"}, "bfloat16", "bfloat16"),
+@pytest.mark.parametrize("flags, prefill, decode, decode_quantized", [
+    ({"avx2", "fma"}, "float32", "bfloat16", "float32"),
+    ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16", "bfloat16", "bfloat16"),
+    ({"avx2", "amx_bf16", "amx_tile"}, "bfloat16", "bfloat16", "bfloat16"),
 ])
-def test_auto_dtype_per_phase(flags, prefill, decode):
+def test_auto_dtype_per_phase(flags, prefill, decode, decode_quantized):
     assert auto_dtype_name("prefill", frozenset(flags)) == prefill
     assert auto_dtype_name("decode", frozenset(flags)) == decode
+    assert auto_dtype_name("decode", frozenset(flags), quantized=True) == decode_quantized
+    assert auto_dtype_name("prefill", frozenset(flags), quantized=True) == prefill
+
+
+def test_resolve_dtype_looks_at_the_model_for_decode():
+    from slmkit.compress.api import quantize
+    from slmkit.compress.quantize.config import RTNConfig
+    from slmkit.models.dtype import has_native_bf16
+    from slmkit.models.tiny import tiny_model
+
+    model = tiny_model("llama")
+    assert resolve_dtype("auto", "decode", model) is torch.bfloat16
+    quantize(model, RTNConfig(bits=4, group_size=32))
+    want = torch.bfloat16 if has_native_bf16() else torch.float32
+    assert resolve_dtype("auto", "decode", model) is want
+    assert resolve_dtype("bf16", "decode", model) is torch.bfloat16   # explicit names pass through
 
 
 def test_resolve_dtype_names_and_errors():

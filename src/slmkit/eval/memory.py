@@ -52,7 +52,12 @@ class PeakRSS:
 
 
 def param_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters, counting each integer-quantized weight as its out x in entries (those are
+    held as packed codes, not nn.Parameters)."""
+    from slmkit.compress.quantize.kernels import QuantLinear
+
+    quantized = sum(m.out_features * m.in_features for m in model.modules() if isinstance(m, QuantLinear))
+    return sum(p.numel() for p in model.parameters()) + quantized
 
 
 def disk_bytes(model) -> int | None:

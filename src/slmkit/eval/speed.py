@@ -80,7 +80,7 @@ def speed(model, tokenizer, cfg: SpeedConfig | None = None) -> dict:
         raise SlmkitError(f"prompt_tokens {cfg.prompt_tokens} exceeds the embedded text's tokens")
     ids = stream[: cfg.prompt_tokens][None]
     pre_dtype = resolve_dtype(cfg.prefill_dtype, "prefill")
-    dec_dtype = resolve_dtype(cfg.decode_dtype, "decode")
+    dec_dtype = resolve_dtype(cfg.decode_dtype, "decode", model)
     runs = cfg.warmup + cfg.repeats
     with PeakRSS() as mem, progress_bar("speed", 2 * runs, unit="runs") as advance:
         m = _in_dtype(model, pre_dtype)

@@ -75,10 +75,16 @@ def pareto(runs: dict[str, dict]) -> list[dict]:
     """Every measured stage of every run as a point (disk MB, ppl (i) on each text, decode tok/s),
     with the points that dominate it: no larger, no worse on any ppl, no slower (where measured),
     and strictly better on one. A chain is Pareto-better than quantize-only / prune-only when
-    its final model is dominated by none of their points and dominates them at their sizes."""
-    pts = []
+    its final model is dominated by none of their points and dominates them at their sizes.
+    A source model shared by several runs is listed once. Decode speeds are the per-stage
+    measurements, taken at different moments of the runs: treat small speed differences as noise."""
+    pts, sources = [], set()
     for run, rep in runs.items():
         for s in rep["stages"]:
+            if s["stage"] == "00-source":   # the same source in several runs is one point
+                if rep["model"] in sources:
+                    continue
+                sources.add(rep["model"])
             m = s["metrics"]
             ppl = {t: v.get("window") for t, v in m.get("ppl", {}).items()}
             if m.get("disk_mb") and ppl and all(ppl.values()):
@@ -153,16 +159,19 @@ def _figures(runs: dict[str, dict]) -> list[tuple[str, bytes]]:
     ax.set_ylabel("ppl (i), first text")
     ax.legend(fontsize=8)
     figs.append(("Size vs perplexity per stage", png(fig)))
-    for title, get, ylabel in (("Decode speed per stage", lambda s: s["metrics"].get("speed", {}).get("decode_tok_s"), "decode tok/s"),
+    for title, get, xlabel in (("Decode speed per stage", lambda s: s["metrics"].get("speed", {}).get("decode_tok_s"), "decode tok/s"),
                                ("Accuracy per stage", lambda s: s["metrics"].get("mc", {}).get("acc"), "MC accuracy")):
-        if not any(get(s) for rep in runs.values() for s in rep["stages"]):
+        bars = [(f"{name}/{s['stage']}" if len(runs) > 1 else s["stage"], get(s))
+                for name, rep in runs.items() for s in rep["stages"]]
+        bars = [(label, v) for label, v in bars if v]       # unmeasured stages (export) are left out
+        if not bars:
             continue
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for name, rep in runs.items():
-            ax.plot([s["stage"] for s in rep["stages"]], [get(s) or 0 for s in rep["stages"]], "o-", label=name)
-        ax.set_ylabel(ylabel)
-        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-        ax.legend(fontsize=8)
+        fig, ax = plt.subplots(figsize=(6, 0.8 + 0.32 * len(bars)))
+        ax.barh([b[0] for b in bars][::-1], [b[1] for b in bars][::-1])
+        for y, (_, v) in enumerate(bars[::-1]):
+            ax.annotate(f"{v:.3g}", (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.tick_params(axis="y", labelsize=8)
         figs.append((title, png(fig)))
     return figs
 
