@@ -1,5 +1,5 @@
 # Two entry points for a fresh machine with Python >= 3.10 and pip:
-#   make demo   set up .venv and evaluate the embedded default model
+#   make demo   set up .venv and shrink the embedded default model (slmkit shrink default)
 #   make test   set up .venv and run the test suite
 VENV   ?= .venv
 PYTHON ?= python3
@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: setup
-	$(VENV)/bin/slmkit eval default
+	$(VENV)/bin/slmkit shrink default
 
 test: setup
 	$(PY) -m pytest -q

@@ -155,3 +155,22 @@ def test_pareto_marks_dominated_points_only():
     assert "| qonly/01-quantize | 35.0 | 11.500 | 23.000 | 15.0 | chain/03-quantize |" in pareto_markdown(runs)
     head, rows = table(runs["chain"])
     assert head[-2:] == ["size vs source", "decode vs source"] and rows[1][-2:] == ["0.30x", "1.60x"]
+
+
+def test_if_present_data_is_used_where_it_exists_and_skipped_elsewhere(tiny_dir, tmp_path):
+    here = tmp_path / "prose.txt"
+    here.write_text("A short text that exists. " * 60)
+    text = f"""name: r
+evaluation: {{ppl_tokens: 300, speed_prompt: 8, speed_new_tokens: 4, speed_repeats: 1,
+             texts: [default, "if-present:{here}", "if-present:/nonexistent/austen.txt"],
+             mc: "if-present:/nonexistent/mc.jsonl"}}
+stages:
+  - quantize: {{method: rtn, bits: 4, group_size: 32}}
+"""
+    recipe = dataclasses.replace(parse_recipe(text, "r.yaml"), model=str(tiny_dir("llama")))
+    logs: list[str] = []
+    report = run_recipe(recipe, tmp_path / "run", log=logs.append)
+    assert sorted(report["stages"][1]["metrics"]["ppl"]) == sorted(["default", str(here)])
+    assert "mc" not in report["stages"][1]["metrics"]
+    assert any("/nonexistent/austen.txt does not exist" in m for m in logs)
+    assert any("/nonexistent/mc.jsonl does not exist" in m for m in logs)

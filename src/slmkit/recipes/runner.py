@@ -140,6 +140,18 @@ def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
+IF_PRESENT = "if-present:"
+
+
+def present(spec: str | None) -> str | None:
+    """An evaluation text/MC spec, or None for an `if-present:` path that does not exist here
+    (data a shipped recipe uses where available, e.g. ../shared/data next to the repository)."""
+    if spec is None or not spec.startswith(IF_PRESENT):
+        return spec
+    path = spec[len(IF_PRESENT):]
+    return path if Path(path).exists() else None
+
+
 def measure(model, tok, recipe: Recipe, folder: Path | None) -> dict:
     """Per-stage metrics: size, perplexity (protocol (i) on every text, (ii) on the first), MC
     accuracy, decode/prefill speed."""
@@ -155,7 +167,7 @@ def measure(model, tok, recipe: Recipe, folder: Path | None) -> dict:
     if folder is not None:
         out["disk_mb"] = _folder_bytes(folder) / 2 ** 20
     out["ppl"] = {}
-    for i, spec in enumerate(ev.texts):
+    for i, spec in enumerate(t for t in map(present, ev.texts) if t):
         data = load_text(spec)
         if ev.ppl_tokens:
             data = TextData(f"{data.name}[:{ev.ppl_tokens}]", [tok.decode(token_stream(tok, data)[: ev.ppl_tokens])])
@@ -165,8 +177,8 @@ def measure(model, tok, recipe: Recipe, folder: Path | None) -> dict:
         if "rolling" in r:
             out["ppl"][spec].update({"word_ppl": r["rolling"]["word_perplexity"],
                                      "bits_per_byte": r["rolling"]["bits_per_byte"]})
-    if ev.mc:
-        mc = multiple_choice(model, tok, load_items(ev.mc, ev.mc_limit), MCConfig(path=ev.mc))
+    if present(ev.mc):
+        mc = multiple_choice(model, tok, load_items(present(ev.mc), ev.mc_limit), MCConfig(path=present(ev.mc)))
         out["mc"] = {"acc": mc["acc"], "acc_norm": mc["acc_norm"]}
     sp = speed(model, tok, SpeedConfig(prompt_tokens=ev.speed_prompt, new_tokens=ev.speed_new_tokens,
                                        repeats=ev.speed_repeats))
@@ -214,6 +226,9 @@ def run_recipe(recipe: Recipe, run: str | Path, *, log=print) -> dict:
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     (run / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, default=str))
+    for spec in [*recipe.evaluation.texts, recipe.evaluation.mc]:
+        if spec and present(spec) is None:
+            log(f"evaluation: {spec[len(IF_PRESENT):]} does not exist here; measured without it")
     source_file = run / "00-source.json"
     results = []
     if source_file.exists() and json.loads(source_file.read_text()).get("model") == recipe.model:
