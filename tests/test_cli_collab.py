@@ -30,6 +30,10 @@ def test_proxy_with_identical_experts_is_the_base(tiny_dir, capsys):
     assert main(["proxy", "--base", base, "--expert", other, "--anti-expert", other, "--prompt", "Hello",
                  "--max-new-tokens", "8", "--dtype", "float32"]) == 0
     assert capsys.readouterr().out.splitlines()[:-1] == plain
+    assert main(["proxy", "--base", base, "--expert", other, "--anti-expert", other, "--prompt", "Hello",
+                 "--prompt", "A longer second prompt", "--max-new-tokens", "8", "--dtype", "float32"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert last_json(out[-1])["prompts"] == 2 and out[: len(plain)] == plain
 
 
 def test_route_scores_the_cascade_and_writes_the_curve(tiny_dir, tmp_path, capsys):

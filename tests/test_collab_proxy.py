@@ -66,3 +66,32 @@ def test_proxy_logprobs_match_the_step_by_step_proxy_distribution(trio):
                           own.gather(1, torch.tensor(ids[start:])[:, None])[:, 0], atol=1e-5)
     with pytest.raises(SlmkitError, match="start must be"):
         proxy_logprobs(base, expert, anti, ids, len(ids))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_batched_proxy_decodes_each_prompt_as_it_would_alone(tiny_tok, arch):
+    """Prompts of different lengths (left padding) in one batch give each prompt's own output."""
+    from slmkit.collab.proxy import proxy_generate_batch
+
+    trio = [LocalLM(tiny_model(arch, seed=s), tiny_tok, n) for s, n in ((0, "b"), (1, "e"), (2, "a"))]
+    prompts = [[5, 6, 7, 8, 9, 10], [11, 12], [13, 14, 15]]
+    outs, stats = proxy_generate_batch(*trio, prompts, 10, alpha=2.0)
+    assert [len(o) for o in outs] == [10, 10, 10] and stats.new_tokens == 30
+    for p, got in zip(prompts, outs):
+        session_out = []
+        sessions = [lm.session() for lm in trio]
+        z = [s.extend(p)[-1] for s in sessions]
+        for _ in range(10):
+            t = int((z[0] + 2.0 * (z[1] - z[2])).argmax())
+            session_out.append(t)
+            z = [s.extend([t])[-1] for s in sessions]
+        assert got == session_out, f"prompt {p}"
+    # a row that reaches EOS stops there while the others go on
+    eos = outs[1][3]
+    stopped, _ = proxy_generate_batch(*trio, prompts, 10, alpha=2.0, eos_token_id=eos)
+    for full, got in zip(outs, stopped):
+        want = full[: full.index(eos) + 1] if eos in full else full
+        assert got == want
+    assert len(stopped[1]) <= 4
+    with pytest.raises(SlmkitError, match="empty prompt"):
+        proxy_generate_batch(*trio, [[5], []], 3)

@@ -111,3 +111,79 @@ def test_broken_compiler_is_reported_not_raised(fresh_library, monkeypatch, tmp_
     monkeypatch.setenv("CC", str(fake))
     assert native.library() is None
     assert "build failed" in native.status() and "no such thing" in native.status()
+
+
+# ---- int8 (the quantized lm_head) ----------------------------------------------------------------
+
+@needs_native
+@pytest.mark.parametrize("sym", [True, False])
+def test_int8_decode_rows_match_the_dequantized_product(sym):
+    from slmkit.compress.quantize.kernels import Int8Linear
+
+    w = torch.randn(200, 256, generator=GEN) * 0.05
+    qw = rtn(w, 8, None, sym)
+    lin = Int8Linear(qw, torch.randn(200, generator=GEN), None)
+    assert lin.kernel.startswith("slmkit native int8")
+    W = qw.dequantize()
+    for rows in (1, 3, Int8Linear.DECODE_ROWS):
+        x = torch.randn(rows, 256, generator=GEN)
+        x[:, 3] *= 40
+        ref = x @ W.T + lin.bias
+        err = (lin(x) - ref).abs().max() / ref.abs().max()
+        assert err < 2e-4, f"rows={rows}, sym={sym}: relative error {err:.2e}"
+    # the aten path rounds activations to bf16: the native kernel must be clearly closer
+    x = torch.randn(1, 256, generator=GEN)
+    ref = x @ W.T + lin.bias
+    lin._native_ok = False
+    err_aten = (lin(x) - ref).abs().max()
+    lin._native_ok = True
+    assert (lin(x) - ref).abs().max() < err_aten / 4
+
+
+# ---- shared-input groups (q/k/v, gate/up) ------------------------------------------------------------
+
+class Block(torch.nn.Module):
+    """An attention-like block: three projections of one input, plus one of another."""
+
+    def __init__(self, k=256, group=64):
+        super().__init__()
+        def lin(out):
+            return Int4Linear(rtn(torch.randn(out, k, generator=GEN) * 0.05, 4, group, False),
+                              torch.randn(out, generator=GEN), group)
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = lin(128), lin(64), lin(64), lin(96)
+
+    def forward(self, x, y):
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x), self.o_proj(y)
+
+
+@needs_native
+def test_fused_siblings_give_the_unfused_outputs_and_save_the_same_codes():
+    from slmkit.compress.quantize.fuse import fuse_shared_inputs
+
+    block = Block()
+    twin = copy.deepcopy(block)
+    before = {n: (m.codes(), m.scale.clone(), m.zero.clone()) for n, m in block.named_children()}
+    assert fuse_shared_inputs(block) == 1
+    assert fuse_shared_inputs(block) == 0, "fusing twice must be a no-op"
+    assert block.q_proj._shared is block.v_proj._shared and block.o_proj._shared is None
+    for n, m in block.named_children():
+        codes, scale, zero = before[n]
+        assert torch.equal(m.codes(), codes) and torch.equal(m.scale, scale) and torch.equal(m.zero, zero)
+    for rows in (1, 3):
+        x, y = torch.randn(1, rows, 256, generator=GEN), torch.randn(1, rows, 256, generator=GEN)
+        for got, want in zip(block(x, y), twin(x, y)):
+            assert got.shape == want.shape and got.is_contiguous()
+            assert torch.allclose(got, want, atol=1e-6, rtol=0)
+    # a member asked about another tensor, or twice about the same one, recomputes
+    x1, x2 = torch.randn(1, 1, 256, generator=GEN), torch.randn(1, 1, 256, generator=GEN)
+    q1 = block.q_proj(x1)
+    assert torch.allclose(block.k_proj(x2), twin.k_proj(x2), atol=1e-6, rtol=0)
+    assert torch.allclose(block.q_proj(x1), q1, atol=0, rtol=0)
+    assert torch.allclose(block.q_proj(x2), twin.q_proj(x2), atol=1e-6, rtol=0)
+    # prefill-sized inputs run per layer, on the member's own rows
+    x = torch.randn(1, Int4Linear.NATIVE_ROWS + 4, 256, generator=GEN)
+    assert torch.allclose(block.v_proj(x), twin.v_proj(x), atol=1e-5, rtol=1e-5)
+    # a deep copy keeps working and stays independent of the original
+    clone = copy.deepcopy(block)
+    assert clone.q_proj._shared is clone.k_proj._shared is not block.q_proj._shared
+    assert torch.allclose(clone.k_proj(x1), twin.k_proj(x1), atol=1e-6, rtol=0)

@@ -35,7 +35,8 @@ def add_parser(sub):
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for flag in ("--base", "--expert", "--anti-expert"):
         p.add_argument(flag, required=True)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, action="append",
+                   help="repeat for several prompts, decoded together in one batch")
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--dtype", default="auto")
@@ -109,15 +110,17 @@ def _generate(ns) -> int:
 
 
 def _proxy(ns) -> int:
-    from slmkit.collab.proxy import proxy_generate
+    from slmkit.collab.proxy import proxy_generate_batch
 
     base = _local(ns.base, ns.dtype)
     expert, anti = _local(ns.expert, ns.dtype), _local(ns.anti_expert, ns.dtype)
-    ids = _prompt_ids(base, ns.prompt, ns.chat)
-    out, stats = proxy_generate(base, expert, anti, ids, ns.max_new_tokens, alpha=ns.alpha,
-                                eos_token_id=base.tokenizer.eos_token_id)
-    print(base.tokenizer.decode(out, skip_special_tokens=True))
-    print(json.dumps({"new_tokens": stats.new_tokens, "mean_abs_shift": round(stats.mean_abs_shift, 4)}))
+    prompts = [_prompt_ids(base, p, ns.chat) for p in ns.prompt]
+    outs, stats = proxy_generate_batch(base, expert, anti, prompts, ns.max_new_tokens, alpha=ns.alpha,
+                                       eos_token_id=base.tokenizer.eos_token_id)
+    for out in outs:
+        print(base.tokenizer.decode(out, skip_special_tokens=True))
+    print(json.dumps({"prompts": len(prompts), "new_tokens": stats.new_tokens,
+                      "mean_abs_shift": round(stats.mean_abs_shift, 4)}))
     return 0
 
 

@@ -9,6 +9,11 @@ over token ids, which `LocalLM.session()` gives:
 
     s = lm.session(); logits = s.extend([ids...])   # [n, vocab] float32, one row per new token
     s.crop(n)                                        # forget everything after the first n tokens
+
+and several sequences decode together through `LocalLM.batch_session()`:
+
+    b = lm.batch_session(); logits = b.start([[ids...], ...])   # [rows, vocab], next token each
+    logits = b.step([t0, t1, ...])                               # one new token per row
 """
 
 from __future__ import annotations
@@ -83,6 +88,54 @@ class Session:
             self.length = length
 
 
+class BatchSession:
+    """KV-cached decoding of several token sequences at once. Prompts are left-padded to one
+    length; the attention mask hides the padding and every row gets its own position ids, so each
+    row computes what it would alone (up to float rounding of the padded matmuls)."""
+
+    def __init__(self, model, pad_token_id: int = 0):
+        self.model, self.pad = model, pad_token_id
+        self.cache = self.mask = self.positions = None
+
+    def start(self, prompts: list[list[int]]) -> "torch.Tensor":
+        """Feed the prompts -> next-token logits [len(prompts), vocab] (float32)."""
+        import torch
+        from transformers import DynamicCache
+
+        if not prompts or any(not p for p in prompts):
+            raise SlmkitError("a batch needs at least one prompt, and no prompt may be empty")
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
+        self.mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            self.mask[i, width - len(p):] = 1
+        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = DynamicCache(config=self.model.config)
+        return self._forward(ids, positions)
+
+    def step(self, tokens: list[int]) -> "torch.Tensor":
+        """Append one token to every row -> the next logits [rows, vocab] (float32)."""
+        import torch
+
+        if self.cache is None:
+            raise SlmkitError("call start(prompts) before step()")
+        self.mask = torch.cat([self.mask, torch.ones(len(tokens), 1, dtype=torch.long)], 1)
+        return self._forward(torch.tensor(tokens)[:, None], self.positions[:, None] + 1)
+
+    def _forward(self, ids, positions) -> "torch.Tensor":
+        import torch
+
+        from slmkit.eval.scoring import accepts_logits_to_keep
+
+        extra = {"logits_to_keep": 1} if accepts_logits_to_keep(self.model) else {}
+        with torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
+                             past_key_values=self.cache, use_cache=True, **extra)
+        self.cache, self.positions = out.past_key_values, positions[:, -1]
+        return out.logits[:, -1].float()
+
+
 class LocalLM:
     """A Hugging Face causal LM and its tokenizer behind the LM protocol."""
 
@@ -92,6 +145,11 @@ class LocalLM:
 
     def session(self) -> Session:
         return Session(self.model)
+
+    def batch_session(self) -> BatchSession:
+        from slmkit.eval.scoring import pad_id
+
+        return BatchSession(self.model, pad_id(self.tokenizer))
 
     def tokenizer_fingerprint(self) -> str:
         return fingerprint(self.tokenizer)

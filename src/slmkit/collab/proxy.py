@@ -35,30 +35,48 @@ def check_same_vocab(*lms: LocalLM) -> None:
 def proxy_generate(base: LocalLM, expert: LocalLM, anti_expert: LocalLM, prompt_ids: list[int],
                    max_new_tokens: int, *, alpha: float = 1.0, temperature: float = 0.0,
                    eos_token_id: int | None = None, generator=None) -> tuple[list[int], ProxyStats]:
+    """Proxy-tuned continuation of one prompt -> (new token ids, stats)."""
+    outs, stats = proxy_generate_batch(base, expert, anti_expert, [prompt_ids], max_new_tokens,
+                                       alpha=alpha, temperature=temperature,
+                                       eos_token_id=eos_token_id, generator=generator)
+    return outs[0], stats
+
+
+def proxy_generate_batch(base: LocalLM, expert: LocalLM, anti_expert: LocalLM,
+                         prompts: list[list[int]], max_new_tokens: int, *, alpha: float = 1.0,
+                         temperature: float = 0.0, eos_token_id: int | None = None,
+                         generator=None) -> tuple[list[list[int]], ProxyStats]:
+    """Proxy-tuned continuations of several prompts decoded together (each model runs one
+    batched forward per step) -> (new token ids per prompt, stats over all of them). A row stops
+    at `eos_token_id` (kept) or after `max_new_tokens`."""
     import torch
 
     check_same_vocab(base, expert, anti_expert)
-    if not prompt_ids:
-        raise SlmkitError("proxy tuning needs a non-empty prompt")
-    sessions = [lm.session() for lm in (base, expert, anti_expert)]
-    logits = [s.extend(prompt_ids)[-1] for s in sessions]
-    out, stats, shift = [], ProxyStats(), 0.0
+    if not prompts or any(not p for p in prompts):
+        raise SlmkitError("proxy tuning needs at least one prompt, and no empty prompt")
+    sessions = [lm.batch_session() for lm in (base, expert, anti_expert)]
+    logits = [s.start(prompts) for s in sessions]
+    outs: list[list[int]] = [[] for _ in prompts]
+    done = [False] * len(prompts)
+    shift = 0.0
     for _ in range(max_new_tokens):
         v = min(x.shape[-1] for x in logits)  # padded embedding rows of one vocabulary
-        delta = alpha * (logits[1][:v] - logits[2][:v])
-        z = logits[0][:v] + delta
+        delta = alpha * (logits[1][:, :v] - logits[2][:, :v])
+        z = logits[0][:, :v] + delta
         if temperature == 0:
-            t = int(z.argmax())
+            nxt = z.argmax(-1)
         else:
-            t = int(torch.multinomial(torch.softmax(z / temperature, -1), 1, generator=generator))
-        shift += float(delta[t].abs())
-        out.append(t)
-        if eos_token_id is not None and t == eos_token_id:
+            nxt = torch.multinomial(torch.softmax(z / temperature, -1), 1, generator=generator)[:, 0]
+        for i, t in enumerate(nxt.tolist()):
+            if not done[i]:
+                outs[i].append(t)
+                shift += float(delta[i, t].abs())
+                done[i] = eos_token_id is not None and t == eos_token_id
+        if all(done):
             break
-        logits = [s.extend([t])[-1] for s in sessions]
-    stats.new_tokens = len(out)
-    stats.mean_abs_shift = shift / max(len(out), 1)
-    return out, stats
+        logits = [s.step(nxt.tolist()) for s in sessions]
+    n = sum(len(o) for o in outs)
+    return outs, ProxyStats(new_tokens=n, mean_abs_shift=shift / max(n, 1))
 
 
 def proxy_logprobs(base: LocalLM, expert: LocalLM, anti_expert: LocalLM, ids: list[int], start: int,

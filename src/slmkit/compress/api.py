@@ -87,11 +87,13 @@ def is_quantized(model) -> bool:
 
 def pack(model, store: dict[str, QuantizedWeight]) -> None:
     """Replace each quantized target by the integer-kernel module for its QuantizedWeight."""
+    from slmkit.compress.quantize.fuse import fuse_shared_inputs
     from slmkit.compress.quantize.kernels import make_linear
 
     for name, qw in store.items():
         module = model.get_submodule(name)
         model.set_submodule(name, make_linear(qw, getattr(module, "bias", None), name))
+    fuse_shared_inputs(model)
 
 
 def dequantize(model):

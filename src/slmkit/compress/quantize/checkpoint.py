@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slmkit.compress.quantize.fuse import fuse_shared_inputs
 from slmkit.compress.quantize.kernels import QuantLinear, make_linear
 from slmkit.compress.quantize.pack import pack_int32, unpack_int32
 from slmkit.compress.quantize.rtn import QuantizedWeight
@@ -201,4 +202,5 @@ def load_compressed(folder: str | Path, dtype: torch.dtype):
         raise SlmkitError(f"{folder}: checkpoint does not match its config (missing "
                           f"{missing[:5]}, unexpected {unexpected[:5]})")
     model.to(dtype)
+    fuse_shared_inputs(model)
     return model

@@ -15,6 +15,8 @@
  *   (2^-16 relative), below bf16's rounding of activations (2^-9). The zero-point term
  *   sum_k z s x uses the exact float32 block sums of x.
  * int4_dequant: W as float32 [N, K] (prefill: dequantize, then a BLAS matmul).
+ * int8_gemv:    the same for int8 weights with one scale per row (the quantized lm_head):
+ *   W[n, k] = w[n, k] * s[n] + c[n], w int8, so y[m, n] = s[n] sum_k w x + c[n] sum_k x.
  *
  * Requires: K % 32 == 0, gs % 32 == 0, K % gs == 0 (checked by the caller).
  */
@@ -25,9 +27,9 @@
 
 #define BLOCK 32
 
-/* x [K] -> int16 codes in nibble order [K] (per 32-block: 16 even columns, then 16 odd ones),
- * block scales dx [K/32] and exact block sums xs [K/32] */
-static void quantize_x(const float *x, int64_t K, int16_t *xq, float *dx, float *xs) {
+/* x [K] -> int16 codes [K], block scales dx [K/32] and exact block sums xs [K/32]. In nibble
+ * order (per 32-block: 16 even columns, then 16 odd ones) for int4 codes, else column order. */
+static void quantize_x(const float *x, int64_t K, int16_t *xq, float *dx, float *xs, int nibble) {
     for (int64_t b = 0; b < K / BLOCK; b++) {
         const float *xb = x + b * BLOCK;
         float amax = 0.f, sum = 0.f;
@@ -39,9 +41,13 @@ static void quantize_x(const float *x, int64_t K, int16_t *xq, float *dx, float 
         float d = amax / 32767.f;
         float inv = d > 0.f ? 1.f / d : 0.f;
         int16_t *o = xq + b * BLOCK;
-        for (int i = 0; i < BLOCK / 2; i++) {
-            o[i] = (int16_t)lrintf(xb[2 * i] * inv);
-            o[BLOCK / 2 + i] = (int16_t)lrintf(xb[2 * i + 1] * inv);
+        if (nibble) {
+            for (int i = 0; i < BLOCK / 2; i++) {
+                o[i] = (int16_t)lrintf(xb[2 * i] * inv);
+                o[BLOCK / 2 + i] = (int16_t)lrintf(xb[2 * i + 1] * inv);
+            }
+        } else {
+            for (int i = 0; i < BLOCK; i++) o[i] = (int16_t)lrintf(xb[i] * inv);
         }
         dx[b] = d;
         xs[b] = sum;
@@ -93,7 +99,7 @@ int int4_gemv(const float *x, int64_t M, int64_t K, const uint8_t *codes, const 
     float *xs = (float *)malloc(sizeof(float) * M * (K / BLOCK));
     if (!xq || !dx || !xs) { free(xq); free(dx); free(xs); return 2; }
     for (int64_t m = 0; m < M; m++)
-        quantize_x(x + m * K, K, xq + m * K, dx + m * (K / BLOCK), xs + m * (K / BLOCK));
+        quantize_x(x + m * K, K, xq + m * K, dx + m * (K / BLOCK), xs + m * (K / BLOCK), 1);
     const int64_t G = K / gs;
     #pragma omp parallel for schedule(static)
     for (int64_t n = 0; n < N; n++) {
@@ -124,5 +130,44 @@ int int4_dequant(const uint8_t *codes, const float *scale, const float *zero, in
             }
         }
     }
+    return 0;
+}
+
+/* one output of int8_gemv: sum_k w[n, k] x[k] (before the row scale) */
+static inline float row_dot8(const int8_t *w, int64_t K, const int16_t *xq, const float *dx) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < K / BLOCK; b++) {
+        __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + b * BLOCK)));
+        __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + b * BLOCK + 16)));
+        __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK));
+        __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + b * BLOCK + 16));
+        __m256i d = _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), _mm256_set1_ps(dx[b]), acc);
+    }
+    return hsum(acc);
+}
+
+/* y [M, N] = x [M, K] @ W^T with W[n, k] = w[n, k] * s[n] + c[n] (w int8) */
+int int8_gemv(const float *x, int64_t M, int64_t K, const int8_t *w, const float *s,
+              const float *c, int64_t N, float *y) {
+    if (K % BLOCK) return 1;
+    int16_t *xq = (int16_t *)aligned_alloc(64, ((M * K * 2 + 63) / 64) * 64);
+    float *dx = (float *)malloc(sizeof(float) * M * (K / BLOCK));
+    float *xs = (float *)malloc(sizeof(float) * M * (K / BLOCK));
+    float *xsum = (float *)malloc(sizeof(float) * M);
+    if (!xq || !dx || !xs || !xsum) { free(xq); free(dx); free(xs); free(xsum); return 2; }
+    for (int64_t m = 0; m < M; m++) {
+        quantize_x(x + m * K, K, xq + m * K, dx + m * (K / BLOCK), xs + m * (K / BLOCK), 0);
+        float t = 0.f;
+        for (int64_t b = 0; b < K / BLOCK; b++) t += xs[m * (K / BLOCK) + b];
+        xsum[m] = t;
+    }
+    #pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const int8_t *wn = w + n * K;
+        for (int64_t m = 0; m < M; m++)
+            y[m * N + n] = s[n] * row_dot8(wn, K, xq + m * K, dx + m * (K / BLOCK)) + c[n] * xsum[m];
+    }
+    free(xq); free(dx); free(xs); free(xsum);
     return 0;
 }

@@ -25,6 +25,7 @@ import warnings
 import torch
 from torch import nn
 
+from slmkit.compress.quantize import native
 from slmkit.compress.quantize.pack import pack_int32, unpack_int32
 from slmkit.compress.quantize.rtn import QuantizedWeight
 from slmkit.errors import SlmkitError
@@ -69,6 +70,16 @@ class QuantLinear(nn.Module):
             y = y + self.bias.to(y.dtype)
         return y.to(dtype).reshape(*shape[:-1], self.out_features)
 
+    def _native(self, fn: str, *args) -> None:
+        lib = native.library()
+        if lib is None:
+            raise SlmkitError(f"this layer was built for slmkit's native kernels, which are no longer "
+                              f"available ({native.status()}); rebuild the model with slmkit.models.load")
+        rc = getattr(lib, fn)(*args)
+        if rc != 0:
+            raise SlmkitError(f"native kernel {fn} failed (code {rc}) on a "
+                              f"{self.out_features}x{self.in_features} layer; set SLMKIT_NATIVE=0")
+
     def extra_repr(self) -> str:
         g = self.group_size or "channel"
         act = f", act_bits={self.act_bits}" if self.act_bits else ""
@@ -92,9 +103,8 @@ class Int4Linear(QuantLinear):
 
     def __init__(self, qw, bias, group_size):
         super().__init__(qw, bias, group_size)
-        from slmkit.compress.quantize import native
-
         k = self.in_features
+        self._shared, self._shared_index = None, 0   # see fuse.py
         self.packed_codes = pack_int32(qw.q, self.bits)                   # [out, in * bits / 32]
         # a flag, not the library handle: modules must stay deep-copyable (ctypes handles are not)
         self._native_ok = native.supports(k, group_size or k) and native.library() is not None
@@ -127,6 +137,8 @@ class Int4Linear(QuantLinear):
         if not self._native_ok:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2.to(torch.bfloat16).contiguous(), self.packed, self.kgroup, self.scale_zeros)
+        elif x2.shape[0] <= self.NATIVE_ROWS and self._shared is not None:
+            y = self._shared.output(self._shared_index, x, x2.float().contiguous(), self._native)
         elif x2.shape[0] <= self.NATIVE_ROWS:
             xf = x2.float().contiguous()
             y = torch.empty(xf.shape[0], self.out_features)
@@ -138,18 +150,6 @@ class Int4Linear(QuantLinear):
         else:
             y = x2 @ self._dequantize().to(x2.dtype).T
         return self._finish(y, shape, dtype)
-
-    def _native(self, fn: str, *args) -> None:
-        from slmkit.compress.quantize import native
-
-        lib = native.library()
-        if lib is None:
-            raise SlmkitError(f"this layer was built for the native int4 kernel, which is no longer "
-                              f"available ({native.status()}); rebuild the model with slmkit.models.load")
-        rc = getattr(lib, fn)(*args)
-        if rc != 0:
-            raise SlmkitError(f"native int4 kernel {fn} failed (code {rc}) on a "
-                              f"{self.out_features}x{self.in_features} layer; set SLMKIT_NATIVE=0")
 
     def _dequantize(self) -> torch.Tensor:
         w = torch.empty(self.out_features, self.in_features)
@@ -169,27 +169,43 @@ class Int4Linear(QuantLinear):
 
 
 class Int8Linear(QuantLinear):
-    """`aten._weight_int8pack_mm` takes bf16/fp16 activations at full speed; its float32 path is a
-    scalar fallback (~10x slower than dense, benchmarks/int_kernels.py). So float32 inputs of up
-    to `DECODE_ROWS` tokens go through it in bf16 (the activation rounding of a W8A16 kernel),
-    and longer float32 inputs (prefill) are multiplied exactly against the weight dequantized to
-    float32 a block of `CHUNK` output rows at a time (bounded memory for a vocabulary-sized head)."""
+    """Decode-sized inputs (up to `DECODE_ROWS` tokens) use slmkit's native int8 kernel where it
+    builds (`native.py`: int16-quantized activations, ~2^-16 relative error, 2-3x faster than
+    aten's on AVX2), else `aten._weight_int8pack_mm`, which takes bf16/fp16 activations at full
+    speed but has a scalar float32 path (~10x slower than dense, benchmarks/int_kernels.py), so
+    float32 inputs go through it in bf16 (the activation rounding of a W8A16 kernel). Longer
+    float32 inputs (prefill) are multiplied exactly against the weight dequantized to float32 a
+    block of `CHUNK` output rows at a time (bounded memory for a vocabulary-sized head)."""
 
-    kernel = "aten._weight_int8pack_mm"
     DECODE_ROWS = 8
     CHUNK = 8192
 
     def __init__(self, qw, bias, group_size):
         super().__init__(qw, bias, group_size)
         self.weight_int8 = (qw.q.to(torch.int16) - 128).to(torch.int8).contiguous()  # [out, in]
-        s = self.scale[:, 0]
-        self._s32, self._corr32 = s, (128 - self.zero[:, 0]) * s   # correction per output row
+        s = self.scale[:, 0].contiguous()
+        self._s32, self._corr32 = s, ((128 - self.zero[:, 0]) * s).contiguous()  # per output row
         self._asym = bool((self.zero != 128).any())
         self._cache: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._native_ok = (type(self) is Int8Linear and self.in_features % 32 == 0
+                           and native.library() is not None)
+
+    @property
+    def kernel(self) -> str:
+        if self._native_ok:
+            return "slmkit native int8 (decode) / float32 dequantize + BLAS (prefill)"
+        return "aten._weight_int8pack_mm"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape, dtype = x.shape, x.dtype
         x2 = x.reshape(-1, self.in_features)
+        if self._native_ok and x2.shape[0] <= self.DECODE_ROWS:
+            xf = x2.float().contiguous()
+            y = torch.empty(xf.shape[0], self.out_features)
+            self._native("int8_gemv", xf.data_ptr(), xf.shape[0], self.in_features,
+                         self.weight_int8.data_ptr(), self._s32.data_ptr(), self._corr32.data_ptr(),
+                         self.out_features, y.data_ptr())
+            return self._finish(y, shape, dtype)
         if x2.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             x2 = x2.float()
         if x2.dtype == torch.float32 and x2.shape[0] > self.DECODE_ROWS:

@@ -81,7 +81,8 @@ def library() -> ctypes.CDLL | None:
     i64, p = ctypes.c_int64, ctypes.c_void_p
     lib.int4_gemv.argtypes = [p, i64, i64, p, p, p, i64, i64, p]
     lib.int4_dequant.argtypes = [p, p, p, i64, i64, i64, p]
-    lib.int4_gemv.restype = lib.int4_dequant.restype = ctypes.c_int
+    lib.int8_gemv.argtypes = [p, i64, i64, p, p, p, i64, p]
+    lib.int4_gemv.restype = lib.int4_dequant.restype = lib.int8_gemv.restype = ctypes.c_int
     return lib
 
 
