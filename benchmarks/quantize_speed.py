@@ -47,7 +47,7 @@ def main() -> int:
     from slmkit.models.dtype import auto_dtype_name
 
     base, tok = load(args.model, "float32")
-    pre, dec = auto_dtype_name("prefill"), auto_dtype_name("decode")
+    pre, dec = auto_dtype_name("prefill"), auto_dtype_name("decode", quantized=True)  # int models
     variants = {"fp32 dense": (base, "float32", "float32"), "bf16 dense": (base, "bfloat16", "bfloat16")}
     rtn4 = RTNConfig(bits=4, group_size=args.group_size, symmetric=True)
     print(native.status())
