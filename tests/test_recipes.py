@@ -174,3 +174,53 @@ stages:
     assert "mc" not in report["stages"][1]["metrics"]
     assert any("/nonexistent/austen.txt does not exist" in m for m in logs)
     assert any("/nonexistent/mc.jsonl does not exist" in m for m in logs)
+
+
+def test_shrink_killed_mid_stage_resumes_and_the_final_model_generates(tiny_dir, tmp_path):
+    """A real `slmkit shrink` process SIGKILLed during its distillation stage: the finished stage
+    stays, the killed one left no stage record, and the same command then finishes the run; the
+    final checkpoint loads with `slmkit.models.load` and generates text."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "name: killed\n"
+        "calibration: {spec: embedded, n: 4, length: 64}\n"
+        "evaluation: {texts: [default], ppl_tokens: 400, mc: null, speed_prompt: 8, "
+        "speed_new_tokens: 4, speed_repeats: 1}\n"
+        "stages:\n"
+        "  - prune: {method: magnitude, sparsity: 0.5}\n"
+        "  - distill: {teacher: source, steps: 400, batch_size: 2, seq_len: 32, max_rows: 16}\n"
+        "  - quantize: {method: rtn, bits: 4, group_size: 32}\n")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "slmkit", "shrink", str(recipe), "--out", str(run),
+           "--model", str(tiny_dir("llama"))]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 180
+    while not (run / "02-distill").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)                                  # well inside the 400 training steps
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    assert (run / "01-prune" / "stage.json").exists()
+    assert not (run / "02-distill" / "stage.json").exists() and not (run / "report.json").exists()
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[01-prune] unchanged" in done.stdout + done.stderr
+    report = json.loads((run / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]][1:] == ["01-prune", "02-distill", "03-quantize"]
+
+    from slmkit.models import load
+
+    model, tok = load(run / "03-quantize" / "model")
+    ids = tok("Hello", return_tensors="pt")["input_ids"]
+    out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 5
