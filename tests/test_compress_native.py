@@ -163,8 +163,9 @@ def test_fused_siblings_give_the_unfused_outputs_and_save_the_same_codes():
     block = Block()
     twin = copy.deepcopy(block)
     before = {n: (m.codes(), m.scale.clone(), m.zero.clone()) for n, m in block.named_children()}
-    assert fuse_shared_inputs(block) == 1
-    assert fuse_shared_inputs(block) == 0, "fusing twice must be a no-op"
+    site = [[block.q_proj, block.k_proj, block.v_proj]]
+    assert fuse_shared_inputs(block, site) == 1
+    assert fuse_shared_inputs(block, site) == 0, "fusing twice must be a no-op"
     assert block.q_proj._shared is block.v_proj._shared and block.o_proj._shared is None
     for n, m in block.named_children():
         codes, scale, zero = before[n]
@@ -187,3 +188,19 @@ def test_fused_siblings_give_the_unfused_outputs_and_save_the_same_codes():
     clone = copy.deepcopy(block)
     assert clone.q_proj._shared is clone.k_proj._shared is not block.q_proj._shared
     assert torch.allclose(clone.k_proj(x1), twin.k_proj(x1), atol=1e-6, rtol=0)
+
+
+@needs_native
+def test_quantized_models_fuse_the_sites_of_the_architecture_table():
+    from slmkit.compress.api import quantize
+    from slmkit.compress.quantize.config import RTNConfig
+    from slmkit.models.arch import get_arch
+    from slmkit.models.tiny import tiny_model
+
+    model = quantize(tiny_model("llama", seed=0), RTNConfig(bits=4, group_size=32))
+    layers = get_arch(model).decoder_layers(model)
+    for layer in layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        assert attn.q_proj._shared is not None and attn.q_proj._shared is attn.v_proj._shared
+        assert mlp.gate_proj._shared is mlp.up_proj._shared is not None
+        assert attn.o_proj._shared is None and mlp.down_proj._shared is None

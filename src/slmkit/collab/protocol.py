@@ -94,8 +94,11 @@ class BatchSession:
     row computes what it would alone (up to float rounding of the padded matmuls)."""
 
     def __init__(self, model, pad_token_id: int = 0):
+        from slmkit.eval.scoring import accepts_logits_to_keep
+
         self.model, self.pad = model, pad_token_id
         self.cache = self.mask = self.positions = None
+        self._extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
 
     def start(self, prompts: list[list[int]]) -> "torch.Tensor":
         """Feed the prompts -> next-token logits [len(prompts), vocab] (float32)."""
@@ -126,12 +129,9 @@ class BatchSession:
     def _forward(self, ids, positions) -> "torch.Tensor":
         import torch
 
-        from slmkit.eval.scoring import accepts_logits_to_keep
-
-        extra = {"logits_to_keep": 1} if accepts_logits_to_keep(self.model) else {}
         with torch.inference_mode():
             out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                             past_key_values=self.cache, use_cache=True, **extra)
+                             past_key_values=self.cache, use_cache=True, **self._extra)
         self.cache, self.positions = out.past_key_values, positions[:, -1]
         return out.logits[:, -1].float()
 

@@ -8,7 +8,8 @@ real share of it. `fuse_shared_inputs` concatenates such siblings' codes and gri
 the first member called computes every member's rows in one native call; the others take
 their slice.
 
-Correctness does not rest on the names: a member reuses the group's result only when it is
+Which siblings are tried comes from the architecture table (q/k/v, gate/up roles). Correctness
+does not rest on that: a member reuses the group's result only when it is
 given the very tensor object the result was computed from (`is`, while the group holds a
 reference, so the object cannot be a recycled one) and has not taken its slice of that result
 yet; anything else recomputes. Only the native int4 decode path is fused; prefill-sized inputs
@@ -20,9 +21,11 @@ from __future__ import annotations
 import torch
 
 from slmkit.compress.quantize.kernels import Int4Linear
+from slmkit.errors import SlmkitError
+from slmkit.models.arch import get_arch, get_submodule
 
-# siblings that read the same input in the Llama / Qwen2 / Mistral / Gemma / OPT families
-SHARED_INPUT_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+# role groups of the architecture table (`slmkit.models.arch`) whose linears read one input
+SHARED_INPUT_ROLES = (("q", "k", "v"), ("gate", "up"))
 
 
 class SharedInput:
@@ -66,20 +69,29 @@ class SharedInput:
         return out if out.is_contiguous() else out.contiguous()
 
 
-def fuse_shared_inputs(model: torch.nn.Module) -> int:
-    """Group every set of sibling int4 linears named in `SHARED_INPUT_NAMES` that run on the
-    native kernel with the same input width, bits and group size; returns how many groups."""
+def shared_input_sites(model: torch.nn.Module) -> list[list[torch.nn.Module]]:
+    """Per decoder layer, the linears of each `SHARED_INPUT_ROLES` group the model's
+    architecture has; none for a model missing from the architecture table."""
+    try:
+        spec = get_arch(model)
+    except SlmkitError:
+        return []
+    paths = spec.linear_paths()
+    return [[get_submodule(layer, paths[r]) for r in roles if r in paths]
+            for layer in spec.decoder_layers(model) for roles in SHARED_INPUT_ROLES]
+
+
+def fuse_shared_inputs(model: torch.nn.Module, sites: list[list[torch.nn.Module]] | None = None) -> int:
+    """Group the linears of each site (default: `shared_input_sites(model)`) that run on the
+    native int4 kernel with the same input width, bits and group size; returns how many groups."""
     groups = 0
-    for parent in model.modules():
-        for names in SHARED_INPUT_NAMES:
-            members = [getattr(parent, n, None) for n in names]
-            members = [m for m in members if isinstance(m, Int4Linear) and m._native_ok
-                       and m._shared is None]
-            by_shape: dict[tuple, list[Int4Linear]] = {}
-            for m in members:
-                by_shape.setdefault((m.in_features, m.group_size, m.bits), []).append(m)
-            for same in by_shape.values():
-                if len(same) > 1:
-                    SharedInput(same)
-                    groups += 1
+    for site in shared_input_sites(model) if sites is None else sites:
+        members = [m for m in site if isinstance(m, Int4Linear) and m._native_ok and m._shared is None]
+        by_shape: dict[tuple, list[Int4Linear]] = {}
+        for m in members:
+            by_shape.setdefault((m.in_features, m.group_size, m.bits), []).append(m)
+        for same in by_shape.values():
+            if len(same) > 1:
+                SharedInput(same)
+                groups += 1
     return groups
