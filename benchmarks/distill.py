@@ -83,7 +83,10 @@ def worker(args) -> int:
             stamps.append(now - t_last[0])
             t_last[0] = now
 
-        train(model, CausalLM(), Batches(ids), cfg, None, callback=stamp)
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="slmkit-tp-") as out:  # JSONL log on, as users run it
+            train(model, CausalLM(), Batches(ids), cfg, out, callback=stamp)
         times = stamps[warm:]
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
@@ -189,14 +192,22 @@ def recovery(args, base, tok, ppls, dense_ppl) -> dict:
     print("pruned", rows["pruned"], flush=True)
     ids = _rows(tok, args.recovery_steps * args.batch_size, args.seq_len)
     teacher = copy.deepcopy(base)
-    for name, objective in (("kd", lambda: Distill(teacher, DistillConfig(loss="fkl"))),
-                            ("ce", lambda: CausalLM())):
+    # KD and CE at equal steps; then CE again with as many steps as fit in KD's wall time
+    # (a CE step skips the teacher's forward, so equal time means more CE steps).
+    runs = [("kd", lambda: Distill(teacher, DistillConfig(loss="fkl")), args.recovery_steps),
+            ("ce", lambda: CausalLM(), args.recovery_steps),
+            ("ce_equal_time", lambda: CausalLM(), None)]
+    for name, objective, steps in runs:
+        if steps is None:
+            per_ce_step = rows["ce"]["seconds"] / args.recovery_steps
+            steps = max(args.recovery_steps, round(rows["kd"]["seconds"] / per_ce_step))
         student = copy.deepcopy(pruned)
-        cfg = TrainConfig(steps=args.recovery_steps, batch_size=args.batch_size, lr=args.lr)
+        cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr)
         summary = train(student, objective(), Batches(ids), cfg, None)
         p = ppls(student)
         gap = {k: (rows["pruned"]["ppl"][k] - p[k]) / (rows["pruned"]["ppl"][k] - dense_ppl[k]) for k in p}
-        rows[name] = {"ppl": p, "recovered": gap, "seconds": summary["seconds"], "tok_s": summary["tok_s"]}
+        rows[name] = {"steps": steps, "ppl": p, "recovered": gap, "seconds": summary["seconds"],
+                      "tok_s": summary["tok_s"]}
         print(name, rows[name], flush=True)
         del student
     return rows

@@ -62,7 +62,8 @@ def configs(args):
     return {"rtn": RTNConfig(**common),
             "gptq": GPTQConfig(**common, damp=args.gptq_damp, act_order=args.gptq_act_order,
                                static_groups=args.gptq_act_order, clip_search=args.gptq_clip_search),
-            "awq": AWQConfig(**common)}
+            "awq": AWQConfig(**common),
+            "awq-noclip": AWQConfig(**common, clip=False)}  # ablation: the scale search alone
 
 
 def peer_args(args) -> list[str]:

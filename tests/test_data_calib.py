@@ -17,6 +17,7 @@ from slmkit.data.calib import (
     build_calibration_with_provenance,
 )
 from slmkit.data.selfgen import (
+    _special_ids,
     generate_calibration_text,
     generate_calibration_text_with_provenance,
     model_fingerprint,
@@ -239,7 +240,7 @@ def test_selfgen_is_cached_and_keyed_by_weights(tiny_tok, tmp_path):
 def test_selfgen_samples_the_models_distribution(tiny_tok):
     # logits: T2 = T1 + ln 3, both far above the rest -> p(T2) ~ 3/4 at temperature 1
     model = biased_model({T1: 10.0, T2: 10.0 + math.log(3)})
-    kw = {"cache": False, "top_p": 1.0}
+    kw = {"cache": False, "top_p": 1.0, "loop_window": 0}  # two tokens only would count as a loop
     ids = generate_calibration_text(model, tiny_tok, 8, 64, temperature=1.0, **kw)[:, 1:]
     assert ((ids == T1) | (ids == T2)).float().mean() > 0.97
     assert 0.68 < (ids == T2).float().mean() < 0.82
@@ -247,14 +248,15 @@ def test_selfgen_samples_the_models_distribution(tiny_tok):
     cold = generate_calibration_text(model, tiny_tok, 8, 64, temperature=0.5, **kw)[:, 1:]
     assert 0.85 < (cold == T2).float().mean() < 0.95
     # top-p 0.5 keeps only the most likely token
-    nucleus = generate_calibration_text(model, tiny_tok, 4, 32, cache=False, top_p=0.5)[:, 1:]
+    nucleus = generate_calibration_text(model, tiny_tok, 4, 32, cache=False, top_p=0.5,
+                                        loop_window=0)[:, 1:]
     assert (nucleus == T2).all()
 
 
 def test_selfgen_temperature_schedule_runs_from_start_to_end(tiny_tok):
     model = biased_model({T1: 10.0, T2: 10.0 + math.log(3)})
     ids = generate_calibration_text(model, tiny_tok, 32, 40, temperature=(0.05, 1.0),
-                                    temperature_steps=20, top_p=1.0, cache=False)
+                                    temperature_steps=20, top_p=1.0, loop_window=0, cache=False)
     assert (ids[:, 1:4] == T2).all()                     # t ~ 0.05: nearly greedy
     assert (ids[:, 22:] == T2).float().mean() < 0.85     # t = 1: T1 comes back
 
@@ -276,6 +278,51 @@ def test_selfgen_without_bos_starts_from_the_models_first_token(tiny_tok):
     assert ids.shape == (2, 8) and (ids == T2).all()  # the EOS prompt is not part of the rows
 
 
+def test_selfgen_min_p_drops_tokens_far_below_the_top_one(tiny_tok):
+    # p(T1) / p(T2) = 1/3: min-p 0.25 keeps T1, min-p 0.5 drops it
+    model = biased_model({T1: 10.0, T2: 10.0 + math.log(3)})
+    kw = {"cache": False, "top_p": 1.0, "temperature": 1.0, "loop_window": 0}
+    kept = generate_calibration_text(model, tiny_tok, 8, 32, min_p=0.25, **kw)[:, 1:]
+    assert 0.15 < (kept == T1).float().mean() < 0.35
+    dropped = generate_calibration_text(model, tiny_tok, 8, 32, min_p=0.5, **kw)[:, 1:]
+    assert (dropped == T2).all()
+    # without min-p the 254 other tokens (logit 0) share ~1e-4 of the mass; min-p removes them all
+    flat = biased_model({T1: 3.0, T2: 3.0})  # others at 0: p(other) ~ e^-3 / (2 + 254 e^-3) each
+    wide = generate_calibration_text(flat, tiny_tok, 8, 32, min_p=0.0, **kw)[:, 1:]
+    narrow = generate_calibration_text(flat, tiny_tok, 8, 32, min_p=0.1, **kw)[:, 1:]
+    assert ((wide != T1) & (wide != T2)).any()
+    assert ((narrow == T1) | (narrow == T2)).all()
+
+
+def test_selfgen_ends_a_looping_document_and_starts_a_new_one(tiny_tok):
+    bos = tiny_tok.bos_token_id
+    model = biased_model({T2: 30.0})  # writes T2 forever
+    off = generate_calibration_text(model, tiny_tok, 2, 80, cache=False, loop_window=0)
+    assert (off[:, 1:] == T2).all()
+    ids, rec = generate_calibration_text_with_provenance(model, tiny_tok, 2, 80, cache=False,
+                                                         loop_window=10, loop_distinct=2)
+    # the 10th T2 in a row would complete a 10-token window of one kind: a BOS comes instead
+    starts = [i for i, t in enumerate(ids[0].tolist()) if t == bos]
+    assert starts == list(range(0, 80, 10)) and (ids[1] == ids[0]).all()
+    assert rec["loop_restarts"] == 2 * 7 and rec["loop_window"] == 10
+    # a varied document is left alone: four equally likely tokens rarely fill 16 with 2 kinds
+    four = biased_model({T1: 10.0, T2: 10.0, T1 + 1: 10.0, T2 + 1: 10.0})
+    mixed = generate_calibration_text(four, tiny_tok, 4, 64, cache=False, loop_window=16,
+                                      loop_distinct=2, temperature=1.0, top_p=1.0)
+    assert (mixed[:, 1:] != bos).all()
+
+
+def test_selfgen_without_bos_ends_a_loop_with_the_separator(tiny_tok):
+    tok = copy.deepcopy(tiny_tok)
+    tok.bos_token = None
+    model = biased_model({T2: 30.0})
+    ids = generate_calibration_text(model, tok, 1, 40, cache=False, loop_window=8, loop_distinct=1)
+    sep = min(_special_ids(model, tok)[1])
+    seps = [i for i, t in enumerate(ids[0].tolist()) if t == sep]
+    assert seps == [7, 15, 23, 31, 39]  # a window of 8 T2 ends with the separator instead
+    assert (ids[0][[i for i in range(40) if i not in seps]] == T2).all()
+
+
 def test_selfgen_errors(tiny_tok):
     model = tiny_model("llama")
     for kwargs, message in [({"n": 0}, "n >= 1"), ({"length": 1}, "length >= 2"),
@@ -283,6 +330,9 @@ def test_selfgen_errors(tiny_tok):
                             ({"temperature": 0.0}, "temperature"),
                             ({"temperature": (1.0, -1.0)}, "temperature"),
                             ({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+                            ({"min_p": 1.0}, "min_p"), ({"min_p": -0.1}, "min_p"),
+                            ({"loop_window": 1}, "loop_window"),
+                            ({"loop_window": 8, "loop_distinct": 8}, "loop_distinct"),
                             ({"batch_size": 0}, "batch_size")]:
         args = {"n": 2, "length": 8, **kwargs}
         with pytest.raises(SlmkitError, match=message):

@@ -1,5 +1,6 @@
 """The one training loop: schedule, deterministic batches, learning, logging, exact resume after a
-real kill, and a 2-process DDP run that matches the single-process run."""
+real kill, and a 2-process DDP run (under torchrun and under accelerate launch) that matches the
+single-process run."""
 
 import json
 import os
@@ -105,11 +106,20 @@ def test_killed_run_resumes_on_the_uninterrupted_trajectory(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_rows(tmp_path):
+LAUNCHERS = {
+    "torchrun": (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                 "--master_port", "29517"),
+    "accelerate": (sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes",
+                   "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", "29518"),
+}
+
+
+@pytest.mark.parametrize("launch", sorted(LAUNCHERS))
+def test_two_process_ddp_matches_one_process_with_the_same_rows(tmp_path, launch):
     one, two = tmp_path / "one", tmp_path / "two"
     run_script(one, 4, "--batch-size", "4")
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_port", "29517")
+    launcher = LAUNCHERS[launch]
     r = run_script(two, 4, "--batch-size", "2", launcher=launcher, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     ref = torch.load(one / "final_state.pt")

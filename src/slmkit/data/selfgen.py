@@ -19,7 +19,17 @@ cached under `$SLMKIT_CACHE/selfgen/`, keyed by a fingerprint of the model's wei
 by every generation parameter, so benchmarks do not sample twice.
 
 The schedule's form is the paper's; the default values below (1.5 -> 1.0 over 32 tokens, top-p
-0.95) are ours, not taken from the paper. On AVX2-only CPUs load the model in float32 before
+0.95) are ours, not taken from the paper.
+
+Two guards (selfgen-v2) keep a model with a large vocabulary from writing junk. Both were added
+after Qwen2.5-Coder-0.5B-Instruct, sampled with v1, produced rows where one token repeated up to
+496 times (`的的的...`, `GetProcAddress` x 150), and those rows made GPTQ and AWQ worse than RTN:
+- min-p: at every step, tokens whose probability is below `min_p` x the top token's probability
+  (after the temperature) are dropped. At t = 1.5 a 151k vocabulary's tail otherwise adds up to a
+  lot of probability; min-p cuts it and still lets a flat distribution keep its choices.
+- loop restart: when the last `loop_window` tokens of a document hold at most `loop_distinct`
+  different tokens, the document ends there and a new one starts (BOS, or the separator), so a
+  degenerate loop costs at most `loop_window` tokens of a row instead of the rest of it. On AVX2-only CPUs load the model in float32 before
 generating: batched bf16 decode is emulated and was ~2.7x slower than fp32 at batch 16 (SmolLM2-135M).
 """
 
@@ -37,10 +47,13 @@ from slmkit.errors import SlmkitError
 if TYPE_CHECKING:
     import torch
 
-ALGORITHM = "selfgen-v1"     # bump when the sampling loop changes what a seed produces
+ALGORITHM = "selfgen-v2"     # bump when the sampling loop changes what a seed produces
 TEMPERATURE = (1.5, 1.0)     # (start, end): explore prefixes, then sample the model's distribution
 TEMPERATURE_STEPS = 32       # tokens over which the temperature moves from start to end
 TOP_P = 0.95                 # nucleus sampling; 1.0 samples the full distribution
+MIN_P = 0.05                 # drop tokens below MIN_P x the top token's probability; 0 disables
+LOOP_WINDOW = 32             # a document whose last LOOP_WINDOW tokens hold ...
+LOOP_DISTINCT = 8            # ... at most LOOP_DISTINCT different tokens is ended; window 0 disables
 BATCH_SIZE = 16              # rows sampled together; per-token cost falls steeply with the batch
 
 
@@ -81,15 +94,19 @@ def _temperatures(temperature, steps: int) -> tuple[float, float]:
 
 
 def _sample(logits: torch.Tensor, temps: torch.Tensor, top_p: float,
-            gen: torch.Generator) -> torch.Tensor:
-    """One token per row from softmax(logits / t), restricted to the top-p nucleus -> [b]."""
+            gen: torch.Generator, min_p: float = 0.0) -> torch.Tensor:
+    """One token per row from softmax(logits / t), restricted to the tokens with at least
+    `min_p` x the top probability and to the top-p nucleus -> [b]."""
     import torch
 
     probs = torch.softmax(logits.float() / temps[:, None], dim=-1)
+    if min_p > 0.0:
+        probs = probs.masked_fill(probs < min_p * probs.amax(-1, keepdim=True), 0.0)
     if top_p >= 1.0:
         return torch.multinomial(probs, 1, generator=gen)[:, 0]
     sorted_p, order = probs.sort(dim=-1, descending=True)
-    outside = (sorted_p.cumsum(-1) - sorted_p) > top_p  # mass before a token already exceeds p
+    mass_before = sorted_p.cumsum(-1) - sorted_p
+    outside = mass_before > top_p * sorted_p.sum(-1, keepdim=True)  # p of what min-p left
     sorted_p = sorted_p.masked_fill(outside, 0.0)       # the top token always stays
     pick = torch.multinomial(sorted_p, 1, generator=gen)
     return order.gather(-1, pick)[:, 0]
@@ -106,10 +123,25 @@ def _special_ids(model, tokenizer) -> tuple[int | None, set[int]]:
     return getattr(tokenizer, "bos_token_id", None), eos
 
 
+def _looping(out: list, nxt: torch.Tensor, since_start: torch.Tensor, window: int,
+             distinct: int) -> torch.Tensor:
+    """Rows whose current document's last `window` tokens (ending with `nxt`) hold at most
+    `distinct` different tokens -> BoolTensor [b]."""
+    import torch
+
+    if window < 2 or len(out) + 1 < window:
+        return torch.zeros_like(nxt, dtype=torch.bool)
+    recent = torch.stack(out[len(out) - window + 1:] + [nxt], dim=1).sort(dim=1).values
+    kinds = 1 + (recent[:, 1:] != recent[:, :-1]).sum(dim=1)
+    return (kinds <= distinct) & (since_start >= window)
+
+
 def _generate_batch(model, b: int, length: int, bos: int | None, eos: set[int], vocab: int,
                     temps: tuple[float, float], steps: int, top_p: float,
-                    gen: torch.Generator, advance) -> torch.Tensor:
-    """Sample `b` rows of exactly `length` tokens with a KV cache -> LongTensor [b, length]."""
+                    gen: torch.Generator, advance, min_p: float = 0.0,
+                    loop: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, int]:
+    """Sample `b` rows of exactly `length` tokens with a KV cache ->
+    (LongTensor [b, length], how many documents the loop guard ended)."""
     import torch
 
     device = next(model.parameters()).device
@@ -123,6 +155,8 @@ def _generate_batch(model, b: int, length: int, bos: int | None, eos: set[int], 
     else:                                                # no special tokens at all: a random seed token
         last, out = torch.randint(0, vocab, (b,), generator=gen), []
     since_start = torch.zeros(b, dtype=torch.long)       # tokens sampled since the document start
+    restart = bos if force_bos else (min(eos) if eos else None)
+    restarts = 0
     advance(len(out) * b)
     cache = None
     while len(out) < length:
@@ -133,15 +167,21 @@ def _generate_batch(model, b: int, length: int, bos: int | None, eos: set[int], 
             since_start = torch.where(after_eos, 0, since_start)
         frac = since_start.clamp(max=steps).float() / steps
         t = temps[0] + frac * (temps[1] - temps[0])
-        nxt = _sample(res.logits[:, -1, :].float().cpu(), t, top_p, gen)
+        nxt = _sample(res.logits[:, -1, :].float().cpu(), t, top_p, gen, min_p)
         since_start = since_start + 1
+        if restart is not None:                          # a degenerate loop ends its document
+            looping = _looping(out, nxt, since_start, *loop) & ~after_eos
+            restarts += int(looping.sum())
+            nxt = torch.where(looping, torch.full_like(nxt, restart), nxt)
+            if force_bos:
+                since_start = torch.where(looping, 0, since_start)
         if force_bos:                                    # EOS -> a fresh BOS, schedule restarts
             nxt = torch.where(after_eos, torch.full_like(nxt, bos), nxt)
             since_start = torch.where(after_eos, 0, since_start)
         out.append(nxt)
         last = nxt
         advance(b)
-    return torch.stack(out, dim=1)
+    return torch.stack(out, dim=1), restarts
 
 
 # ---- cache -----------------------------------------------------------------------------------
@@ -160,10 +200,10 @@ def _load_cached(path: Path, n: int, length: int):
         return None
     try:
         blob = torch.load(path, weights_only=True)
-        ids = blob["ids"]
+        ids, saved = blob["ids"], json.loads(blob.get("record", "{}"))
     except Exception:  # noqa: BLE001  torch.load of a truncated/foreign file raises anything
         return None    # regenerate and overwrite it
-    return ids if tuple(ids.shape) == (n, length) and ids.dtype == torch.long else None
+    return (ids, saved) if tuple(ids.shape) == (n, length) and ids.dtype == torch.long else None
 
 
 def _save_atomic(path: Path, ids: torch.Tensor, record: dict) -> None:
@@ -184,7 +224,8 @@ def _save_atomic(path: Path, ids: torch.Tensor, record: dict) -> None:
 def generate_calibration_text_with_provenance(
         model, tokenizer, n: int, length: int, *, seed: int = 0,
         temperature: float | tuple[float, float] = TEMPERATURE,
-        temperature_steps: int = TEMPERATURE_STEPS, top_p: float = TOP_P,
+        temperature_steps: int = TEMPERATURE_STEPS, top_p: float = TOP_P, min_p: float = MIN_P,
+        loop_window: int = LOOP_WINDOW, loop_distinct: int = LOOP_DISTINCT,
         batch_size: int = BATCH_SIZE, cache_dir: str | Path | None = None,
         cache: bool = True) -> tuple[torch.Tensor, dict]:
     """`generate_calibration_text`, also returning the record of how the rows were made
@@ -201,6 +242,11 @@ def generate_calibration_text_with_provenance(
     temps = _temperatures(temperature, temperature_steps)
     if not 0.0 < float(top_p) <= 1.0:
         raise SlmkitError(f"top_p must be in (0, 1], got {top_p}")
+    if not 0.0 <= float(min_p) < 1.0:
+        raise SlmkitError(f"min_p must be in [0, 1), got {min_p}")
+    if loop_window and not (loop_window >= 2 and 1 <= loop_distinct < loop_window):
+        raise SlmkitError(f"loop_window must be 0 (off) or >= 2 with 1 <= loop_distinct < loop_window, "
+                          f"got loop_window={loop_window}, loop_distinct={loop_distinct}")
     if batch_size < 1:
         raise SlmkitError(f"batch_size must be >= 1, got {batch_size}")
     bos, eos = _special_ids(model, tokenizer)
@@ -209,16 +255,20 @@ def generate_calibration_text_with_provenance(
         "kind": "self-generated", "algorithm": ALGORITHM, "model_fingerprint": model_fingerprint(model),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "n": n, "length": length, "seed": seed, "temperature": list(temps),
-        "temperature_steps": temperature_steps, "top_p": float(top_p), "batch_size": batch_size,
+        "temperature_steps": temperature_steps, "top_p": float(top_p), "min_p": float(min_p),
+        "loop_window": loop_window, "loop_distinct": loop_distinct if loop_window else None,
+        "batch_size": batch_size,
         "bos_token_id": bos, "eos_token_ids": sorted(eos),
     }
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
     path = _cache_root(cache_dir) / f"{key}.pt"
-    if cache and (ids := _load_cached(path, n, length)) is not None:
-        return ids, {**record, "cache": "hit", "cache_path": str(path)}
+    if cache and (hit := _load_cached(path, n, length)) is not None:
+        ids, saved = hit
+        return ids, {**record, "loop_restarts": saved.get("loop_restarts"), "cache": "hit",
+                     "cache_path": str(path)}
 
     gen = torch.Generator().manual_seed(seed)
-    batches = []
+    batches, restarts = [], 0
     was_training = model.training
     model.eval()
     try:
@@ -226,11 +276,15 @@ def generate_calibration_text_with_provenance(
                                                   n * length) as advance:
             for start in range(0, n, batch_size):
                 b = min(batch_size, n - start)
-                batches.append(_generate_batch(model, b, length, bos, eos, vocab, temps,
-                                               temperature_steps, float(top_p), gen, advance))
+                rows, k = _generate_batch(model, b, length, bos, eos, vocab, temps,
+                                          temperature_steps, float(top_p), gen, advance,
+                                          float(min_p), (loop_window, loop_distinct))
+                batches.append(rows)
+                restarts += k
     finally:
         model.train(was_training)
     ids = torch.cat(batches).clone()  # a normal tensor, not an inference-mode one
+    record["loop_restarts"] = restarts
     if cache:
         _save_atomic(path, ids, record)
     return ids, {**record, "cache": "miss" if cache else "off", "cache_path": str(path) if cache else None}
@@ -239,13 +293,18 @@ def generate_calibration_text_with_provenance(
 def generate_calibration_text(model, tokenizer, n: int, length: int, *, seed: int = 0,
                               temperature: float | tuple[float, float] = TEMPERATURE,
                               temperature_steps: int = TEMPERATURE_STEPS, top_p: float = TOP_P,
-                              batch_size: int = BATCH_SIZE, cache_dir: str | Path | None = None,
-                              cache: bool = True) -> torch.Tensor:
+                              min_p: float = MIN_P, loop_window: int = LOOP_WINDOW,
+                              loop_distinct: int = LOOP_DISTINCT, batch_size: int = BATCH_SIZE,
+                              cache_dir: str | Path | None = None, cache: bool = True) -> torch.Tensor:
     """`n` rows of `length` token ids sampled from `model` itself -> LongTensor [n, length].
 
     temperature        a float, or (start, end) moved linearly over the first `temperature_steps`
                        tokens of every document (the self-calibration paper's schedule)
     top_p              nucleus sampling threshold (1.0: the full distribution)
+    min_p              drop tokens below min_p x the top token's probability (0: off)
+    loop_window, loop_distinct
+                       end a document whose last `loop_window` tokens hold at most
+                       `loop_distinct` different tokens (loop_window=0: off)
     batch_size         rows sampled at once with a KV cache; part of the cache key, since the
                        sampler's random stream is shared by the rows of a batch
     cache_dir, cache   where results are kept (default `$SLMKIT_CACHE/selfgen`); cache=False
@@ -253,6 +312,6 @@ def generate_calibration_text(model, tokenizer, n: int, length: int, *, seed: in
     """
     ids, _ = generate_calibration_text_with_provenance(
         model, tokenizer, n, length, seed=seed, temperature=temperature,
-        temperature_steps=temperature_steps, top_p=top_p, batch_size=batch_size,
-        cache_dir=cache_dir, cache=cache)
+        temperature_steps=temperature_steps, top_p=top_p, min_p=min_p, loop_window=loop_window,
+        loop_distinct=loop_distinct, batch_size=batch_size, cache_dir=cache_dir, cache=cache)
     return ids
