@@ -40,9 +40,10 @@ def parse_args():
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--steps", type=int, default=30, help="throughput: steps timed after 5 warm-up")
-    ap.add_argument("--recovery-steps", type=int, default=100)
+    ap.add_argument("--recovery-steps", type=int, default=48, help="48 KD steps: ~21 min here")
     ap.add_argument("--recovery-method", default="width", choices=["width", "depth"])
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--curve-every", type=int, default=8, help="recovery: probe ppl every N steps")
     ap.add_argument("--tag", default="")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one timed loop
     return ap.parse_args()
@@ -178,7 +179,58 @@ def lowrank_part(args, base, tok, ppls) -> dict:
 
 # ---- recovery -----------------------------------------------------------------------------------
 
-def recovery(args, base, tok, ppls, dense_ppl) -> dict:
+def _probe(tok, texts, rows: int = 4, length: int = 512):
+    """A cheap comparable curve point: ppl on the first `rows` x `length` tokens of each eval text
+    (non-overlapping rows; the final numbers use protocol (i) over the whole window)."""
+    import torch
+
+    from slmkit.data.chunk import chunk, token_stream
+
+    probes = {k: chunk(token_stream(tok, t), length)[:rows] for k, t in texts.items()}
+
+    def measure(model) -> dict:
+        was = model.training
+        model.eval()
+        out = {}
+        with torch.no_grad():
+            for k, ids in probes.items():
+                logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()
+                ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+                out[k] = float(ce.exp())
+        model.train(was)
+        return out
+    return measure
+
+
+def _plot_recovery(runs: dict, dense: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in zip(axes, ("in", "out"), ("embedded eval text (pydoc)", "Austen, Emma")):
+        for name, run in runs.items():
+            curve = run["curve"]
+            ax.plot([c["train_seconds"] / 60 for c in curve], [c["probe_ppl"][key] for c in curve],
+                    marker="o", ms=3, label=f"{name} ({run['steps']} steps)")
+        ax.axhline(dense[key], color="grey", ls="--", lw=1, label="unpruned")
+        ax.set_yscale("log")
+        ax.set_xlabel("training minutes (optimizer steps only)")
+        ax.set_ylabel("probe ppl (4 x 512 tokens)")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
+    from _common import RESULTS
+
     from slmkit.compress import DepthPruneConfig, WidthPruneConfig, prune
     from slmkit.data import build_calibration
     from slmkit.distill import Distill, DistillConfig
@@ -188,28 +240,43 @@ def recovery(args, base, tok, ppls, dense_ppl) -> dict:
     cfg_cls = WidthPruneConfig if args.recovery_method == "width" else DepthPruneConfig
     pruned = copy.deepcopy(base)
     prune(pruned, cfg_cls(target=0.25), calib)
+    probe = _probe(tok, texts)
     rows = {"pruned": {"params": pruned.num_parameters(), "ppl": ppls(pruned)}}
+    start_probe = probe(pruned)
     print("pruned", rows["pruned"], flush=True)
     ids = _rows(tok, args.recovery_steps * args.batch_size, args.seq_len)
     teacher = copy.deepcopy(base)
-    # KD and CE at equal steps; then CE again with as many steps as fit in KD's wall time
+    logs = RESULTS / f"distill{args.tag}_runs"
+    # KD and CE at equal steps; then CE again with as many steps as fit in KD's training time
     # (a CE step skips the teacher's forward, so equal time means more CE steps).
     runs = [("kd", lambda: Distill(teacher, DistillConfig(loss="fkl")), args.recovery_steps),
             ("ce", lambda: CausalLM(), args.recovery_steps),
             ("ce_equal_time", lambda: CausalLM(), None)]
     for name, objective, steps in runs:
         if steps is None:
-            per_ce_step = rows["ce"]["seconds"] / args.recovery_steps
-            steps = max(args.recovery_steps, round(rows["kd"]["seconds"] / per_ce_step))
+            per_ce_step = rows["ce"]["train_seconds"] / args.recovery_steps
+            steps = max(args.recovery_steps, round(rows["kd"]["train_seconds"] / per_ce_step))
         student = copy.deepcopy(pruned)
+        curve = [{"step": 0, "train_seconds": 0.0, "probe_ppl": start_probe}]
+        clock = [0.0]
+
+        def point(step, record, student=student, curve=curve, clock=clock, steps=steps):
+            clock[0] += record["seconds"]          # optimizer-step time only, not this probe
+            if step % args.curve_every == 0 or step == steps:
+                curve.append({"step": step, "train_seconds": clock[0], "probe_ppl": probe(student)})
+
         cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr)
-        summary = train(student, objective(), Batches(ids), cfg, None)
+        summary = train(student, objective(), Batches(ids), cfg, logs / name, callback=point)
         p = ppls(student)
         gap = {k: (rows["pruned"]["ppl"][k] - p[k]) / (rows["pruned"]["ppl"][k] - dense_ppl[k]) for k in p}
-        rows[name] = {"steps": steps, "ppl": p, "recovered": gap, "seconds": summary["seconds"],
-                      "tok_s": summary["tok_s"]}
-        print(name, rows[name], flush=True)
+        rows[name] = {"steps": steps, "ppl": p, "recovered": gap, "train_seconds": clock[0],
+                      "seconds": summary["seconds"], "tok_s": summary["tokens"] / clock[0],
+                      "curve": curve}
+        print(name, {k: v for k, v in rows[name].items() if k != "curve"}, flush=True)
         del student
+    plot = _plot_recovery({k: v for k, v in rows.items() if "curve" in v}, dense_ppl,
+                          RESULTS / f"distill{args.tag}_recovery.png")
+    rows["plot"] = str(plot) if plot else None
     return rows
 
 
@@ -239,7 +306,7 @@ def main() -> int:
         if "lowrank" in parts:
             payload["lowrank"] = lowrank_part(args, base, tok, ppls)
         if "recovery" in parts:
-            payload["recovery"] = recovery(args, base, tok, ppls, dense)
+            payload["recovery"] = recovery(args, base, tok, ppls, dense, texts)
     print(f"wrote {write_result('distill' + args.tag, payload)}")
     return 0
 

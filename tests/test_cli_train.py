@@ -94,3 +94,34 @@ def test_lowrank_cli_saves_factors_that_slmkit_reloads(tiny_dir, tmp_path, capsy
     plain = AutoModelForCausalLM.from_pretrained(merged)
     with torch.no_grad():
         assert torch.isfinite(plain(torch.tensor([[5, 6, 7]])).logits).all()
+
+
+def test_lowrank_model_recovers_by_distillation_and_stays_factored(tiny_dir, tmp_path, capsys):
+    from slmkit.compress.lowrank.svd import LowRankLinear
+    from slmkit.data import embedded_text
+    from slmkit.data.chunk import chunk, token_stream
+
+    dense = tiny_dir("llama")
+    factored = tmp_path / "lr"
+    assert main(["lowrank", str(dense), str(factored), "--method", "svd", "--keep", "0.3",
+                 "--save-dtype", "float32"]) == 0, capsys.readouterr().err
+    out = tmp_path / "recovered"
+    code = main(["distill", "--teacher", str(dense), "--student", str(factored), "--objective", "kl",
+                 str(out), "--data", "default:calib", "--seq-len", "32", "--max-rows", "32",
+                 "--steps", "80", "--batch-size", "8", "--lr", "3e-3", "--save-dtype", "float32"])
+    assert code == 0, capsys.readouterr().err
+    teacher, tok = load(dense, dtype="float32")
+    before, _ = load(factored, dtype="float32")
+    after, _ = load(out / "model", dtype="float32")
+    assert after.num_parameters() == before.num_parameters() < teacher.num_parameters()
+    assert any(isinstance(m, LowRankLinear) for m in after.modules())     # still factored on disk
+    ids = chunk(token_stream(tok, embedded_text("eval")), 32)[:8]          # held-out text
+
+    def kl_to_teacher(model):
+        with torch.no_grad():
+            t = torch.log_softmax(teacher(ids).logits, -1)
+            s = torch.log_softmax(model(ids).logits, -1)
+        return float((t.exp() * (t - s)).sum(-1).mean())
+
+    k_before, k_after = kl_to_teacher(before), kl_to_teacher(after)
+    assert k_after < 0.8 * k_before, (k_before, k_after)

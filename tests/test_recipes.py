@@ -76,6 +76,12 @@ def test_every_shipped_recipe_runs_end_to_end_on_a_tiny_model(path, tiny_dir, tm
             assert "F32" not in dtypes and "BF16" in dtypes, dtypes
     html = (tmp_path / "run" / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table>" in html
+    # the final model's speed against the source's, measured alternately at the end of the run
+    sbs = report["side_by_side"]
+    last_model = [s for s in report["stages"][1:] if s["kind"] != "export"][-1]
+    assert sbs["stage"] == last_model["stage"] and sbs["rounds"] == 2
+    assert sbs["decode_ratio"] == pytest.approx(sbs["final"]["decode_tok_s"] / sbs["source"]["decode_tok_s"])
+    assert "Side by side" in (tmp_path / "run" / "report.md").read_text() and "Side by side" in html
     calibrated = [s for s in recipe.stages if s.kind in ("prune", "quantize", "lowrank")
                   and s.options.get("method") not in ("magnitude", "rtn", "svd")]
     # one calibration set per run, however many stages use it

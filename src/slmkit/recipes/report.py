@@ -122,11 +122,26 @@ def pareto_markdown(runs: dict[str, dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def side_by_side_line(report: dict) -> str | None:
+    """The run's like-for-like speed comparison of the final model with the source, in words."""
+    sbs = report.get("side_by_side")
+    if not sbs or "decode_ratio" not in sbs:
+        return None
+    line = (f"Side by side in one process ({sbs['rounds']} alternating rounds, best of each): "
+            f"{sbs['stage']} decodes at {sbs['final']['decode_tok_s']:.1f} tok/s, the source at "
+            f"{sbs['source']['decode_tok_s']:.1f} tok/s: **{sbs['decode_ratio']:.2f}x**")
+    if "prefill_ratio" in sbs:
+        line += f" (prefill {sbs['prefill_ratio']:.2f}x)"
+    return line + ". The per-stage speed columns were taken at different moments; compare with care."
+
+
 def to_markdown(report: dict) -> str:
     head, rows = table(report)
     out = [f"# {report['recipe']} on {report['model']}", "", "| " + " | ".join(head) + " |",
            "|---|" + "---:|" * (len(head) - 1)]
     out += ["| " + " | ".join(r) + " |" for r in rows]
+    if (line := side_by_side_line(report)) is not None:
+        out += ["", line]
     return "\n".join(out) + "\n"
 
 
@@ -189,6 +204,8 @@ def to_html(runs: dict[str, dict]) -> str:
                      "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows]
         parts.append("</table>")
+        if (line := side_by_side_line(rep)) is not None:
+            parts.append("<p>" + html.escape(line).replace("**", "") + "</p>")
     if len(runs) > 1 and pareto(runs):
         head, *rest = [line for line in pareto_markdown(runs).splitlines() if line.startswith("|")]
         parts.append("<h2>Pareto (size, perplexity, decode speed)</h2><table>")

@@ -291,8 +291,37 @@ def run_recipe(recipe: Recipe, run: str | Path, *, log=print) -> dict:
         results.append(rec)
         previous, current = key, rec["output"]
     report = {"recipe": recipe.name, "model": recipe.model, "stages": results}
+    final = next((r for r in reversed(results[1:]) if Path(r["output"]).is_dir()), None)
+    if final is not None:
+        log(f"[speed] source and {final['stage']} side by side")
+        report["side_by_side"] = {"stage": final["stage"],
+                                  **side_by_side_speed(recipe.model, final["output"], recipe)}
     write_report(report, run)
     return report
+
+
+def side_by_side_speed(source: str, final: str, recipe: Recipe, rounds: int = 2) -> dict:
+    """Decode and prefill speed of the source and the final model, measured alternately in this
+    process (source, final, source, final, ...; best of `rounds` each). The per-stage speeds in the
+    report come from different moments, and from earlier invocations when stages were skipped,
+    so only this ratio is a like-for-like comparison."""
+    from slmkit.eval.speed import SpeedConfig, speed
+
+    ev = recipe.evaluation
+    cfg = SpeedConfig(prompt_tokens=ev.speed_prompt, new_tokens=ev.speed_new_tokens, repeats=1)
+    models = {"source": _load(source), "final": _load(final)}
+    best: dict[str, dict] = {k: {} for k in models}
+    for _ in range(rounds):
+        for name, (model, tok) in models.items():
+            sp = speed(model, tok, cfg)
+            for k in ("prefill_tok_s", "decode_tok_s"):
+                if sp.get(k):
+                    best[name][k] = max(best[name].get(k, 0.0), sp[k])
+    out = {"rounds": rounds, "source": best["source"], "final": best["final"]}
+    for k, label in (("decode_tok_s", "decode_ratio"), ("prefill_tok_s", "prefill_ratio")):
+        if best["source"].get(k) and best["final"].get(k):
+            out[label] = best["final"][k] / best["source"][k]
+    return out
 
 
 def _export(stage: Stage, current: str, folder: Path) -> dict:
