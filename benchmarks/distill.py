@@ -44,6 +44,10 @@ def parse_args():
     ap.add_argument("--recovery-method", default="width", choices=["width", "depth"])
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--curve-every", type=int, default=8, help="recovery: probe ppl every N steps")
+    ap.add_argument("--kd-ce-weight", type=float, default=0.0,
+                    help="recovery: KD loss = (1 - w) x KL + w x CE on the labels (Hinton's mix)")
+    ap.add_argument("--recovery-runs", default="kd,ce,ce_equal_time",
+                    help="recovery runs to do (ce_equal_time needs kd and ce)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one timed loop
     return ap.parse_args()
@@ -241,7 +245,8 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
     pruned = copy.deepcopy(base)
     prune(pruned, cfg_cls(target=0.25), calib)
     probe = _probe(tok, texts)
-    rows = {"pruned": {"params": pruned.num_parameters(), "ppl": ppls(pruned)}}
+    rows = {"pruned": {"params": pruned.num_parameters(), "ppl": ppls(pruned)},
+            "kd_objective": {"loss": "fkl", "ce_weight": args.kd_ce_weight}}
     start_probe = probe(pruned)
     print("pruned", rows["pruned"], flush=True)
     ids = _rows(tok, args.recovery_steps * args.batch_size, args.seq_len)
@@ -249,10 +254,14 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
     logs = RESULTS / f"distill{args.tag}_runs"
     # KD and CE at equal steps; then CE again with as many steps as fit in KD's training time
     # (a CE step skips the teacher's forward, so equal time means more CE steps).
-    runs = [("kd", lambda: Distill(teacher, DistillConfig(loss="fkl")), args.recovery_steps),
+    kd = DistillConfig(loss="fkl", ce_weight=args.kd_ce_weight)
+    runs = [("kd", lambda: Distill(teacher, kd), args.recovery_steps),
             ("ce", lambda: CausalLM(), args.recovery_steps),
             ("ce_equal_time", lambda: CausalLM(), None)]
-    for name, objective, steps in runs:
+    wanted = [r.strip() for r in args.recovery_runs.split(",") if r.strip()]
+    if "ce_equal_time" in wanted and not {"kd", "ce"} <= set(wanted):
+        raise SystemExit("--recovery-runs: ce_equal_time needs kd and ce in the same run")
+    for name, objective, steps in (r for r in runs if r[0] in wanted):
         if steps is None:
             per_ce_step = rows["ce"]["train_seconds"] / args.recovery_steps
             steps = max(args.recovery_steps, round(rows["kd"]["train_seconds"] / per_ce_step))
@@ -267,6 +276,7 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
 
         cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr)
         summary = train(student, objective(), Batches(ids), cfg, logs / name, callback=point)
+        (logs / name / "checkpoint.pt").unlink(missing_ok=True)  # 1.2 GB; the log and curve stay
         p = ppls(student)
         gap = {k: (rows["pruned"]["ppl"][k] - p[k]) / (rows["pruned"]["ppl"][k] - dense_ppl[k]) for k in p}
         rows[name] = {"steps": steps, "ppl": p, "recovered": gap, "train_seconds": clock[0],

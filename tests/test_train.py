@@ -109,9 +109,10 @@ def test_killed_run_resumes_on_the_uninterrupted_trajectory(tmp_path):
 LAUNCHERS = {
     "torchrun": (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                  "--master_port", "29517"),
-    "accelerate": (sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes",
-                   "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "--main_process_port", "29518"),
+    # on a CPU-only machine accelerate's --multi_gpu starts N gloo processes; --cpu starts only one
+    "accelerate": (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                   "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                   "--dynamo_backend", "no", "--main_process_port", "29518"),
 }
 
 
