@@ -219,7 +219,7 @@ def _plot_recovery(runs: dict, dense: dict, path: Path) -> Path | None:
             curve = run["curve"]
             ax.plot([c["train_seconds"] / 60 for c in curve], [c["probe_ppl"][key] for c in curve],
                     marker="o", ms=3, label=f"{name} ({run['steps']} steps)")
-        ax.axhline(dense[key], color="grey", ls="--", lw=1, label="unpruned")
+        ax.axhline(dense[key], color="grey", ls="--", lw=1, label="unpruned (same probe)")
         ax.set_yscale("log")
         ax.set_xlabel("training minutes (optimizer steps only)")
         ax.set_ylabel("probe ppl (4 x 512 tokens)")
@@ -248,6 +248,7 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
     rows = {"pruned": {"params": pruned.num_parameters(), "ppl": ppls(pruned)},
             "kd_objective": {"loss": "fkl", "ce_weight": args.kd_ce_weight}}
     start_probe = probe(pruned)
+    rows["dense_probe_ppl"] = probe(base)
     print("pruned", rows["pruned"], flush=True)
     ids = _rows(tok, args.recovery_steps * args.batch_size, args.seq_len)
     teacher = copy.deepcopy(base)
@@ -284,7 +285,8 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
                       "curve": curve}
         print(name, {k: v for k, v in rows[name].items() if k != "curve"}, flush=True)
         del student
-    plot = _plot_recovery({k: v for k, v in rows.items() if "curve" in v}, dense_ppl,
+    plot = _plot_recovery({k: v for k, v in rows.items() if isinstance(v, dict) and "curve" in v},
+                          rows["dense_probe_ppl"],
                           RESULTS / f"distill{args.tag}_recovery.png")
     rows["plot"] = str(plot) if plot else None
     return rows
