@@ -44,21 +44,27 @@ def main() -> int:
     from slmkit.models import load
 
     from slmkit.compress.quantize import native
-    from slmkit.models.dtype import auto_dtype_name
+    from slmkit.models.dtype import auto_dtype_name, resolve_dtype
 
     base, tok = load(args.model, "float32")
-    pre, dec = auto_dtype_name("prefill"), auto_dtype_name("decode", quantized=True)  # int models
+    pre = auto_dtype_name("prefill")
+
+    def auto(model):  # the decode dtype `auto` picks for this model (see slmkit.models.dtype)
+        return model, pre, str(resolve_dtype("auto", "decode", model)).removeprefix("torch.")
     variants = {"fp32 dense": (base, "float32", "float32"), "bf16 dense": (base, "bfloat16", "bfloat16")}
     rtn4 = RTNConfig(bits=4, group_size=args.group_size, symmetric=True)
     print(native.status())
     if native.library() is not None:
-        variants[f"int4 g{args.group_size}, slmkit native"] = (quantize(copy.deepcopy(base), rtn4), pre, dec)
+        int4 = quantize(copy.deepcopy(base), rtn4)
+        variants[f"int4 g{args.group_size}, slmkit native"] = auto(int4)
+        other = "float32" if variants[f"int4 g{args.group_size}, slmkit native"][2] != "float32" else "bfloat16"
+        variants[f"int4 g{args.group_size}, slmkit native, {other} decode"] = (int4, pre, other)
         head8 = RTNConfig(bits=4, group_size=args.group_size, symmetric=True, head_bits=8)
-        variants[f"int4 g{args.group_size} + int8 lm_head, slmkit native"] = (
-            quantize(copy.deepcopy(base), head8), pre, dec)
+        variants[f"int4 g{args.group_size} + int8 lm_head, slmkit native"] = auto(
+            quantize(copy.deepcopy(base), head8))
     os.environ["SLMKIT_NATIVE"] = "0"
     native.library.cache_clear()
-    variants[f"int4 g{args.group_size}, torch int4pack"] = (quantize(copy.deepcopy(base), rtn4), pre, dec)
+    variants[f"int4 g{args.group_size}, torch int4pack"] = auto(quantize(copy.deepcopy(base), rtn4))
     del os.environ["SLMKIT_NATIVE"]
     native.library.cache_clear()
     if not args.no_w8a8:

@@ -252,3 +252,22 @@ def test_param_count_counts_quantized_weights():
     quantize(model, RTNConfig(bits=4, group_size=32))
     assert sum(p.numel() for p in model.parameters()) < before   # codes are not Parameters ...
     assert param_count(model) == before                          # ... but are still parameters
+
+
+@pytest.mark.parametrize("head_bits", [8, None], ids=["int8-head", "dense-head"])
+def test_auto_decode_dtype_of_a_reloaded_quantized_model(head_bits, tiny_tok, tmp_path):
+    """load(folder, "auto", phase="decode") looks at the loaded model: float32 on AVX2 when the
+    integer weights dominate what a step reads, bf16 when a large dense head remains."""
+    from slmkit.models.dtype import has_native_bf16, integer_bound
+
+    model = tiny_model("llama", seed=4)
+    quantize(model, RTNConfig(bits=4, group_size=32, head_bits=head_bits))
+    out = save(model, tiny_tok, tmp_path / "q")
+    reloaded, _ = load(out, dtype="auto", phase="decode")
+    assert integer_bound(reloaded) is (head_bits == 8)
+    norm = reloaded.model.norm.weight.dtype
+    want = torch.bfloat16 if has_native_bf16() or head_bits is None else torch.float32
+    assert norm is want
+    with torch.no_grad():
+        logits = reloaded(CALIB[:1]).logits
+    assert torch.isfinite(logits).all()

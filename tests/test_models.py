@@ -40,17 +40,40 @@ def test_auto_dtype_per_phase(flags, prefill, decode, decode_quantized):
 
 
 def test_resolve_dtype_looks_at_the_model_for_decode():
-    from slmkit.compress.api import quantize
+    from slmkit.compress.api import decode_weight_bytes, quantize
     from slmkit.compress.quantize.config import RTNConfig
-    from slmkit.models.dtype import has_native_bf16
+    from slmkit.models.dtype import has_native_bf16, integer_bound
     from slmkit.models.tiny import tiny_model
 
     model = tiny_model("llama")
     assert resolve_dtype("auto", "decode", model) is torch.bfloat16
-    quantize(model, RTNConfig(bits=4, group_size=32))
+    assert not integer_bound(model)
+    quantize(model, RTNConfig(bits=4, group_size=32, head_bits=8))
+    int_bytes, dense = decode_weight_bytes(model)
+    assert dense == 0 and int_bytes > 0
+    assert integer_bound(model)
     want = torch.bfloat16 if has_native_bf16() else torch.float32
     assert resolve_dtype("auto", "decode", model) is want
     assert resolve_dtype("bf16", "decode", model) is torch.bfloat16   # explicit names pass through
+
+
+def test_a_large_dense_head_keeps_bf16_decode():
+    """int4 decoder linears with a dense head that outweighs them in float32 (Qwen2.5-0.5B's
+    case): decode stays bf16 on AVX2, since the head is most of what a float32 step would read."""
+    from slmkit.compress.api import decode_weight_bytes, quantize
+    from slmkit.compress.quantize.config import RTNConfig
+    from slmkit.models.dtype import integer_bound
+    from slmkit.models.tiny import tiny_model
+
+    model = tiny_model("llama")
+    quantize(model, RTNConfig(bits=4, group_size=32))
+    int_bytes, dense = decode_weight_bytes(model)
+    head = model.get_output_embeddings().weight.numel()
+    assert dense == head                                  # only the head stays dense
+    # the tiny config's head (vocab x hidden) is large against its few int4 layers, as in Qwen
+    assert 4 * head > int_bytes, (head, int_bytes)
+    assert not integer_bound(model)
+    assert resolve_dtype("auto", "decode", model) is torch.bfloat16
 
 
 def test_resolve_dtype_names_and_errors():

@@ -85,6 +85,24 @@ def is_quantized(model) -> bool:
         isinstance(m, QuantLinear) for m in model.modules())
 
 
+def decode_weight_bytes(model) -> tuple[int, int]:
+    """What one decode step reads, by kind: (bytes of integer linear weights, number of dense
+    float linear weights), the lm_head included and embedding lookups excluded (a lookup reads
+    one row). The dtype policy compares the two (`slmkit.models.dtype`)."""
+    from torch import nn
+
+    from slmkit.compress.quantize.embedding import QuantEmbedding
+    from slmkit.compress.quantize.kernels import QuantLinear
+
+    int_bytes = dense = 0
+    for m in model.modules():
+        if isinstance(m, QuantLinear) and not isinstance(m, QuantEmbedding):
+            int_bytes += m.out_features * m.in_features * m.bits // 8
+        elif isinstance(m, nn.Linear):
+            dense += m.weight.numel()
+    return int_bytes, dense
+
+
 def pack(model, store: dict[str, QuantizedWeight]) -> None:
     """Replace each quantized target by the integer-kernel module for its QuantizedWeight."""
     from slmkit.compress.quantize.fuse import fuse_shared_inputs

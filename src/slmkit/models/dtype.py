@@ -9,7 +9,11 @@ Measured on the two kinds of CPU this project runs on (benchmarks/dtype_phase.py
   (scoring, perplexity, calibration) and bf16 for token-by-token decoding — of float weights.
   A model whose linears are integer-quantized reads int4/int8 weights whatever the activation
   dtype, so bf16 buys nothing there and its emulated elementwise ops cost: fp32 decode
-  (SmolLM2-135M pruned + int4, measured: 45 tok/s in fp32 vs 40 in bf16).
+  (SmolLM2-135M pruned + int4 + int8 head, measured: 45 tok/s in fp32 vs 40 in bf16) -- unless
+  dense float linears remain that would be most of what a float32 step reads (an int4 model
+  whose large lm_head stays dense: Qwen2.5-0.5B's 151,936 x 896 head is 545 MB in float32 vs
+  179 MB for all its int4 linears; measured 1.13x bf16-dense decode in fp32 vs 1.34x with a
+  bf16 head). The rule: bf16 decode when 4 x dense float weights > integer weight bytes.
 
 `resolve_dtype("auto", phase)` applies that rule; explicit names ("float32", "bf16", ...) pass
 through unchanged for every phase.
@@ -55,7 +59,7 @@ def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
 
 def auto_dtype_name(phase: Phase, flags: frozenset[str] | None = None, quantized: bool = False) -> str:
     """The dtype `auto` means for `phase` on a CPU with these flags (`quantized`: the model's
-    linears are integer kernels)."""
+    decode steps mostly read integer weights, see `integer_bound`)."""
     if phase not in ("prefill", "decode"):
         raise SlmkitError(f"phase must be 'prefill' or 'decode', not {phase!r}")
     if has_native_bf16(flags):
@@ -63,21 +67,27 @@ def auto_dtype_name(phase: Phase, flags: frozenset[str] | None = None, quantized
     return "bfloat16" if phase == "decode" and not quantized else "float32"
 
 
+def integer_bound(model) -> bool:
+    """True when `model`'s decode steps mostly read integer weights: it has integer linears and
+    its dense float linears (4 bytes each in float32) weigh no more than the integer ones."""
+    from slmkit.compress.api import decode_weight_bytes, is_quantized
+
+    if not is_quantized(model):
+        return False
+    int_bytes, dense = decode_weight_bytes(model)
+    return 4 * dense <= int_bytes
+
+
 def resolve_dtype(dtype: "str | torch.dtype", phase: Phase = "prefill", model=None) -> "torch.dtype":
     """Turn 'auto' / a dtype name / a torch.dtype into a torch.dtype for `phase` (and `model`:
-    integer-quantized models decode in float32 on CPUs without native bf16)."""
+    integer-bound models, see `integer_bound`, decode in float32 on CPUs without native bf16)."""
     import torch
 
     if isinstance(dtype, torch.dtype):
         return dtype
     name = str(dtype).lower().removeprefix("torch.")
     if name == "auto":
-        quantized = False
-        if model is not None:
-            from slmkit.compress.api import is_quantized
-
-            quantized = is_quantized(model)
-        name = auto_dtype_name(phase, quantized=quantized)
+        name = auto_dtype_name(phase, quantized=model is not None and integer_bound(model))
     if name not in _NAMES:
         raise SlmkitError(
             f"unknown dtype {dtype!r}; use auto, float32 (fp32), bfloat16 (bf16) or float16 (fp16)"

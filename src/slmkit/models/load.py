@@ -178,6 +178,12 @@ def load(source: str | os.PathLike = "default", dtype: "str | torch.dtype" = "au
         model, tok = _load_lowrank(location, torch_dtype, _lowrank_records(location))
     else:
         model, tok = _from_pretrained(location, torch_dtype, f"model folder {location}")
+    if str(dtype).lower() == "auto" and phase == "decode":
+        # an integer-bound model decodes in float32 on AVX2 (slmkit.models.dtype.integer_bound);
+        # only the model itself tells, so the dtype picked before loading is revised here
+        want = resolve_dtype("auto", phase, model)
+        if want != torch_dtype:
+            model.to(want)
     model.eval()
     model._slmkit_source = {"kind": kind, "source": os.fspath(source),
                             "path": location if kind != "hub" else None}
