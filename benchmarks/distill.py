@@ -48,6 +48,11 @@ def parse_args():
                     help="recovery: KD loss = (1 - w) x KL + w x CE on the labels (Hinton's mix)")
     ap.add_argument("--recovery-runs", default="kd,ce,ce_equal_time",
                     help="recovery runs to do (ce_equal_time needs kd and ce)")
+    ap.add_argument("--recovery-data", default="pydoc-all",
+                    help="recovery training rows: 'pydoc-all' (every 512-token chunk of the pydoc "
+                         "calibration part, in order, repeated as needed: 120 rows, so 48 x 4 "
+                         "rows is 1.6 epochs) or a calibration spec, e.g. 'embedded@0.5,self@0.5' "
+                         "(steps x batch rows, shuffled; self = sampled from the unpruned model)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one timed loop
     return ap.parse_args()
@@ -250,7 +255,13 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
     start_probe = probe(pruned)
     rows["dense_probe_ppl"] = probe(base)
     print("pruned", rows["pruned"], flush=True)
-    ids = _rows(tok, args.recovery_steps * args.batch_size, args.seq_len)
+    n_rows = args.recovery_steps * args.batch_size
+    if args.recovery_data == "pydoc-all":
+        ids = _rows(tok, n_rows, args.seq_len)
+    else:  # sampled from the unpruned model (the teacher) where the spec says `self`
+        ids = build_calibration(base, tok, args.recovery_data, n=n_rows, length=args.seq_len, seed=1)
+    rows["data"] = {"spec": args.recovery_data, "rows": int(ids.shape[0]), "length": int(ids.shape[1])}
+    print("recovery rows", rows["data"], flush=True)
     teacher = copy.deepcopy(base)
     logs = RESULTS / f"distill{args.tag}_runs"
     # KD and CE at equal steps; then CE again with as many steps as fit in KD's training time
