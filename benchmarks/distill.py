@@ -68,7 +68,8 @@ def _rows(tok, n: int, length: int):
 
 
 def worker(args) -> int:
-    """Run one loop (args.worker = 'slmkit' | 'hand'); print a JSON line with its numbers."""
+    """Run one loop (args.worker = 'slmkit' | 'slmkit_ckpt' | 'hand'); print a JSON line with its
+    numbers. slmkit_ckpt = slmkit's loop with gradient checkpointing, as TRL's SFTConfig defaults to."""
     import resource
 
     import torch
@@ -82,10 +83,11 @@ def worker(args) -> int:
     ids = _rows(tok, (steps + warm) * args.batch_size, args.seq_len)
     autocast = use_bf16_autocast("auto")
     times: list[float] = []
-    if args.worker == "slmkit":
+    if args.worker in ("slmkit", "slmkit_ckpt"):
         stamps = []
         cfg = TrainConfig(steps=steps + warm, batch_size=args.batch_size, lr=args.lr, warmup=0,
-                          schedule="constant", max_grad_norm=1.0, log_every=1)
+                          schedule="constant", max_grad_norm=1.0, log_every=1,
+                          gradient_checkpointing=args.worker == "slmkit_ckpt")
         t_last = [time.perf_counter()]
 
         def stamp(step, record):
@@ -144,13 +146,13 @@ def _trl_cmd(args) -> list[str]:
 
 
 def throughput(args) -> dict:
-    """Alternate the loops (hand, slmkit, trl, trl, slmkit, hand) to cancel drift."""
-    out: dict[str, list[dict]] = {"hand": [], "slmkit": []}
-    order = ["hand", "slmkit", "slmkit", "hand"]
+    """Alternate the loops (hand, slmkit, slmkit_ckpt, trl, then the reverse) to cancel drift."""
+    out: dict[str, list[dict]] = {"hand": [], "slmkit": [], "slmkit_ckpt": []}
+    order = ["hand", "slmkit", "slmkit_ckpt", "slmkit_ckpt", "slmkit", "hand"]
     trl = _trl_cmd(args) if TRL_PY.exists() else None
     if trl:
         out["trl"] = []
-        order = ["hand", "slmkit", "trl", "trl", "slmkit", "hand"]
+        order = ["hand", "slmkit", "slmkit_ckpt", "trl", "trl", "slmkit_ckpt", "slmkit", "hand"]
     else:
         print(f"TRL venv missing ({TRL_PY}): run benchmarks/peers/setup.sh trl; timing without it")
     for loop in order:
@@ -162,7 +164,8 @@ def throughput(args) -> dict:
         print(rec, flush=True)
         out[loop].append(rec)
     best = {k: max(r["tok_s"] for r in v) for k, v in out.items()}
-    ratios = {f"slmkit / {k}": best["slmkit"] / best[k] for k in best if k != "slmkit"}
+    ratios = {f"{a} / {k}": best[a] / best[k] for a in ("slmkit", "slmkit_ckpt") for k in best
+              if k != a}
     return {"runs": out, "best_tok_s": best, "ratios": ratios,
             "peak_rss_mb": {k: max(r["peak_rss_mb"] for r in v) for k, v in out.items()}}
 

@@ -131,3 +131,35 @@ def test_two_process_ddp_matches_one_process_with_the_same_rows(tmp_path, launch
     l1, l2 = losses(one), losses(two)
     assert [s for s, _ in l2] == [1, 2, 3, 4]                      # logged once, by rank 0,
     assert all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(l1, l2))  # as the mean over ranks
+
+
+def _checkpointing_on(model) -> bool:
+    flag = getattr(type(model), "is_activation_checkpointing", None)
+    return bool(model.is_activation_checkpointing if flag is not None else model.is_gradient_checkpointing)
+
+
+def test_gradient_checkpointing_gives_the_same_training_step():
+    ids = torch.randint(3, 200, (4, 24), generator=torch.Generator().manual_seed(0))
+    losses, weights = {}, {}
+    for ckpt in (False, True):
+        model = tiny_model("llama", seed=2)
+        cfg = TrainConfig(steps=2, batch_size=2, lr=1e-3, gradient_checkpointing=ckpt)
+        seen = []
+        losses[ckpt] = train(model, CausalLM(), Batches(ids), cfg,
+                             callback=lambda step, rec, m=model, seen=seen: seen.append(_checkpointing_on(m)))["final_loss"]
+        assert seen == [ckpt, ckpt]                           # on while training when asked
+        assert not _checkpointing_on(model)           # switched off again afterwards
+        weights[ckpt] = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    assert abs(losses[True] - losses[False]) < 1e-5
+    assert torch.allclose(weights[True], weights[False], atol=1e-6)
+
+
+def test_gradient_checkpointing_on_a_model_without_support_is_refused():
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+    ids = torch.randint(3, 200, (4, 8))
+    with pytest.raises(SlmkitError, match="does not support"):
+        train(Plain(), CausalLM(), Batches(ids), TrainConfig(steps=1, batch_size=2, gradient_checkpointing=True))

@@ -26,6 +26,9 @@ class TrainConfig:
     autocast: Literal["auto", "bf16", "off"] = field(default="auto", metadata={
         "help": "bf16 autocast: auto = on where the CPU has native bf16 (AMX/AVX512-BF16), where "
                 "it is ~3x faster; off on AVX2-only CPUs, where bf16 matmuls are several times slower"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute each decoder layer's activations in backward instead of keeping them "
+                "(transformers' gradient checkpointing): less memory, ~1/3 more compute per step"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
     save_every: int = field(default=0, metadata={
         "help": "write a resumable checkpoint every N steps (0 = only at the end)"})

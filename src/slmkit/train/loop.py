@@ -140,6 +140,23 @@ def plot_curve(log_path: Path, out: Path) -> Path | None:
     return out
 
 
+def _checkpointing(model, on: bool) -> None:
+    """Switch transformers' activation (gradient) checkpointing on or off (transformers >= 5.x
+    names it activation_checkpointing_*, earlier releases gradient_checkpointing_*)."""
+    new = "activation_checkpointing_" + ("enable" if on else "disable")
+    old = "gradient_checkpointing_" + ("enable" if on else "disable")
+    switch = getattr(model, new, None) or getattr(model, old, None)
+    if switch is None or not getattr(model, "supports_gradient_checkpointing", False):
+        raise SlmkitError(f"gradient_checkpointing: {type(model).__name__} does not support it "
+                          "(a transformers model with supports_gradient_checkpointing is needed); "
+                          "train without it or with a smaller batch")
+    if on:
+        switch(**{("activation_checkpointing_kwargs" if switch.__name__ == new
+                   else "gradient_checkpointing_kwargs"): {"use_reentrant": False}})
+    else:
+        switch()
+
+
 def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: str | Path | None = None,
           *, eval_data: Batches | None = None, resume: bool = True,
           callback: Callable[[int, dict], None] | None = None) -> dict:
@@ -186,6 +203,8 @@ def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: 
         if rank == 0 and folder is not None and (folder / LOG).exists():
             (folder / LOG).unlink()
 
+    if cfg.gradient_checkpointing:
+        _checkpointing(model, True)
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -263,6 +282,8 @@ def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: 
     finally:
         if log is not None:
             log.close()
+        if cfg.gradient_checkpointing:
+            _checkpointing(model, False)   # the model leaves as it came
     model.eval()
     if folder is not None and rank == 0:
         summary["log"] = str(folder / LOG)

@@ -23,20 +23,66 @@ class Objective(Protocol):
 
 def shifted_ce(logits: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tensor":
     """Mean next-token cross-entropy: logits [b, t, v] at position i predict labels[:, i + 1];
-    positions labelled IGNORE are not scored."""
+    positions labelled IGNORE are not scored. The labels are shifted, not the logits, so no
+    copy of the logits is made."""
     import torch.nn.functional as F
 
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+    from slmkit.train.fused_ce import shift_labels
+
+    return F.cross_entropy(logits.flatten(0, 1).float(), shift_labels(labels).flatten(),
                            ignore_index=IGNORE)
 
 
 class CausalLM:
-    """Cross-entropy on the batch's labels (plain LM, or SFT when prompt tokens are IGNORE)."""
+    """Cross-entropy on the batch's labels (plain LM, or SFT when prompt tokens are IGNORE).
+
+    `fused=True` (default) computes the loss from the decoder's last hidden states with the
+    output head applied in chunks (`slmkit.train.fused_ce`), never holding the full logits,
+    for models whose structure allows it; others (and DDP-wrapped models) take the plain path.
+    The first batch of each model checks that both paths give the same logits."""
+
+    def __init__(self, fused: bool = True):
+        self.fused = fused
+        self._checked: dict[int, bool] = {}
+
+    def _fused_parts(self, model, batch):
+        from slmkit.train.fused_ce import head_of
+
+        parts = head_of(model) if self.fused else None
+        if parts is None:
+            return None
+        key = id(model)
+        if key not in self._checked:   # decoder + head must reproduce the model's logits
+            import torch
+
+            ids = batch["input_ids"][:1, :16]
+            mask = batch.get("attention_mask")
+            mask = None if mask is None else mask[:1, :16]
+            was_training = model.training
+            model.eval()                # dropout off, so the two forwards are comparable
+            try:
+                with torch.no_grad():
+                    ref = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+                    hs = parts[0](input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                    mine = parts[1](hs).float()
+            finally:
+                model.train(was_training)
+            self._checked[key] = mine.shape == ref.shape and torch.allclose(mine, ref, rtol=1e-3, atol=1e-3)
+        return parts if self._checked[key] else None
 
     def loss(self, model, batch: dict):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                    use_cache=False)
-        ce = shifted_ce(out.logits, batch["labels"])
+        parts = self._fused_parts(model, batch)
+        if parts is None:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                        use_cache=False)
+            ce = shifted_ce(out.logits, batch["labels"])
+        else:
+            from slmkit.train.fused_ce import linear_cross_entropy, shift_labels
+
+            decoder, head = parts
+            hs = decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                         use_cache=False).last_hidden_state
+            ce = linear_cross_entropy(hs.flatten(0, 1), head, shift_labels(batch["labels"]).flatten())
         return ce, {"ce": float(ce.detach())}
 
     def parameters(self) -> list:
