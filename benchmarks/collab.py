@@ -49,12 +49,26 @@ def prompts(tok, n: int) -> list[list[int]]:
     return out
 
 
-def predicted_speedup(a: float, k: float, c: float) -> float:
+def predicted_speedup(a: float, k: float, c: float, v: float = 1.0) -> float:
     """Expected speed-up of speculative decoding (Leviathan et al.): acceptance rate a, k drafts
-    per round, draft cost c per token relative to the target."""
+    per round, draft cost c per token relative to the target; v = the cost of the target's
+    (k+1)-token verification forward relative to a one-token step (the formula assumes 1)."""
     if a >= 1:
-        return (k + 1) / (c * k + 1)
-    return (1 - a ** (k + 1)) / ((1 - a) * (c * k + 1))
+        return (k + 1) / (c * k + v)
+    return (1 - a ** (k + 1)) / ((1 - a) * (c * k + v))
+
+
+def verify_cost(lm, ids: list[int], n: int, reps: int = 3) -> float:
+    """Seconds of one n-token forward after `ids` is cached (best of reps)."""
+    s = lm.session()
+    s.extend(ids)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        s.extend(ids[-n:])
+        best = min(best, time.perf_counter() - t0)
+        s.crop(len(ids))
+    return best
 
 
 def per_token_cost(lm, ids: list[int], n: int = 32) -> float:
@@ -179,6 +193,13 @@ def main() -> int:
         print(i, {k: round(v["tokens"] / v["seconds"], 2) for k, v in rows.items()}, flush=True)
 
     t_cost = per_token_cost(target, ps[0])
+    # what a (k+1)-token verification costs in one-token steps, with slmkit's few-token linears
+    # and with PyTorch's plain ones (slmkit.models.narrow)
+    verify = {"slmkit": verify_cost(target, ps[0], args.k + 1) / verify_cost(target, ps[0], 1),
+              "plain linear": verify_cost(LocalLM(target_m, tok, narrow=False), ps[0], args.k + 1)
+              / verify_cost(LocalLM(target_m, tok, narrow=False), ps[0], 1)}
+    print(f"verification of {args.k + 1} tokens costs {verify['slmkit']:.2f} one-token steps "
+          f"({verify['plain linear']:.2f} with plain nn.Linear)")
     costs = {name: per_token_cost(lm, ps[0]) / t_cost for name, lm in lms.items()}
     base = rows["target only"]["tokens"] / rows["target only"]["seconds"]
     for name, r in rows.items():
@@ -189,12 +210,14 @@ def main() -> int:
     for name, c in costs.items():
         rows[name]["draft_cost_ratio"] = c
         rows[name]["predicted_speedup"] = predicted_speedup(rows[name]["acceptance_rate"], args.k, c)
+        rows[name]["predicted_speedup_measured_verify"] = predicted_speedup(
+            rows[name]["acceptance_rate"], args.k, c, verify["slmkit"])
     from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"greedy, {args.prompts} prompts x {args.new_tokens} new tokens, {args.dtype}")
     for c in ("method", "tok/s", "speed-up", "identical", "max top-2 gap at divergence", "acceptance",
-              "draft cost", "predicted"):
+              "draft cost", "predicted", "predicted (verify)"):
         t.add_column(c, justify="left" if c == "method" else "right")
     for name, r in rows.items():
         gaps = r.get("divergence_top2_gaps")
@@ -202,9 +225,10 @@ def main() -> int:
                   f"{max(gaps):.2g}" if gaps else "-",
                   f"{r['acceptance_rate']:.2f}" if "acceptance_rate" in r else "-",
                   f"{r['draft_cost_ratio']:.2f}" if "draft_cost_ratio" in r else "-",
-                  f"{r['predicted_speedup']:.2f}x" if "predicted_speedup" in r else "-")
-    Console(width=140).print(t)
-    print(f"wrote {write_result('collab' + args.tag, {'args': vars(args), 'rows': rows})}")
+                  f"{r['predicted_speedup']:.2f}x" if "predicted_speedup" in r else "-",
+                  f"{r['predicted_speedup_measured_verify']:.2f}x" if "predicted_speedup" in r else "-")
+    Console(width=170).print(t)
+    print(f"wrote {write_result('collab' + args.tag, {'args': vars(args), 'rows': rows, 'verify_cost': verify})}")
     print(json.dumps({k: round(v['speedup'], 3) for k, v in rows.items()}))
     return 0
 

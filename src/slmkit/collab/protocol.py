@@ -59,13 +59,21 @@ def same_vocabulary(a, b) -> bool:
     return len(va.keys() ^ vb.keys()) <= max(16, len(shared) // 1000)
 
 
+def _narrow(model, on: bool):
+    import contextlib
+
+    from slmkit.models.narrow import narrow_linears
+
+    return narrow_linears(model) if on else contextlib.nullcontext()
+
+
 class Session:
     """A KV-cached pass over one token sequence of a local model."""
 
-    def __init__(self, model):
+    def __init__(self, model, narrow: bool = True):
         from transformers import DynamicCache
 
-        self.model = model
+        self.model, self.narrow = model, narrow
         self.cache = DynamicCache(config=model.config)
         self.length = 0
 
@@ -75,7 +83,7 @@ class Session:
 
         if not ids:
             raise SlmkitError("extend() needs at least one token")
-        with torch.inference_mode():
+        with torch.inference_mode(), _narrow(self.model, self.narrow):
             out = self.model(input_ids=torch.tensor([ids]), past_key_values=self.cache, use_cache=True)
         self.cache = out.past_key_values
         self.length += len(ids)
@@ -93,10 +101,10 @@ class BatchSession:
     length; the attention mask hides the padding and every row gets its own position ids, so each
     row computes what it would alone (up to float rounding of the padded matmuls)."""
 
-    def __init__(self, model, pad_token_id: int = 0):
+    def __init__(self, model, pad_token_id: int = 0, narrow: bool = True):
         from slmkit.eval.scoring import accepts_logits_to_keep
 
-        self.model, self.pad = model, pad_token_id
+        self.model, self.pad, self.narrow = model, pad_token_id, narrow
         self.cache = self.mask = self.positions = None
         self._extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
 
@@ -129,7 +137,7 @@ class BatchSession:
     def _forward(self, ids, positions) -> "torch.Tensor":
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), _narrow(self.model, self.narrow):
             out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
                              past_key_values=self.cache, use_cache=True, **self._extra)
         self.cache, self.positions = out.past_key_values, positions[:, -1]
@@ -137,19 +145,23 @@ class BatchSession:
 
 
 class LocalLM:
-    """A Hugging Face causal LM and its tokenizer behind the LM protocol."""
+    """A Hugging Face causal LM and its tokenizer behind the LM protocol.
 
-    def __init__(self, model, tokenizer, name: str | None = None):
-        self.model, self.tokenizer = model.eval(), tokenizer
+    `narrow=True` (the default) runs few-token forwards (speculative verification, small-batch
+    decode steps) of float32 linears as weight @ x^T, ~3x cheaper on CPU for a 5-token step
+    (see slmkit.models.narrow); it changes which kernel rounds, not what is computed."""
+
+    def __init__(self, model, tokenizer, name: str | None = None, narrow: bool = True):
+        self.model, self.tokenizer, self.narrow = model.eval(), tokenizer, narrow
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
 
     def session(self) -> Session:
-        return Session(self.model)
+        return Session(self.model, self.narrow)
 
     def batch_session(self) -> BatchSession:
         from slmkit.eval.scoring import pad_id
 
-        return BatchSession(self.model, pad_id(self.tokenizer))
+        return BatchSession(self.model, pad_id(self.tokenizer), self.narrow)
 
     def tokenizer_fingerprint(self) -> str:
         return fingerprint(self.tokenizer)

@@ -1,0 +1,53 @@
+"""Few-token float32 linears (slmkit.models.narrow): same outputs as nn.Linear, scoped switch."""
+
+import pytest
+import torch
+
+from slmkit.models.narrow import narrow_linears
+from slmkit.models.tiny import tiny_model
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])   # qwen2: q/k/v carry a bias
+@pytest.mark.parametrize("tokens", [1, 2, 5, 16, 17])
+def test_same_logits_as_plain_linears(arch, tokens):
+    m = tiny_model(arch, seed=0).float().eval()
+    ids = torch.randint(0, m.config.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = m(ids).logits
+        with narrow_linears(m, min_weights=0) as n:
+            got = m(ids).logits
+    assert n == sum(isinstance(x, torch.nn.Linear) for x in m.modules())
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_the_switch_is_scoped_and_routes_few_tokens_through_mm(monkeypatch):
+    m = tiny_model("llama", seed=0).float().eval()
+    calls = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a: calls.append(a[0].shape) or real_mm(*a))
+    ids = torch.ones(1, 4, dtype=torch.long)
+    with torch.inference_mode():
+        with narrow_linears(m, min_weights=0):
+            m(ids)
+        inside = len(calls)
+        m(ids)
+    assert inside > 0 and len(calls) == inside           # only inside the block
+    assert all("forward" not in x.__dict__ for x in m.modules())
+
+
+def test_bf16_and_small_matrices_are_left_alone():
+    m = tiny_model("llama", seed=0).float()
+    with narrow_linears(m) as n:                          # tiny matrices: under MIN_WEIGHTS
+        assert n == 0
+    with narrow_linears(m.to(torch.bfloat16), min_weights=0) as n:
+        assert n == 0
+
+
+def test_a_module_with_its_own_forward_is_skipped():
+    m = tiny_model("llama", seed=0).float()
+    lin = m.lm_head
+    own = lin.forward
+    lin.forward = own                                     # e.g. an accelerate hook
+    with narrow_linears(m, min_weights=0):
+        assert lin.forward is own
+    assert lin.forward is own
