@@ -1,16 +1,22 @@
-"""Few-token float32 linears on CPU: `with narrow_linears(model): model(...)`.
+"""Few-token linears on CPU: `with narrow_linears(model): model(...)`.
 
 A forward over 2-16 tokens (speculative verification of k drafts, a decode step of a small
 batch) is a matrix product whose token dimension is tiny. PyTorch's CPU `linear` sends it to a
 GEMM that packs the weight matrix on every call, so on an AVX2 CPU a 5-token forward of a
 float32 model costs about 3 single-token forwards (Qwen2.5-1.5B: 516 ms for 1 token, 1073 ms for
-2, 1580 ms for 5; benchmarks/narrow_matmul.py). Written the other way round, weight @ x^T, the
-same product runs at near matrix-vector speed: the weight is read once, unpacked (a 151,936 x
-1536 head over 5 tokens: 294 -> 105 ms; an 8960 x 1536 MLP matrix: 16.6 -> 4.6 ms).
+2, 1580 ms for 5). Reading each weight once and using it for every token is what such a step
+needs, since it is bound by memory, not arithmetic:
 
-Only float32 weights gain: bf16 products on AVX2 scale with the token count either way (and
-are not touched). Small matrices (under 2^22 weights) gain nothing and are left alone, as are
-single tokens (matrix-vector already) and anything over `max_tokens`.
+* slmkit's AVX2 kernel (`dense_gemm` in slmkit/compress/quantize/int4_native.c, built on first
+  use; see native.py) does exactly that, for float32 weights and for bf16 weights (half the
+  bytes, widened to float32 in registers), 1-16 tokens;
+* without it, float32 weights go through torch.mm(weight, x^T), which PyTorch runs unpacked at
+  near matrix-vector speed (a 151,936 x 1536 head over 5 tokens: 294 -> 105 ms; an 8960 x 1536
+  MLP matrix: 16.6 -> 4.6 ms). bf16 products scale with the token count either way and are left
+  to PyTorch.
+
+Small matrices (under 2^22 weights) gain little and are left alone, as is anything over
+`max_tokens` (prefill). Results equal nn.Linear's up to float32 summation order.
 
 The switch is scoped: it sets an instance `forward` on each eligible `nn.Linear` for the
 duration of the block and removes it after, so the model object is unchanged outside it (and
@@ -27,8 +33,31 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-MIN_WEIGHTS = 1 << 22     # below this the transposed product is no faster (1536 x 1536: equal)
+MIN_WEIGHTS = 1 << 22     # torch.mm path: below this the transposed product is no faster
+NATIVE_MIN_WEIGHTS = 1 << 16  # native kernel: worth it for every projection of a real model
 MAX_TOKENS = 16           # above this the packed GEMM catches up
+
+
+def _native():
+    """slmkit's AVX2 kernel library (dense_gemm), or None (slmkit.compress.quantize.native)."""
+    from slmkit.compress.quantize import native
+
+    return native.library()
+
+
+def native_mm(lib, x: "torch.Tensor", weight: "torch.Tensor") -> "torch.Tensor":
+    """x [n, in] (n <= 16) @ weight [out, in]^T with the native kernel; weight float32 or bf16,
+    contiguous; -> float32 [n, out]."""
+    import torch
+
+    x = x.float().contiguous()
+    y = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32)
+    bits = 32 if weight.dtype == torch.float32 else 16
+    rc = lib.dense_gemm(x.data_ptr(), x.shape[0], x.shape[1], weight.data_ptr(), bits,
+                        weight.shape[0], y.data_ptr())
+    if rc != 0:
+        raise RuntimeError(f"dense_gemm failed ({rc}) for x {tuple(x.shape)}, weight {tuple(weight.shape)}")
+    return y
 
 
 def _narrow_forward(self: "nn.Linear", x: "torch.Tensor") -> "torch.Tensor":
@@ -36,35 +65,63 @@ def _narrow_forward(self: "nn.Linear", x: "torch.Tensor") -> "torch.Tensor":
     import torch.nn.functional as F
 
     n = x.numel() // x.shape[-1] if x.dim() > 0 and x.shape[-1] else 0
-    if not (2 <= n <= self._slmkit_narrow_max and x.dtype == torch.float32):
+    # one token: the native kernel beats PyTorch's float32 matrix-vector product (Qwen2.5-1.5B
+    # step 543 -> ~400 ms) but not its bf16 one (251 vs 286 ms)
+    lo = 1 if self._slmkit_native is not None and self.weight.dtype == torch.float32 else 2
+    if not (lo <= n <= self._slmkit_narrow_max and x.dtype in (torch.float32, self.weight.dtype)):
         return F.linear(x, self.weight, self.bias)
-    y = torch.mm(self.weight, x.reshape(n, x.shape[-1]).T).T          # [n, out]
+    if self._slmkit_native is not None:
+        y = native_mm(self._slmkit_native, x.reshape(n, x.shape[-1]), self.weight)
+    elif x.dtype == torch.float32:
+        y = torch.mm(self.weight, x.reshape(n, x.shape[-1]).T).T          # [n, out]
+    else:
+        return F.linear(x, self.weight, self.bias)
     if self.bias is not None:
         y = y + self.bias
-    return y.reshape(*x.shape[:-1], y.shape[-1])
+    return y.to(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
 
 
-def eligible(module: "nn.Module", min_weights: int = MIN_WEIGHTS) -> bool:
-    """A plain float32 CPU nn.Linear with at least min_weights weights and no instance forward."""
+def eligible(module: "nn.Module", min_weights: int = MIN_WEIGHTS, native: bool = False) -> bool:
+    """A plain CPU nn.Linear with at least min_weights weights and no instance forward, float32
+    (or bf16 when the native kernel is used)."""
     import torch
 
+    dtypes = (torch.float32, torch.bfloat16) if native else (torch.float32,)
     return (type(module) is torch.nn.Linear and "forward" not in module.__dict__
-            and module.weight.dtype == torch.float32 and module.weight.device.type == "cpu"
+            and module.weight.dtype in dtypes and module.weight.device.type == "cpu"
             and module.weight.numel() >= min_weights)
+
+
+def _native_fits(module: "nn.Module") -> bool:
+    return module.weight.is_contiguous() and module.weight.shape[1] % 8 == 0
 
 
 @contextlib.contextmanager
 def narrow_linears(model: "nn.Module", max_tokens: int = MAX_TOKENS,
-                   min_weights: int = MIN_WEIGHTS) -> Iterator[int]:
-    """Within the block, eligible linears of `model` compute 2..max_tokens-token inputs as
-    weight @ x^T. Yields how many linears were switched (0 for a bf16 or quantized model)."""
-    mods = [m for m in model.modules() if eligible(m, min_weights)]
+                   min_weights: int | None = None, native: bool | None = None) -> Iterator[int]:
+    """Within the block, eligible linears of `model` compute few-token inputs (1..max_tokens with
+    the native kernel, 2..max_tokens without) as weight @ x^T. native=None: use slmkit's AVX2
+    kernel where it builds (float32 and bf16 weights), else torch.mm (float32 weights only).
+    Yields how many linears were switched."""
+    import torch
+
+    lib = _native() if native is not False else None
+    if native and lib is None:
+        from slmkit.compress.quantize import native as nat
+        from slmkit.errors import SlmkitError
+
+        raise SlmkitError(f"native few-token kernel requested but unavailable: {nat.status()}")
+    if min_weights is None:
+        min_weights = NATIVE_MIN_WEIGHTS if lib is not None else MIN_WEIGHTS
+    mods = [m for m in model.modules() if eligible(m, min_weights, lib is not None)]
+    mods = [m for m in mods if (lib is not None and _native_fits(m)) or m.weight.dtype == torch.float32]
     for m in mods:
         m.forward = types.MethodType(_narrow_forward, m)
         m._slmkit_narrow_max = max_tokens
+        m._slmkit_native = lib if lib is not None and _native_fits(m) else None
     try:
         yield len(mods)
     finally:
         for m in mods:
-            m.__dict__.pop("forward", None)
-            m.__dict__.pop("_slmkit_narrow_max", None)
+            for key in ("forward", "_slmkit_narrow_max", "_slmkit_native"):
+                m.__dict__.pop(key, None)

@@ -171,3 +171,42 @@ int int8_gemv(const float *x, int64_t M, int64_t K, const int8_t *w, const float
     free(xq); free(dx); free(xs); free(xsum);
     return 0;
 }
+
+/* dense_gemm: y [M, N] = x [M, K] @ W^T for a few rows of x (M <= 16: speculative verification,
+ * small-batch decode), W float32 (wbits 32) or bf16 (wbits 16: the upper half of a float32).
+ * Memory-bound by design: each weight row is read from memory once and used for up to 4 rows of
+ * x per pass (again from cache for the next 4), where BLAS packs the whole matrix per call
+ * (slmkit/models/narrow.py). Requires K % 8 == 0. */
+static inline __m256 load_w(const void *w, int wbits, int64_t off) {
+    if (wbits == 32) return _mm256_loadu_ps((const float *)w + off);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + off));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+int dense_gemm(const float *x, int64_t M, int64_t K, const void *w, int wbits, int64_t N, float *y) {
+    if (K % 8 || M < 1 || M > 16 || (wbits != 32 && wbits != 16)) return 1;
+    #pragma omp parallel for schedule(static)
+    for (int64_t n = 0; n < N; n++) {
+        const int64_t row = n * K;
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+            /* rows past M reuse row m0: computed, never stored */
+            const float *x0 = x + m0 * K;
+            const float *x1 = x + (m0 + 1 < M ? m0 + 1 : m0) * K;
+            const float *x2 = x + (m0 + 2 < M ? m0 + 2 : m0) * K;
+            const float *x3 = x + (m0 + 3 < M ? m0 + 3 : m0) * K;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t k = 0; k < K; k += 8) {
+                __m256 wv = load_w(w, wbits, row + k);
+                a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + k), a0);
+                a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + k), a1);
+                a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x2 + k), a2);
+                a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x3 + k), a3);
+            }
+            y[m0 * N + n] = hsum(a0);
+            if (m0 + 1 < M) y[(m0 + 1) * N + n] = hsum(a1);
+            if (m0 + 2 < M) y[(m0 + 2) * N + n] = hsum(a2);
+            if (m0 + 3 < M) y[(m0 + 3) * N + n] = hsum(a3);
+        }
+    }
+    return 0;
+}

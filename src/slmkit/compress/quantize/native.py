@@ -82,7 +82,9 @@ def library() -> ctypes.CDLL | None:
     lib.int4_gemv.argtypes = [p, i64, i64, p, p, p, i64, i64, p]
     lib.int4_dequant.argtypes = [p, p, p, i64, i64, i64, p]
     lib.int8_gemv.argtypes = [p, i64, i64, p, p, p, i64, p]
+    lib.dense_gemm.argtypes = [p, i64, i64, p, ctypes.c_int, i64, p]
     lib.int4_gemv.restype = lib.int4_dequant.restype = lib.int8_gemv.restype = ctypes.c_int
+    lib.dense_gemm.restype = ctypes.c_int
     return lib
 
 
