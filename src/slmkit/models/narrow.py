@@ -8,8 +8,10 @@ float32 model costs about 3 single-token forwards (Qwen2.5-1.5B: 516 ms for 1 to
 needs, since it is bound by memory, not arithmetic:
 
 * slmkit's AVX2 kernel (`dense_gemm` in slmkit/compress/quantize/int4_native.c, built on first
-  use; see native.py) does exactly that, for float32 weights and for bf16 weights (half the
-  bytes, widened to float32 in registers), 1-16 tokens;
+  use; see native.py) does exactly that, for float32 weights (1-16 tokens: a one-token
+  Qwen2.5-1.5B step also drops from ~543 to ~400 ms) and for bf16 weights (half the bytes,
+  widened to float32 in registers; 2-16 tokens, since PyTorch's bf16 matrix-vector product is
+  as fast for one);
 * without it, float32 weights go through torch.mm(weight, x^T), which PyTorch runs unpacked at
   near matrix-vector speed (a 151,936 x 1536 head over 5 tokens: 294 -> 105 ms; an 8960 x 1536
   MLP matrix: 16.6 -> 4.6 ms). bf16 products scale with the token count either way and are left
