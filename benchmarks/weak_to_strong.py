@@ -100,6 +100,7 @@ def main() -> int:
 
     strong, stok = load(args.strong, "float32")
     acc["strong zero-shot"] = accuracy(strong, stok, test)[0]
+    print(f"strong zero-shot: held-out acc {acc['strong zero-shot']:.3f}", flush=True)
     summaries = {}
     for name, picks in (("weak-to-strong", weak_picks), ("strong ceiling", gold)):
         student = copy.deepcopy(strong)
