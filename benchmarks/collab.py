@@ -195,9 +195,8 @@ def main() -> int:
     t_cost = per_token_cost(target, ps[0])
     # what a (k+1)-token verification costs in one-token steps, with slmkit's few-token linears
     # and with PyTorch's plain ones (slmkit.models.narrow)
-    verify = {"slmkit": verify_cost(target, ps[0], args.k + 1) / verify_cost(target, ps[0], 1),
-              "plain linear": verify_cost(LocalLM(target_m, tok, narrow=False), ps[0], args.k + 1)
-              / verify_cost(LocalLM(target_m, tok, narrow=False), ps[0], 1)}
+    verify = {name: verify_cost(lm, ps[0], args.k + 1) / verify_cost(lm, ps[0], 1)
+              for name, lm in (("slmkit", target), ("plain linear", LocalLM(target_m, tok, narrow=False)))}
     print(f"verification of {args.k + 1} tokens costs {verify['slmkit']:.2f} one-token steps "
           f"({verify['plain linear']:.2f} with plain nn.Linear)")
     costs = {name: per_token_cost(lm, ps[0]) / t_cost for name, lm in lms.items()}

@@ -17,8 +17,8 @@ needs, since it is bound by memory, not arithmetic:
   MLP matrix: 16.6 -> 4.6 ms). bf16 products scale with the token count either way and are left
   to PyTorch.
 
-Small matrices (under 2^22 weights) gain little and are left alone, as is anything over
-`max_tokens` (prefill). Results equal nn.Linear's up to float32 summation order.
+Small matrices gain little and are left alone (under 2^16 weights with the native kernel, 2^22
+with torch.mm), as is anything over `max_tokens` (prefill). Results equal nn.Linear's up to float32 summation order.
 
 The switch is scoped: it sets an instance `forward` on each eligible `nn.Linear` for the
 duration of the block and removes it after, so the model object is unchanged outside it (and
@@ -74,28 +74,11 @@ def _narrow_forward(self: "nn.Linear", x: "torch.Tensor") -> "torch.Tensor":
         return F.linear(x, self.weight, self.bias)
     if self._slmkit_native is not None:
         y = native_mm(self._slmkit_native, x.reshape(n, x.shape[-1]), self.weight)
-    elif x.dtype == torch.float32:
+    else:                               # float32 weight, so x is float32 too (checked above)
         y = torch.mm(self.weight, x.reshape(n, x.shape[-1]).T).T          # [n, out]
-    else:
-        return F.linear(x, self.weight, self.bias)
     if self.bias is not None:
         y = y + self.bias
     return y.to(x.dtype).reshape(*x.shape[:-1], y.shape[-1])
-
-
-def eligible(module: "nn.Module", min_weights: int = MIN_WEIGHTS, native: bool = False) -> bool:
-    """A plain CPU nn.Linear with at least min_weights weights and no instance forward, float32
-    (or bf16 when the native kernel is used)."""
-    import torch
-
-    dtypes = (torch.float32, torch.bfloat16) if native else (torch.float32,)
-    return (type(module) is torch.nn.Linear and "forward" not in module.__dict__
-            and module.weight.dtype in dtypes and module.weight.device.type == "cpu"
-            and module.weight.numel() >= min_weights)
-
-
-def _native_fits(module: "nn.Module") -> bool:
-    return module.weight.is_contiguous() and module.weight.shape[1] % 8 == 0
 
 
 @contextlib.contextmanager
@@ -115,15 +98,26 @@ def narrow_linears(model: "nn.Module", max_tokens: int = MAX_TOKENS,
         raise SlmkitError(f"native few-token kernel requested but unavailable: {nat.status()}")
     if min_weights is None:
         min_weights = NATIVE_MIN_WEIGHTS if lib is not None else MIN_WEIGHTS
-    mods = [m for m in model.modules() if eligible(m, min_weights, lib is not None)]
-    mods = [m for m in mods if (lib is not None and _native_fits(m)) or m.weight.dtype == torch.float32]
-    for m in mods:
-        m.forward = types.MethodType(_narrow_forward, m)
-        m._slmkit_narrow_max = max_tokens
-        m._slmkit_native = lib if lib is not None and _native_fits(m) else None
+    f32 = torch.float32
+    dtypes = (f32, torch.bfloat16) if lib is not None else (f32,)
+    switched = []
+    # this runs around every decode step: plain attribute reads and __dict__ writes only
+    # (nn.Module.__getattr__/__setattr__ would cost milliseconds per step on a 30-layer model)
+    for m in model.modules():
+        if type(m) is not torch.nn.Linear or "forward" in m.__dict__:   # e.g. accelerate's hooks
+            continue
+        w = m._parameters["weight"]
+        if w.dtype not in dtypes or w.device.type != "cpu" or w.numel() < min_weights:
+            continue
+        kernel = lib if lib is not None and w.is_contiguous() and w.shape[1] % 8 == 0 else None
+        if kernel is None and w.dtype != f32:       # bf16 without the native kernel: no gain
+            continue
+        m.__dict__.update(forward=types.MethodType(_narrow_forward, m),
+                          _slmkit_narrow_max=max_tokens, _slmkit_native=kernel)
+        switched.append(m)
     try:
-        yield len(mods)
+        yield len(switched)
     finally:
-        for m in mods:
+        for m in switched:
             for key in ("forward", "_slmkit_narrow_max", "_slmkit_native"):
                 m.__dict__.pop(key, None)
