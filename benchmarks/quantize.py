@@ -63,7 +63,8 @@ def configs(args):
             "gptq": GPTQConfig(**common, damp=args.gptq_damp, act_order=args.gptq_act_order,
                                static_groups=args.gptq_act_order, clip_search=args.gptq_clip_search),
             "awq": AWQConfig(**common),
-            "awq-noclip": AWQConfig(**common, clip=False)}  # ablation: the scale search alone
+            "awq-noclip": AWQConfig(**common, clip=False),  # ablation: the scale search alone
+            "awq-noguard": AWQConfig(**common, clip_guard=False)}  # ablation: the clip unguarded
 
 
 def peer_args(args) -> list[str]:

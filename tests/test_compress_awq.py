@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from slmkit.compress.api import apply_rtn
-from slmkit.compress.quantize.awq import (AWQConfig, apply_awq, clip_weight, fake_quantize,
-                                          output_mse, search_clip, search_scale)
+from slmkit.compress.quantize.awq import (AWQConfig, GatedErrors, apply_awq, clip_weight,
+                                          fake_quantize, guard_gated_clip, output_mse, search_clip,
+                                          search_scale)
 from slmkit.compress.quantize.config import RTNConfig
 from slmkit.compress.quantize.rtn import rtn
 from slmkit.compress.smooth import (ActivationStats, ScaleGroup, fold_scales,
                                     norm_kind, scale_groups)
-from slmkit.compress.targets import all_targets
+from slmkit.compress.targets import all_targets, layer_targets
 from slmkit.errors import SlmkitError
 from slmkit.models import get_arch
 from slmkit.models.tiny import TINY_CONFIGS, tiny_model
@@ -156,6 +157,68 @@ def test_search_clip_lowers_each_groups_output_error():
     clipped = group_err(fake_quantize(w, 3, 32, False, shrink))
     plain = group_err(fake_quantize(w, 3, 32, False))
     assert (clipped <= plain + 1e-6).all() and clipped.sum() < plain.sum()
+
+
+def test_clip_guard_keeps_no_row_whose_full_output_error_the_clip_raises():
+    """The per-group search ignores cross-group terms: with one signal shared by every channel
+    and one-signed outliers in every group, clipping each group alone helps, but the clipped
+    groups' errors add up in some rows. The guard leaves those rows unclipped."""
+    g = gen(0)
+    x = torch.randn(512, 1, generator=g) + 0.05 * torch.randn(512, 96, generator=g) + 1.0
+    w = torch.randn(40, 96, generator=g)
+    w[:, [7, 40, 75]] = 5 * w[:, 7:8].sign()
+    gram = x.T @ x / len(x)
+
+    def row_err(shrink):
+        d = fake_quantize(w, 3, 32, False, shrink) - w
+        return (x @ d.T).pow(2).mean(0)                          # [out], directly from the tokens
+    plain = row_err(None)
+    unguarded = search_clip(w, gram, 3, 32, False, guard=False)
+    assert (row_err(unguarded) > plain * (1 + 1e-4)).any()       # the failure the guard exists for
+    guarded = search_clip(w, gram, 3, 32, False)
+    assert (row_err(guarded) <= plain * (1 + 1e-4)).all()
+    assert (guarded < 1).any()                                   # the clip survives where it helps
+    kept = (guarded < 1).any(1)
+    assert torch.equal(guarded[kept], unguarded[kept]) and (guarded[~kept] == 1).all()
+
+
+def test_gated_guard_keeps_each_channels_better_clip():
+    """Per intermediate channel of act(gate(x)) * up(x): after the guard, the channel's error is
+    the smaller of the clipped and the unclipped one, measured on the calibration tokens."""
+    model = with_outliers(tiny_model("llama", seed=0))
+    layer = get_arch(model).decoder_layers(model)[0]
+    roles = {t.role: t for t in layer_targets(model, 0)}
+    gate, up = roles["gate"], roles["up"]
+    x = []
+    hook = gate.module.register_forward_pre_hook(lambda m, a: x.append(a[0].reshape(-1, a[0].shape[-1])))
+    with torch.no_grad():
+        model(CALIB)
+    hook.remove()
+    x = torch.cat(x).float()
+    gram = x.T @ x / len(x)
+    cfg = AWQConfig(bits=3, group_size=16)
+    shrinks = {t.name: search_clip(t.weight().float(), gram, 3, 16, False) for t in (gate, up)}
+    before = {k: v.clone() for k, v in shrinks.items()}
+    ref = (gate.weight().float(), up.weight().float())
+    act = layer.mlp.act_fn
+
+    def channel_err(shrink_g, shrink_u):
+        h = act(x @ fake_quantize(ref[0], 3, 16, False, shrink_g).T) * (x @ fake_quantize(ref[1], 3, 16, False, shrink_u).T)
+        return (h - act(x @ ref[0].T) * (x @ ref[1].T)).pow(2).sum(0)
+    plain, clipped = channel_err(None, None), channel_err(before[gate.name], before[up.name])
+    assert (clipped > plain * (1 + 1e-4)).any() and (clipped < plain).any()   # both cases occur
+    reset = guard_gated_clip(layer, gate, up, shrinks, cfg, lambda: model(CALIB))
+    worse = clipped >= plain
+    assert reset == int(worse.sum()) > 0
+    for t in (gate, up):
+        assert (shrinks[t.name][worse] == 1).all()
+        assert torch.equal(shrinks[t.name][~worse], before[t.name][~worse])
+    after = channel_err(shrinks[gate.name], shrinks[up.name])
+    torch.testing.assert_close(after, torch.minimum(plain, clipped), rtol=1e-4, atol=1e-6)
+    with GatedErrors(gate.module, act, ref, [(ref[0], ref[1])]) as ge:       # exact weights: no error
+        with torch.no_grad():
+            model(CALIB)
+    assert ge.sq[0].abs().max() < 1e-8 and not gate.module._forward_pre_hooks
 
 
 # ---- AWQ on models ---------------------------------------------------------------------------
