@@ -27,6 +27,21 @@ def test_same_logits_as_plain_linears(arch, tokens, use_native):
 
 
 @pytest.mark.skipif(native.library() is None, reason="no native kernel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_product_for_every_token_count(dtype):
+    """Every pass split of the kernel (1-8 rows in one pass; 9-16 in two even ones)."""
+    from slmkit.models.narrow import native_mm
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(37, 64, generator=g).to(dtype)
+    for m in range(1, 17):
+        x = torch.randn(m, 64, generator=g)
+        ref = x @ w.float().T
+        got = native_mm(native.library(), x, w)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5, msg=f"{m} rows")
+
+
+@pytest.mark.skipif(native.library() is None, reason="no native kernel")
 @pytest.mark.parametrize("tokens", [1, 3, 16])
 def test_bf16_weights_through_the_native_kernel(tokens):
     m = tiny_model("qwen2", seed=0).to(torch.bfloat16).eval()
