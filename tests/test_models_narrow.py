@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from slmkit.compress.quantize import native
+from slmkit.models.dtype import has_native_bf16
 from slmkit.models.narrow import narrow_linears
 from slmkit.models.tiny import tiny_model
 
@@ -29,7 +30,8 @@ def test_same_logits_as_plain_linears(arch, tokens, use_native):
 @pytest.mark.skipif(native.library() is None, reason="no native kernel")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_native_product_for_every_token_count(dtype):
-    """Every pass split of the kernel (1-8 rows in one pass; 9-16 in two even ones)."""
+    """Every pass split of the kernel (1-6 rows in one pass, 7-16 in two or three even ones;
+    weight rows in pairs plus an odd last one)."""
     from slmkit.models.narrow import native_mm
 
     g = torch.Generator().manual_seed(3)
@@ -48,9 +50,11 @@ def test_bf16_weights_through_the_native_kernel(tokens):
     ids = torch.randint(0, m.config.vocab_size, (2, tokens), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         ref = m(ids).logits.float()
-        with narrow_linears(m, min_weights=0, native=True) as n:
+        with narrow_linears(m, min_weights=0, native=True, bf16=True) as n:
             got = m(ids).logits.float()
-    assert n > 0
+        with narrow_linears(m, min_weights=0, native=True) as auto:  # the CPU decides
+            pass
+    assert n > 0 and auto == (0 if has_native_bf16() else n)
     # both accumulate in float32 and round to bf16; only the summation order differs
     assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
     assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9

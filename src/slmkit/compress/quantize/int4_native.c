@@ -174,7 +174,7 @@ int int8_gemv(const float *x, int64_t M, int64_t K, const int8_t *w, const float
 
 /* dense_gemm: y [M, N] = x [M, K] @ W^T for a few rows of x (M <= 16: speculative verification,
  * small-batch decode), W float32 (wbits 32) or bf16 (wbits 16: the upper half of a float32).
- * Memory-bound by design: each weight row is read from memory once and used for up to 8 rows of
+ * Memory-bound by design: each weight row is read from memory once and used for up to 6 rows of
  * x per pass, with exactly one accumulator per row (a 5-token verification is one pass, not a
  * 4-row pass plus a 1-row pass that costs as much), where BLAS packs the whole matrix per call
  * (slmkit/models/narrow.py). Requires K % 8 == 0. */
@@ -184,10 +184,16 @@ static inline __m256 load_w(const void *w, int wbits, int64_t off) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-/* dense_pass_C: y[m, n] for the C rows m = m0 .. m0 + C - 1 of x and one weight row n. */
+/* dense_pass_C: y[m, n] for the C rows m = m0 .. m0 + C - 1 of x and one weight row n;
+ * dense_pass2_C: the same for weight rows n and n + 1 together, so each load of x feeds two
+ * FMAs (C <= 6: 2C accumulators + 3 temporaries fit AVX2's 16 registers). */
 #define ACC(i) __m256 a##i = _mm256_setzero_ps();
 #define FMA(i) a##i = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (m0 + i) * K + k), a##i);
 #define OUT(i) y[(m0 + i) * N + n] = hsum(a##i);
+#define ACC2(i) __m256 a##i = _mm256_setzero_ps(), b##i = a##i;
+#define FMA2(i) { __m256 xv = _mm256_loadu_ps(x + (m0 + i) * K + k);                        \
+                  a##i = _mm256_fmadd_ps(wv, xv, a##i); b##i = _mm256_fmadd_ps(wv2, xv, b##i); }
+#define OUT2(i) y[(m0 + i) * N + n] = hsum(a##i); y[(m0 + i) * N + n + 1] = hsum(b##i);
 #define DENSE_PASS(C, EACH)                                                                    \
 static inline void dense_pass_##C(const float *x, int64_t m0, int64_t K, const void *w,      \
                                   int wbits, int64_t n, int64_t N, float *y) {               \
@@ -198,30 +204,46 @@ static inline void dense_pass_##C(const float *x, int64_t m0, int64_t K, const v
     }                                                                                        \
     EACH(OUT)                                                                                \
 }
+#define DENSE_PASS2(C, EACH)                                                                   \
+static inline void dense_pass2_##C(const float *x, int64_t m0, int64_t K, const void *w,     \
+                                   int wbits, int64_t n, int64_t N, float *y) {              \
+    EACH(ACC2)                                                                               \
+    for (int64_t k = 0; k < K; k += 8) {                                                     \
+        __m256 wv = load_w(w, wbits, n * K + k), wv2 = load_w(w, wbits, (n + 1) * K + k);    \
+        EACH(FMA2)                                                                           \
+    }                                                                                        \
+    EACH(OUT2)                                                                               \
+}
 #define EACH1(F) F(0)
 #define EACH2(F) EACH1(F) F(1)
 #define EACH3(F) EACH2(F) F(2)
 #define EACH4(F) EACH3(F) F(3)
 #define EACH5(F) EACH4(F) F(4)
 #define EACH6(F) EACH5(F) F(5)
-#define EACH7(F) EACH6(F) F(6)
-#define EACH8(F) EACH7(F) F(7)
 DENSE_PASS(1, EACH1) DENSE_PASS(2, EACH2) DENSE_PASS(3, EACH3) DENSE_PASS(4, EACH4)
-DENSE_PASS(5, EACH5) DENSE_PASS(6, EACH6) DENSE_PASS(7, EACH7) DENSE_PASS(8, EACH8)
+DENSE_PASS(5, EACH5) DENSE_PASS(6, EACH6)
+DENSE_PASS2(1, EACH1) DENSE_PASS2(2, EACH2) DENSE_PASS2(3, EACH3) DENSE_PASS2(4, EACH4)
+DENSE_PASS2(5, EACH5) DENSE_PASS2(6, EACH6)
 
 typedef void (*dense_pass_fn)(const float *, int64_t, int64_t, const void *, int, int64_t, int64_t, float *);
-static const dense_pass_fn DENSE_PASSES[9] = {0, dense_pass_1, dense_pass_2, dense_pass_3, dense_pass_4,
-                                              dense_pass_5, dense_pass_6, dense_pass_7, dense_pass_8};
+static const dense_pass_fn DENSE_PASSES[7] = {0, dense_pass_1, dense_pass_2, dense_pass_3, dense_pass_4,
+                                              dense_pass_5, dense_pass_6};
+static const dense_pass_fn DENSE_PASSES2[7] = {0, dense_pass2_1, dense_pass2_2, dense_pass2_3,
+                                               dense_pass2_4, dense_pass2_5, dense_pass2_6};
 
 int dense_gemm(const float *x, int64_t M, int64_t K, const void *w, int wbits, int64_t N, float *y) {
     if (K % 8 || M < 1 || M > 16 || (wbits != 32 && wbits != 16)) return 1;
-    /* passes of at most 8 rows, as even as possible (9 rows: 5 + 4, not 8 + 1) */
-    const int64_t passes = (M + 7) / 8, first = (M + passes - 1) / passes;
+    /* passes of at most 6 rows of x, as even as possible (7 rows: 4 + 3, not 6 + 1), each over
+     * two weight rows at a time (the second pass reads them from cache) */
+    const int64_t passes = (M + 5) / 6, first = (M + passes - 1) / passes;
+    const int64_t pairs = N / 2;
     #pragma omp parallel for schedule(static)
-    for (int64_t n = 0; n < N; n++) {
+    for (int64_t p = 0; p < pairs + (N - 2 * pairs); p++) {
+        const int two = p < pairs;
+        const int64_t n = two ? 2 * p : 2 * pairs + (p - pairs);
         for (int64_t m0 = 0; m0 < M; m0 += first) {
             const int64_t c = M - m0 < first ? M - m0 : first;
-            DENSE_PASSES[c](x, m0, K, w, wbits, n, N, y);
+            (two ? DENSE_PASSES2 : DENSE_PASSES)[c](x, m0, K, w, wbits, n, N, y);
         }
     }
     return 0;
