@@ -103,6 +103,8 @@ def main() -> int:
                     help="comma list of: draft (the --draft model), draft-int4 (it, int4 by slmkit), "
                          "lookup (prompt n-grams), self-int4 (the target itself, int4 by slmkit), "
                          "self-depth (the target with half its layers dropped by slmkit)")
+    ap.add_argument("--draft-confidence", type=float, default=0.0,
+                    help="model drafters end a proposal below this top probability (0: off)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
@@ -154,7 +156,7 @@ def main() -> int:
     eos = tok.eos_token_id
     methods = {"target only": lambda: NoDrafter()}
     for name, lm in lms.items():
-        methods[name] = lambda lm=lm: ModelDrafter(lm)
+        methods[name] = lambda lm=lm: ModelDrafter(lm, args.draft_confidence)
     if "lookup" in wanted:
         methods["slmkit, prompt lookup"] = lambda: PromptLookupDrafter()
     rows: dict[str, dict] = {m: {"seconds": 0.0, "tokens": 0, "identical": 0, "accepted": 0, "proposed": 0}

@@ -19,6 +19,11 @@ def test_generate_with_a_draft_equals_plain_greedy(tiny_dir, capsys):
     assert spec.splitlines()[:-1] == plain.splitlines()[:-1]            # same text
     stats = last_json(spec)
     assert stats["acceptance_rate"] == 1.0 and stats["new_tokens"] == 12  # draft == target
+    assert main(["generate", model, "--prompt", "The cat", "--max-new-tokens", "12", "--dtype", "float32",
+                 "--draft", model, "--draft-confidence", "1"]) == 0       # never confident: 1 per round
+    sure = capsys.readouterr().out
+    assert sure.splitlines()[:-1] == plain.splitlines()[:-1]
+    assert last_json(sure)["proposed"] == last_json(sure)["rounds"] < stats["proposed"]
     assert main(["generate", model, "--prompt", "a b a b a b", "--prompt-lookup", "--max-new-tokens", "6",
                  "--dtype", "float32"]) == 0
 

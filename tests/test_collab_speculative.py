@@ -48,6 +48,30 @@ def test_greedy_equals_target_only(k, adaptive, model_type, tiny_tok):
     assert stats.new_tokens == 40
 
 
+def test_draft_confidence_ends_proposals_early_and_stays_exact(pair):
+    target, draft = pair
+    prompt = torch.randint(3, 500, (10,), generator=torch.Generator().manual_seed(7)).tolist()
+    # the draft's top probability at each position of its own greedy continuation
+    s, tops, seq = draft.session(), [], list(prompt)
+    logits = s.extend(seq)[-1]
+    for _ in range(6):
+        p = torch.softmax(logits.float(), -1)
+        tops.append(float(p.max()))
+        seq.append(int(p.argmax()))
+        logits = s.extend([seq[-1]])[-1]
+    threshold = sorted(tops[1:])[2]                     # some positions above it, some below
+    expect = next((i for i in range(1, 6) if tops[i] < threshold), 6)
+    got, _ = ModelDrafter(draft, min_confidence=threshold).propose(prompt, 6, 0.0, None)
+    assert got == seq[len(prompt):len(prompt) + expect] and 1 <= expect < 6
+    assert len(ModelDrafter(draft, min_confidence=1.0).propose(prompt, 6, 0.0, None)[0]) == 1
+    assert len(ModelDrafter(draft).propose(prompt, 6, 0.0, None)[0]) == 6
+    ref = greedy_reference(target, prompt, 30)
+    out, stats = speculative_generate(target, ModelDrafter(draft, min_confidence=threshold), prompt, 30, k=6)
+    assert out == ref and stats.proposed < 6 * stats.rounds
+    with pytest.raises(SlmkitError, match="min_confidence"):
+        ModelDrafter(draft, min_confidence=1.5)
+
+
 def test_prompt_lookup_drafts_from_repeats_and_stays_exact(pair):
     target, _ = pair
     phrase = [11, 12, 13, 14, 15, 16]

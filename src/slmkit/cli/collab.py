@@ -26,6 +26,9 @@ def add_parser(sub):
     g.add_argument("--draft", default=None, help="draft model (same tokenizer)")
     g.add_argument("--prompt-lookup", action="store_true", help="draft by n-gram lookup in the context")
     g.add_argument("--k", type=int, default=4, help="draft tokens per round (adaptive; default 4)")
+    g.add_argument("--draft-confidence", type=float, default=0.0, metavar="P",
+                   help="end a draft proposal where the draft's top probability falls below P "
+                        "(transformers' assisted generation uses 0.4; default 0: always k tokens)")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--dtype", default="auto", help="decode dtype (auto picks per CPU)")
@@ -96,7 +99,7 @@ def _generate(ns) -> int:
     eos = target.tokenizer.eos_token_id
     if ns.draft and ns.prompt_lookup:
         raise SlmkitError("give --draft or --prompt-lookup, not both")
-    drafter = (ModelDrafter(_local(ns.draft, ns.dtype)) if ns.draft else
+    drafter = (ModelDrafter(_local(ns.draft, ns.dtype), ns.draft_confidence) if ns.draft else
                PromptLookupDrafter() if ns.prompt_lookup else NoDrafter())
     t0 = time.perf_counter()
     out, stats = speculative_generate(target, drafter, ids, ns.max_new_tokens, k=ns.k,

@@ -45,8 +45,17 @@ def _probs(logits: "torch.Tensor", temperature: float) -> "torch.Tensor":
 
 
 class ModelDrafter:
-    def __init__(self, lm: LocalLM):
+    """Drafts with a local model. `min_confidence` > 0 ends a proposal early, after the first
+    token, at a position where the draft's top probability falls below it (transformers'
+    assisted generation does the same with 0.4): a draft step spent on a token the target will
+    likely reject costs time and gains nothing. Whether and where a proposal stops depends only on
+    the draft model, so greedy output and the sampled distribution stay exact."""
+
+    def __init__(self, lm: LocalLM, min_confidence: float = 0.0):
+        if not 0 <= min_confidence <= 1:
+            raise SlmkitError(f"min_confidence is a probability in [0, 1], not {min_confidence!r}")
         self.lm = lm
+        self.min_confidence = min_confidence
         self.session: Session | None = None
 
     def propose(self, seq, k, temperature, generator):
@@ -58,6 +67,9 @@ class ModelDrafter:
         logits = s.extend(seq[s.length:])[-1]
         out, dists = [], []
         for i in range(k):
+            if i > 0 and self.min_confidence > 0 and \
+                    float(torch.softmax(logits.float(), -1).max()) < self.min_confidence:
+                break
             if temperature == 0:
                 t = int(logits.argmax())
             else:
