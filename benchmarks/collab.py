@@ -103,6 +103,7 @@ def main() -> int:
                     help="comma list of: draft (the --draft model), draft-int4 (it, int4 by slmkit), "
                          "lookup (prompt n-grams), self-int4 (the target itself, int4 by slmkit), "
                          "self-depth (the target with half its layers dropped by slmkit)")
+    ap.add_argument("--max-k", type=int, default=12, help="adaptive k's ceiling")
     ap.add_argument("--draft-confidence", type=float, default=0.0,
                     help="model drafters end a proposal below this top probability (0: off)")
     ap.add_argument("--tag", default="")
@@ -167,7 +168,8 @@ def main() -> int:
         ref = None
         for name, make in methods.items():
             t0 = time.perf_counter()
-            out, st = speculative_generate(target, make(), ids, args.new_tokens, k=args.k, eos_token_id=eos)
+            out, st = speculative_generate(target, make(), ids, args.new_tokens, k=args.k,
+                                           max_k=args.max_k, eos_token_id=eos)
             dt = time.perf_counter() - t0
             ref = out if ref is None else ref
             r = rows[name]
