@@ -200,14 +200,15 @@ def test_gated_guard_keeps_each_channels_better_clip():
     shrinks = {t.name: search_clip(t.weight().float(), gram, 3, 16, False) for t in (gate, up)}
     before = {k: v.clone() for k, v in shrinks.items()}
     ref = (gate.weight().float(), up.weight().float())
-    act = layer.mlp.act_fn
+    act = get_arch(model).gated_mlp_act(layer)
+    assert act is layer.mlp.act_fn
 
     def channel_err(shrink_g, shrink_u):
         h = act(x @ fake_quantize(ref[0], 3, 16, False, shrink_g).T) * (x @ fake_quantize(ref[1], 3, 16, False, shrink_u).T)
         return (h - act(x @ ref[0].T) * (x @ ref[1].T)).pow(2).sum(0)
     plain, clipped = channel_err(None, None), channel_err(before[gate.name], before[up.name])
     assert (clipped > plain * (1 + 1e-4)).any() and (clipped < plain).any()   # both cases occur
-    reset = guard_gated_clip(layer, gate, up, shrinks, cfg, lambda: model(CALIB))
+    reset = guard_gated_clip(act, gate, up, shrinks, cfg, lambda: model(CALIB))
     worse = clipped >= plain
     assert reset == int(worse.sum()) > 0
     for t in (gate, up):

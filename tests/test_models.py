@@ -27,6 +27,24 @@ def test_unknown_architecture_from_a_real_model():
         get_arch(model)
 
 
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text", "gpt2", "phi3"])
+def test_gated_mlp_activation_from_the_table(model_type):
+    """act(gate(x)) * up(x) models give their MLP's act_fn, which reproduces the MLP; models
+    without a separate gate (gpt2's plain MLP, phi3's fused gate_up) give None."""
+    model = tiny_model(model_type, seed=0)
+    spec = get_arch(model)
+    layer = spec.decoder_layers(model)[0]
+    act = spec.gated_mlp_act(layer)
+    if model_type in ("gpt2", "phi3"):
+        assert act is None
+        return
+    lin = spec.linears(layer)
+    x = torch.randn(3, lin["gate"].in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        mlp = layer.get_submodule(spec.down.rsplit(".", 1)[0])
+        torch.testing.assert_close(lin["down"](act(lin["gate"](x)) * lin["up"](x)), mlp(x))
+
+
 @pytest.mark.parametrize("flags, prefill, decode, decode_quantized", [
     ({"avx2", "fma"}, "float32", "bfloat16", "float32"),
     ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16", "bfloat16", "bfloat16"),

@@ -80,6 +80,14 @@ class ArchSpec:
         """Role -> module for every linear projection of one decoder layer."""
         return {role: get_submodule(layer, path) for role, path in self.linear_paths().items()}
 
+    def gated_mlp_act(self, layer: "nn.Module"):
+        """The activation of a gated MLP, act(gate(x)) * up(x): the `act_fn` of the module holding
+        the gate projection, or None (no separate gate, or no `act_fn` there)."""
+        if self.gate is None or self.up is None:
+            return None
+        parent = self.gate.rsplit(".", 1)[0] if "." in self.gate else ""
+        return getattr(get_submodule(layer, parent) if parent else layer, "act_fn", None)
+
     def layer_norms(self, layer: "nn.Module") -> dict[str, "nn.Module"]:
         return {path: get_submodule(layer, path) for path in self.norms}
 

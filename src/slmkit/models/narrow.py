@@ -34,6 +34,8 @@ import contextlib
 import types
 from typing import TYPE_CHECKING, Iterator
 
+from slmkit.models.dtype import has_native_bf16
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -95,8 +97,6 @@ def narrow_linears(model: "nn.Module", max_tokens: int = MAX_TOKENS,
     (with avx512_bf16, PyTorch's own bf16 products are faster at every token count: Qwen2.5-1.5B,
     5 tokens 215 vs 247 ms, 8 tokens 230 vs 419 ms). Yields how many linears were switched."""
     import torch
-
-    from slmkit.models.dtype import has_native_bf16
 
     lib = _native() if native is not False else None
     if native and lib is None:

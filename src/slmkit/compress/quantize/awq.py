@@ -50,6 +50,7 @@ from slmkit.compress.quantize.rtn import (
 from slmkit.compress.smooth import fold_scales, group_stats, scale_groups
 from slmkit.compress.targets import Target, layer_targets
 from slmkit.errors import SlmkitError
+from slmkit.models.arch import get_arch
 
 if TYPE_CHECKING:
     from torch import nn
@@ -121,10 +122,15 @@ def awq_scales(x_mean: torch.Tensor, ratio: float) -> torch.Tensor:
     return s / (s.max() * s.min()).sqrt()
 
 
+def row_output_errors(dw: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
+    """Per output row, the mean over tokens of (x dw_row^T)^2 for a weight error dw [out, in],
+    from the inputs' Gram matrix X^T X / n [in, in]: diag(dw gram dw^T) [out]."""
+    return ((dw @ gram) * dw).sum(-1)
+
+
 def output_mse(dw: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens and outputs of (x dw^T)^2 for a weight error dw [out, in], from the inputs'
-    Gram matrix X^T X / n [in, in]: tr(dw gram dw^T) / out (a 0-dim tensor)."""
-    return ((dw @ gram) * dw).sum() / dw.shape[0]
+    """Mean over tokens and outputs of (x dw^T)^2: tr(dw gram dw^T) / out (a 0-dim tensor)."""
+    return row_output_errors(dw, gram).mean()
 
 
 @torch.no_grad()
@@ -182,7 +188,7 @@ def search_clip(w: torch.Tensor, gram: torch.Tensor, bits: int, group_size: int 
         gram = gram.float()
         clipped = fake_quantize(w, bits, group_size, symmetric, best_shrink) - w
         plain = fake_quantize(w, bits, group_size, symmetric) - w
-        worse = ((clipped @ gram) * clipped).sum(-1) >= ((plain @ gram) * plain).sum(-1)  # [out]
+        worse = row_output_errors(clipped, gram) >= row_output_errors(plain, gram)  # [out]
         best_shrink[worse] = 1.0
     return best_shrink
 
@@ -204,22 +210,13 @@ class GatedErrors(InputHooks):
             sq += ((self.act(x @ g.T) * (x @ u.T) - h_ref) ** 2).sum(0)
 
 
-def _mlp_act(layer: "nn.Module", gate: Target):
-    """The activation of the gated MLP holding `gate` (its `act_fn`), or None if not found."""
-    parent = gate.name.rsplit(".", 1)[0].split(".")[-1]  # e.g. "mlp" of "model.layers.3.mlp.gate_proj"
-    for name, module in layer.named_modules():
-        if name.split(".")[-1] == parent and getattr(module, "act_fn", None) is not None:
-            return module.act_fn
-    return None
-
-
 @torch.no_grad()
-def guard_gated_clip(layer: "nn.Module", gate: Target, up: Target, shrinks: dict[str, torch.Tensor],
+def guard_gated_clip(act, gate: Target, up: Target, shrinks: dict[str, torch.Tensor],
                      cfg: "AWQConfig", run) -> int:
     """Undo the clip of gate's and up's row c wherever it does not lower intermediate channel c's
-    error on the calibration tokens (one more pass of the layer through `run`). Returns the number
-    of channels left unclipped; 0 and no pass when the MLP's activation is unknown."""
-    act = _mlp_act(layer, gate)
+    error on the calibration tokens, with the MLP's activation `act` (one more pass of the layer
+    through `run`). Returns the number of channels left unclipped; 0 and no pass when `act` is
+    None (unknown) or either projection was not clipped."""
     if act is None or gate.name not in shrinks or up.name not in shrinks:
         return 0
     ref = (gate.weight().float(), up.weight().float())
@@ -264,17 +261,18 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             fold_scales(g, s)
             grams[g.site] = grams[g.site] / (s[:, None] * s[None, :])  # inputs are now x / s
         shrinks: dict[str, torch.Tensor] = {}                       # 3: clip search
-        targets = [(g, t) for g in groups for t in g.linears if t.name in quantized]
+        site_targets = [(g, t) for g in groups for t in g.linears if t.name in quantized]
         if cfg.clip and cfg.max_shrink > 0:
-            for g, t in targets:
+            for g, t in site_targets:
                 if t.role not in NO_CLIP_ROLES:
                     bits, group_size, symmetric = grid_for(cfg, t)
                     shrinks[t.name] = search_clip(t.weight().float(), grams[g.site], bits, group_size,
                                                   symmetric, cfg.clip_grid, cfg.max_shrink, cfg.clip_guard)
-            roles = {t.role: t for _, t in targets}
+            roles = {t.role: t for _, t in site_targets}
             if cfg.clip_guard and "gate" in roles and "up" in roles:
-                guard_gated_clip(layer, roles["gate"], roles["up"], shrinks, cfg, run)
-        for g, t in targets:                                        # 4
+                guard_gated_clip(get_arch(model).gated_mlp_act(layer), roles["gate"], roles["up"],
+                                 shrinks, cfg, run)
+        for g, t in site_targets:                                   # 4
             bits, group_size, symmetric = grid_for(cfg, t)
             qw = rtn(clip_weight(t.weight().float(), shrinks.get(t.name), group_size), bits, group_size, symmetric)
             t.set_weight(qw.dequantize())
