@@ -106,6 +106,9 @@ def main() -> int:
     ap.add_argument("--max-k", type=int, default=12, help="adaptive k's ceiling")
     ap.add_argument("--draft-confidence", type=float, default=0.0,
                     help="model drafters end a proposal below this top probability (0: off)")
+    ap.add_argument("--draft-joint-confidence", type=float, default=0.0,
+                    help="model drafters end a proposal where the product of their top "
+                         "probabilities falls below this (0: off)")
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
 
@@ -157,10 +160,11 @@ def main() -> int:
     eos = tok.eos_token_id
     methods = {"target only": lambda: NoDrafter()}
     for name, lm in lms.items():
-        methods[name] = lambda lm=lm: ModelDrafter(lm, args.draft_confidence)
+        methods[name] = lambda lm=lm: ModelDrafter(lm, args.draft_confidence, args.draft_joint_confidence)
     if "lookup" in wanted:
         methods["slmkit, prompt lookup"] = lambda: PromptLookupDrafter()
-    rows: dict[str, dict] = {m: {"seconds": 0.0, "tokens": 0, "identical": 0, "accepted": 0, "proposed": 0}
+    rows: dict[str, dict] = {m: {"seconds": 0.0, "tokens": 0, "identical": 0, "accepted": 0, "proposed": 0,
+                             "rounds": 0}
                              for m in methods}
     if not args.no_hf:
         rows["transformers assisted"] = {"seconds": 0.0, "tokens": 0, "identical": 0}
@@ -180,6 +184,7 @@ def main() -> int:
                 r.setdefault("divergence_top2_gaps", []).append(top2_gap(target, ids, out, ref))
             r["accepted"] += st.accepted
             r["proposed"] += st.proposed
+            r["rounds"] += st.rounds
         if not args.no_hf:
             x = torch.tensor([ids])
             t0 = time.perf_counter()
@@ -211,10 +216,12 @@ def main() -> int:
         if r.get("proposed"):
             r["acceptance_rate"] = r["accepted"] / r["proposed"]
     for name, c in costs.items():
-        rows[name]["draft_cost_ratio"] = c
-        rows[name]["predicted_speedup"] = predicted_speedup(rows[name]["acceptance_rate"], args.k, c)
-        rows[name]["predicted_speedup_measured_verify"] = predicted_speedup(
-            rows[name]["acceptance_rate"], args.k, c, verify["slmkit"])
+        r = rows[name]
+        k_mean = r["proposed"] / r["rounds"]     # drafts per round (adaptive k, confidence stops)
+        r["draft_cost_ratio"], r["mean_drafts_per_round"] = c, k_mean
+        r["predicted_speedup"] = predicted_speedup(r["acceptance_rate"], k_mean, c)
+        r["predicted_speedup_measured_verify"] = predicted_speedup(r["acceptance_rate"], k_mean, c,
+                                                                   verify["slmkit"])
     from rich.console import Console
     from rich.table import Table
 

@@ -59,17 +59,26 @@ def test_draft_confidence_ends_proposals_early_and_stays_exact(pair):
         tops.append(float(p.max()))
         seq.append(int(p.argmax()))
         logits = s.extend([seq[-1]])[-1]
-    threshold = sorted(tops[1:])[2]                     # some positions above it, some below
-    expect = next((i for i in range(1, 6) if tops[i] < threshold), 6)
+    threshold = sorted(tops)[2]                         # some positions above it, some below
+    # the proposal ends with the first doubtful token (it is still proposed)
+    expect = next((i + 1 for i in range(6) if tops[i] < threshold), 6)
     got, _ = ModelDrafter(draft, min_confidence=threshold).propose(prompt, 6, 0.0, None)
     assert got == seq[len(prompt):len(prompt) + expect] and 1 <= expect < 6
     assert len(ModelDrafter(draft, min_confidence=1.0).propose(prompt, 6, 0.0, None)[0]) == 1
     assert len(ModelDrafter(draft).propose(prompt, 6, 0.0, None)[0]) == 6
+    # joint rule: ends after the token where the running product of top probabilities drops below
+    joint = [float(torch.tensor(tops[:i + 1]).prod()) for i in range(6)]
+    floor = (joint[2] + joint[3]) / 2
+    got, _ = ModelDrafter(draft, min_joint_confidence=floor).propose(prompt, 6, 0.0, None)
+    assert joint[2] > floor > joint[3] and got == seq[len(prompt):len(prompt) + 4]
     ref = greedy_reference(target, prompt, 30)
-    out, stats = speculative_generate(target, ModelDrafter(draft, min_confidence=threshold), prompt, 30, k=6)
-    assert out == ref and stats.proposed < 6 * stats.rounds
+    for drafter in (ModelDrafter(draft, min_confidence=threshold), ModelDrafter(draft, min_joint_confidence=floor)):
+        out, stats = speculative_generate(target, drafter, prompt, 30, k=6)
+        assert out == ref and stats.proposed < 6 * stats.rounds
     with pytest.raises(SlmkitError, match="min_confidence"):
         ModelDrafter(draft, min_confidence=1.5)
+    with pytest.raises(SlmkitError, match="min_joint_confidence"):
+        ModelDrafter(draft, min_joint_confidence=-0.1)
 
 
 def test_prompt_lookup_drafts_from_repeats_and_stays_exact(pair):

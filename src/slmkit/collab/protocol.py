@@ -48,15 +48,22 @@ def fingerprint(tokenizer) -> str:
 def same_vocabulary(a, b) -> bool:
     """Whether two LMs give tokens the same ids: every token string both know has one id, and
     the rest are a handful of added tokens (tokenizer classes add e.g. <|endoftext|> on load).
-    LMs without a local tokenizer compare by fingerprint."""
+    LMs without a local tokenizer compare by fingerprint. A LocalLM remembers its answers (a
+    150k-token comparison takes ~0.3 s, once per generate call otherwise)."""
+    memo = getattr(a, "_vocab_checks", None)
+    if memo is not None and b in memo:
+        return memo[b]
     ta, tb = getattr(a, "tokenizer", None), getattr(b, "tokenizer", None)
     if ta is None or tb is None:
-        return a.tokenizer_fingerprint() == b.tokenizer_fingerprint()
-    va, vb = ta.get_vocab(), tb.get_vocab()
-    shared = va.keys() & vb.keys()
-    if any(va[k] != vb[k] for k in shared):
-        return False
-    return len(va.keys() ^ vb.keys()) <= max(16, len(shared) // 1000)
+        same = a.tokenizer_fingerprint() == b.tokenizer_fingerprint()
+    else:
+        va, vb = ta.get_vocab(), tb.get_vocab()
+        shared = va.keys() & vb.keys()
+        same = all(va[k] == vb[k] for k in shared) and \
+            len(va.keys() ^ vb.keys()) <= max(16, len(shared) // 1000)
+    if memo is not None:
+        memo[b] = same
+    return same
 
 
 def _narrow(model, on: bool):
@@ -73,21 +80,29 @@ class Session:
     def __init__(self, model, narrow: bool = True):
         from transformers import DynamicCache
 
+        from slmkit.eval.scoring import accepts_logits_to_keep
+
         self.model, self.narrow = model, narrow
         self.cache = DynamicCache(config=model.config)
         self.length = 0
+        self._keeps = accepts_logits_to_keep(model)
 
-    def extend(self, ids: list[int]) -> "torch.Tensor":
-        """Feed `ids` after what is cached -> logits [len(ids), vocab] (float32)."""
+    def extend(self, ids: list[int], keep: int | None = None) -> "torch.Tensor":
+        """Feed `ids` after what is cached -> logits [len(ids), vocab] (float32), or only the
+        last `keep` rows (the output head then runs on those alone: a prompt's logits are most
+        of a prefill's head cost, 150k x 1.5k weights per token for Qwen2.5-1.5B)."""
         import torch
 
         if not ids:
             raise SlmkitError("extend() needs at least one token")
+        extra = {"logits_to_keep": keep} if keep and self._keeps else {}
         with torch.inference_mode(), _narrow(self.model, self.narrow):
-            out = self.model(input_ids=torch.tensor([ids]), past_key_values=self.cache, use_cache=True)
+            out = self.model(input_ids=torch.tensor([ids]), past_key_values=self.cache, use_cache=True,
+                             **extra)
         self.cache = out.past_key_values
         self.length += len(ids)
-        return out.logits[0].float()
+        logits = out.logits[0]
+        return (logits[-keep:] if keep else logits).float()
 
     def crop(self, length: int) -> None:
         """Keep only the first `length` cached tokens (rollback of rejected drafts)."""
@@ -153,7 +168,10 @@ class LocalLM:
     of 2.9 one-token steps); it changes which kernel rounds, not what is computed."""
 
     def __init__(self, model, tokenizer, name: str | None = None, narrow: bool = True):
+        import weakref
+
         self.model, self.tokenizer, self.narrow = model.eval(), tokenizer, narrow
+        self._vocab_checks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
 
     def session(self) -> Session:

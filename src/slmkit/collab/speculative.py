@@ -45,17 +45,27 @@ def _probs(logits: "torch.Tensor", temperature: float) -> "torch.Tensor":
 
 
 class ModelDrafter:
-    """Drafts with a local model. `min_confidence` > 0 ends a proposal early, after the first
-    token, at a position where the draft's top probability falls below it (transformers'
-    assisted generation does the same with 0.4): a draft step spent on a token the target will
-    likely reject costs time and gains nothing. Whether and where a proposal stops depends only on
-    the draft model, so greedy output and the sampled distribution stay exact."""
+    """Drafts with a local model, and can end a proposal before k tokens:
 
-    def __init__(self, lm: LocalLM, min_confidence: float = 0.0):
-        if not 0 <= min_confidence <= 1:
-            raise SlmkitError(f"min_confidence is a probability in [0, 1], not {min_confidence!r}")
+    - `min_confidence` > 0: after a token where the draft's top probability falls below it
+      (transformers' assisted generation does the same, starting at 0.4);
+    - `min_joint_confidence` > 0: after the token where the product of the draft's top
+      probabilities over the proposal so far falls below it. That product estimates the chance
+      that the target accepts the whole proposal (SpecDec++, Huang et al. 2024, stops where the
+      predicted chance of a rejection passes a threshold): a long run of confident tokens keeps
+      going and a single doubtful one ends it.
+
+    The doubtful token itself is still proposed: its draft step is already paid and verifying one
+    more token costs the target almost nothing; the step after it, which the target would likely
+    throw away, is what is saved. Whether and where a proposal stops depends only on the draft
+    model, so greedy output and the sampled distribution stay exact."""
+
+    def __init__(self, lm: LocalLM, min_confidence: float = 0.0, min_joint_confidence: float = 0.0):
+        for name, v in (("min_confidence", min_confidence), ("min_joint_confidence", min_joint_confidence)):
+            if not 0 <= v <= 1:
+                raise SlmkitError(f"{name} is a probability in [0, 1], not {v!r}")
         self.lm = lm
-        self.min_confidence = min_confidence
+        self.min_confidence, self.min_joint_confidence = min_confidence, min_joint_confidence
         self.session: Session | None = None
 
     def propose(self, seq, k, temperature, generator):
@@ -64,12 +74,10 @@ class ModelDrafter:
         if self.session is None:
             self.session = self.lm.session()
         s = self.session
-        logits = s.extend(seq[s.length:])[-1]
-        out, dists = [], []
+        logits = s.extend(seq[s.length:], keep=1)[-1]
+        out, dists, joint = [], [], 1.0
+        stops = self.min_confidence > 0 or self.min_joint_confidence > 0
         for i in range(k):
-            if i > 0 and self.min_confidence > 0 and \
-                    float(torch.softmax(logits.float(), -1).max()) < self.min_confidence:
-                break
             if temperature == 0:
                 t = int(logits.argmax())
             else:
@@ -77,8 +85,14 @@ class ModelDrafter:
                 t = int(torch.multinomial(p, 1, generator=generator))
                 dists.append(p)
             out.append(t)
-            if i < k - 1:
-                logits = s.extend([t])[-1]
+            if i == k - 1:
+                break
+            if stops:   # the doubtful token is proposed (verifying it is nearly free); the step after it is not paid
+                top = float(torch.softmax(logits.float(), -1).max())
+                joint *= top
+                if top < self.min_confidence or joint < self.min_joint_confidence:
+                    break
+            logits = s.extend([t])[-1]
         return out, (torch.stack(dists) if dists else None)
 
     def accepted(self, length: int) -> None:
@@ -189,7 +203,7 @@ def speculative_generate(target: LocalLM, drafter: Drafter, prompt_ids: list[int
     seq = list(prompt_ids)
     # the target caches everything but the last token, which is fed with the drafts
     if len(seq) > 1:
-        ts.extend(seq[:-1])
+        ts.extend(seq[:-1], keep=1)     # the prompt's logits are not needed: only its cache
         stats.target_forwards += 1
     n0 = len(seq)
     while len(seq) - n0 < max_new_tokens:
