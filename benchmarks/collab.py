@@ -185,6 +185,7 @@ def main() -> int:
             r["accepted"] += st.accepted
             r["proposed"] += st.proposed
             r["rounds"] += st.rounds
+            r.setdefault("per_prompt", []).append({"seconds": dt, "tokens": len(out), "identical": out == ref})
         if not args.no_hf:
             x = torch.tensor([ids])
             t0 = time.perf_counter()
@@ -197,6 +198,8 @@ def main() -> int:
             r["seconds"] += dt
             r["tokens"] += len(out)
             r["identical"] += out == ref[: len(out)]
+            r.setdefault("per_prompt", []).append({"seconds": dt, "tokens": len(out),
+                                                   "identical": out == ref[: len(out)]})
             if out != ref[: len(out)]:
                 r.setdefault("divergence_top2_gaps", []).append(top2_gap(target, ids, out, ref))
         print(i, {k: round(v["tokens"] / v["seconds"], 2) for k, v in rows.items()}, flush=True)
@@ -222,6 +225,27 @@ def main() -> int:
         r["predicted_speedup"] = predicted_speedup(r["acceptance_rate"], k_mean, c)
         r["predicted_speedup_measured_verify"] = predicted_speedup(r["acceptance_rate"], k_mean, c,
                                                                    verify["slmkit"])
+    # in bf16 a method whose output leaves target-only's may land in easier text (a repetition
+    # loop the draft predicts perfectly) or harder; the fair comparison is over the prompts where
+    # every method produced target-only's own output
+    same = [i for i in range(len(ps)) if all(r["per_prompt"][i]["identical"] for r in rows.values())]
+    sub = {name: sum(r["per_prompt"][i]["tokens"] for i in same) /
+           max(1e-9, sum(r["per_prompt"][i]["seconds"] for i in same)) for name, r in rows.items()}
+    identical_subset = {"prompts": same, "tok_s": sub,
+                        "speedup": {k: v / sub["target only"] for k, v in sub.items()} if same else {}}
+    print(f"on the {len(same)} prompts where every method matches target-only: "
+          + ", ".join(f"{k} {v:.2f}x" for k, v in identical_subset["speedup"].items()))
+    if "transformers assisted" in rows:     # each method vs transformers where both match target-only
+        hf = rows["transformers assisted"]["per_prompt"]
+        for name, r in rows.items():
+            both = [i for i in range(len(ps)) if r["per_prompt"][i]["identical"] and hf[i]["identical"]]
+            rate = [sum(x[i]["tokens"] for i in both) / max(1e-9, sum(x[i]["seconds"] for i in both))
+                    for x in (r["per_prompt"], hf)]
+            identical_subset.setdefault("vs_transformers", {})[name] = {
+                "prompts": len(both), "ratio": rate[0] / rate[1] if both else None}
+        print("vs transformers where both match target-only:",
+              {k: (v["prompts"], round(v["ratio"], 3) if v["ratio"] else None)
+               for k, v in identical_subset["vs_transformers"].items()})
     from rich.console import Console
     from rich.table import Table
 
@@ -238,7 +262,7 @@ def main() -> int:
                   f"{r['predicted_speedup']:.2f}x" if "predicted_speedup" in r else "-",
                   f"{r['predicted_speedup_measured_verify']:.2f}x" if "predicted_speedup" in r else "-")
     Console(width=170).print(t)
-    print(f"wrote {write_result('collab' + args.tag, {'args': vars(args), 'rows': rows, 'verify_cost': verify})}")
+    print(f"wrote {write_result('collab' + args.tag, {'args': vars(args), 'rows': rows, 'verify_cost': verify, 'identical_subset': identical_subset})}")
     print(json.dumps({k: round(v['speedup'], 3) for k, v in rows.items()}))
     return 0
 

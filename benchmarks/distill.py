@@ -68,8 +68,9 @@ def _rows(tok, n: int, length: int):
 
 
 def worker(args) -> int:
-    """Run one loop (args.worker = 'slmkit' | 'slmkit_ckpt' | 'hand'); print a JSON line with its
-    numbers. slmkit_ckpt = slmkit's loop with gradient checkpointing, as TRL's SFTConfig defaults to."""
+    """Run one loop (args.worker = 'slmkit' | 'slmkit_ckpt' | 'slmkit_ckpt50' | 'hand'); print a JSON
+    line with its numbers. slmkit_ckpt = slmkit's loop with gradient checkpointing, as TRL's
+    SFTConfig defaults to; slmkit_ckpt50 = checkpointing every other decoder layer."""
     import resource
 
     import torch
@@ -83,11 +84,12 @@ def worker(args) -> int:
     ids = _rows(tok, (steps + warm) * args.batch_size, args.seq_len)
     autocast = use_bf16_autocast("auto")
     times: list[float] = []
-    if args.worker in ("slmkit", "slmkit_ckpt"):
+    if args.worker.startswith("slmkit"):
         stamps = []
         cfg = TrainConfig(steps=steps + warm, batch_size=args.batch_size, lr=args.lr, warmup=0,
                           schedule="constant", max_grad_norm=1.0, log_every=1,
-                          gradient_checkpointing=args.worker == "slmkit_ckpt")
+                          gradient_checkpointing=args.worker != "slmkit",
+                          checkpoint_fraction=0.5 if args.worker == "slmkit_ckpt50" else 1.0)
         t_last = [time.perf_counter()]
 
         def stamp(step, record):
@@ -146,15 +148,16 @@ def _trl_cmd(args) -> list[str]:
 
 
 def throughput(args) -> dict:
-    """Alternate the loops (hand, slmkit, slmkit_ckpt, trl, then the reverse) to cancel drift."""
-    out: dict[str, list[dict]] = {"hand": [], "slmkit": [], "slmkit_ckpt": []}
-    order = ["hand", "slmkit", "slmkit_ckpt", "slmkit_ckpt", "slmkit", "hand"]
+    """Alternate the loops (hand, slmkit, slmkit_ckpt50, slmkit_ckpt, trl, then the reverse) to
+    cancel drift."""
+    loops = ["hand", "slmkit", "slmkit_ckpt50", "slmkit_ckpt"]
     trl = _trl_cmd(args) if TRL_PY.exists() else None
     if trl:
-        out["trl"] = []
-        order = ["hand", "slmkit", "slmkit_ckpt", "trl", "trl", "slmkit_ckpt", "slmkit", "hand"]
+        loops.append("trl")
     else:
         print(f"TRL venv missing ({TRL_PY}): run benchmarks/peers/setup.sh trl; timing without it")
+    out: dict[str, list[dict]] = {loop: [] for loop in loops}
+    order = loops + loops[::-1]
     for loop in order:
         cmd = trl if loop == "trl" else [
             sys.executable, __file__, "--worker", loop, "--model", args.model, "--steps",
@@ -164,7 +167,7 @@ def throughput(args) -> dict:
         print(rec, flush=True)
         out[loop].append(rec)
     best = {k: max(r["tok_s"] for r in v) for k, v in out.items()}
-    ratios = {f"{a} / {k}": best[a] / best[k] for a in ("slmkit", "slmkit_ckpt") for k in best
+    ratios = {f"{a} / {k}": best[a] / best[k] for a in ("slmkit", "slmkit_ckpt50", "slmkit_ckpt") for k in best
               if k != a}
     return {"runs": out, "best_tok_s": best, "ratios": ratios,
             "peak_rss_mb": {k: max(r["peak_rss_mb"] for r in v) for k, v in out.items()}}

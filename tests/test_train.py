@@ -154,6 +154,24 @@ def test_gradient_checkpointing_gives_the_same_training_step():
     assert torch.allclose(weights[True], weights[False], atol=1e-6)
 
 
+def test_checkpoint_fraction_recomputes_that_share_of_layers_and_the_same_step():
+    ids = torch.randint(3, 200, (4, 24), generator=torch.Generator().manual_seed(0))
+    results = {}
+    for frac in (None, 0.5):
+        model = tiny_model("llama", seed=2, num_hidden_layers=4)
+        cfg = TrainConfig(steps=2, batch_size=2, lr=1e-3, gradient_checkpointing=frac is not None,
+                          checkpoint_fraction=frac or 1.0)
+        flags = []
+        results[frac] = train(model, CausalLM(), Batches(ids), cfg, callback=lambda step, rec, m=model: flags.append(
+            [layer.gradient_checkpointing for layer in m.model.layers]))["final_loss"]
+        if frac:
+            assert flags[0] == [False, True, False, True]          # every other layer
+        assert not any(layer.gradient_checkpointing for layer in model.model.layers)   # all off after
+    assert abs(results[0.5] - results[None]) < 1e-5
+    with pytest.raises(SlmkitError, match="checkpoint_fraction"):
+        TrainConfig(checkpoint_fraction=0.0)
+
+
 def test_gradient_checkpointing_on_a_model_without_support_is_refused():
     class Plain(torch.nn.Module):
         def __init__(self):

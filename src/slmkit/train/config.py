@@ -29,6 +29,10 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute each decoder layer's activations in backward instead of keeping them "
                 "(transformers' gradient checkpointing): less memory, ~1/3 more compute per step"})
+    checkpoint_fraction: float = field(default=1.0, metadata={
+        "help": "with gradient_checkpointing: the share of decoder layers recomputed, spread evenly "
+                "(0.5 = every other layer: about half the activation memory saved for half the "
+                "recompute)"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
     save_every: int = field(default=0, metadata={
         "help": "write a resumable checkpoint every N steps (0 = only at the end)"})
@@ -42,6 +46,8 @@ class TrainConfig:
         for name in ("eval_every", "save_every"):
             if getattr(self, name) < 0:
                 raise SlmkitError(f"train {name} must be >= 0, not {getattr(self, name)!r}")
+        if not 0 < self.checkpoint_fraction <= 1:
+            raise SlmkitError(f"train checkpoint_fraction must be in (0, 1], not {self.checkpoint_fraction!r}")
         if not self.lr > 0:
             raise SlmkitError(f"train lr must be > 0, not {self.lr!r}")
         if self.warmup < 0:

@@ -140,9 +140,11 @@ def plot_curve(log_path: Path, out: Path) -> Path | None:
     return out
 
 
-def _checkpointing(model, on: bool) -> None:
+def _checkpointing(model, on: bool, fraction: float = 1.0) -> None:
     """Switch transformers' activation (gradient) checkpointing on or off (transformers >= 5.x
-    names it activation_checkpointing_*, earlier releases gradient_checkpointing_*)."""
+    names it activation_checkpointing_*, earlier releases gradient_checkpointing_*). `fraction`
+    < 1 keeps it on for that share of the checkpointable layers only, spread evenly: transformers
+    checkpoints per layer, on each layer's `gradient_checkpointing` flag."""
     new = "activation_checkpointing_" + ("enable" if on else "disable")
     old = "gradient_checkpointing_" + ("enable" if on else "disable")
     switch = getattr(model, new, None) or getattr(model, old, None)
@@ -153,6 +155,13 @@ def _checkpointing(model, on: bool) -> None:
     if on:
         switch(**{("activation_checkpointing_kwargs" if switch.__name__ == new
                    else "gradient_checkpointing_kwargs"): {"use_reentrant": False}})
+        if fraction < 1:
+            from transformers import PreTrainedModel   # models carry the flag too; layers are the rest
+
+            layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True
+                      and not isinstance(m, PreTrainedModel)]
+            for i, layer in enumerate(layers):   # layer i kept iff floor((i+1) f) > floor(i f)
+                layer.gradient_checkpointing = int((i + 1) * fraction) > int(i * fraction)
     else:
         switch()
 
@@ -204,7 +213,7 @@ def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: 
             (folder / LOG).unlink()
 
     if cfg.gradient_checkpointing:
-        _checkpointing(model, True)
+        _checkpointing(model, True, cfg.checkpoint_fraction)
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
