@@ -53,6 +53,8 @@ def parse_args():
                          "calibration part, in order, repeated as needed: 120 rows, so 48 x 4 "
                          "rows is 1.6 epochs) or a calibration spec, e.g. 'embedded@0.5,self@0.5' "
                          "(steps x batch rows, shuffled; self = sampled from the unpruned model)")
+    ap.add_argument("--loops", default="hand,slmkit,slmkit_ckpt50,slmkit_ckpt,trl",
+                    help="throughput: the loops to time (trl needs benchmarks/peers/setup.sh trl)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one timed loop
     return ap.parse_args()
@@ -150,12 +152,14 @@ def _trl_cmd(args) -> list[str]:
 def throughput(args) -> dict:
     """Alternate the loops (hand, slmkit, slmkit_ckpt50, slmkit_ckpt, trl, then the reverse) to
     cancel drift."""
-    loops = ["hand", "slmkit", "slmkit_ckpt50", "slmkit_ckpt"]
-    trl = _trl_cmd(args) if TRL_PY.exists() else None
-    if trl:
-        loops.append("trl")
-    else:
+    loops = [loop.strip() for loop in args.loops.split(",") if loop.strip()]
+    unknown = set(loops) - {"hand", "slmkit", "slmkit_ckpt50", "slmkit_ckpt", "trl"}
+    if unknown:
+        raise SystemExit(f"--loops: unknown loop(s) {sorted(unknown)}")
+    trl = _trl_cmd(args) if "trl" in loops and TRL_PY.exists() else None
+    if "trl" in loops and not trl:
         print(f"TRL venv missing ({TRL_PY}): run benchmarks/peers/setup.sh trl; timing without it")
+        loops.remove("trl")
     out: dict[str, list[dict]] = {loop: [] for loop in loops}
     order = loops + loops[::-1]
     for loop in order:
@@ -167,7 +171,7 @@ def throughput(args) -> dict:
         print(rec, flush=True)
         out[loop].append(rec)
     best = {k: max(r["tok_s"] for r in v) for k, v in out.items()}
-    ratios = {f"{a} / {k}": best[a] / best[k] for a in ("slmkit", "slmkit_ckpt50", "slmkit_ckpt") for k in best
+    ratios = {f"{a} / {k}": best[a] / best[k] for a in best if a.startswith("slmkit") for k in best
               if k != a}
     return {"runs": out, "best_tok_s": best, "ratios": ratios,
             "peak_rss_mb": {k: max(r["peak_rss_mb"] for r in v) for k, v in out.items()}}
