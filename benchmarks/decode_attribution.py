@@ -48,13 +48,15 @@ def load_variant(path: str, fuse: bool, native_int8: bool):
 def decode_tok_s(model, ids, steps: int) -> float:
     import torch
 
+    from slmkit.models.kvcache import cache_kwargs, output_cache
+
     with torch.inference_mode():
         out = model(input_ids=ids, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
         t = time.perf_counter()
         for _ in range(steps):
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past = out.past_key_values
+            out = model(input_ids=nxt, use_cache=True, **cache_kwargs(model, past))
+            past = output_cache(out)
         return steps / (time.perf_counter() - t)
 
 

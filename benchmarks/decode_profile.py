@@ -27,14 +27,16 @@ def decode_ms(model, ids, tokens: int, after_prompt=lambda: None) -> float:
     """Mean ms per decoded token (greedy, KV cache), prompt excluded."""
     import torch
 
+    from slmkit.models.kvcache import cache_kwargs, output_cache
+
     with torch.inference_mode():
         out = model(ids, use_cache=True)
-        past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
         after_prompt()
         t0 = time.perf_counter()
         for _ in range(tokens):
-            out = model(nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = model(nxt, use_cache=True, **cache_kwargs(model, past))
+            past, nxt = output_cache(out), out.logits[:, -1:].argmax(-1)
         return (time.perf_counter() - t0) / tokens * 1e3
 
 

@@ -38,6 +38,7 @@ def main() -> int:
 
     from slmkit.models import load
     from slmkit.models.dtype import cpu_flags, has_native_bf16
+    from slmkit.models.kvcache import cache_kwargs
     from slmkit.models.narrow import narrow_linears
 
     counts = [int(n) for n in args.tokens.split(",")]
@@ -49,7 +50,8 @@ def main() -> int:
         vocab = model.config.vocab_size
         with torch.inference_mode():
             base = DynamicCache()
-            model(torch.randint(0, vocab, (1, args.context), generator=gen), past_key_values=base, use_cache=True)
+            model(torch.randint(0, vocab, (1, args.context), generator=gen), use_cache=True,
+                  **cache_kwargs(model, base))
 
         def step(n: int, narrow: bool) -> float:
             cache, x = copy.deepcopy(base), torch.randint(0, vocab, (1, n), generator=gen)
@@ -57,9 +59,9 @@ def main() -> int:
             with torch.inference_mode():
                 if narrow:
                     with narrow_linears(model):
-                        model(x, past_key_values=cache, use_cache=True)
+                        model(x, use_cache=True, **cache_kwargs(model, cache))
                 else:
-                    model(x, past_key_values=cache, use_cache=True)
+                    model(x, use_cache=True, **cache_kwargs(model, cache))
             return time.perf_counter() - t0
 
         best: dict[tuple[int, bool], float] = {}

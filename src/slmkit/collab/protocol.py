@@ -23,6 +23,7 @@ import json
 from typing import TYPE_CHECKING, Protocol
 
 from slmkit.errors import SlmkitError
+from slmkit.models.kvcache import cache_kwargs, output_cache
 
 if TYPE_CHECKING:
     import torch
@@ -97,9 +98,9 @@ class Session:
             raise SlmkitError("extend() needs at least one token")
         extra = {"logits_to_keep": keep} if keep and self._keeps else {}
         with torch.inference_mode(), _narrow(self.model, self.narrow):
-            out = self.model(input_ids=torch.tensor([ids]), past_key_values=self.cache, use_cache=True,
+            out = self.model(input_ids=torch.tensor([ids]), use_cache=True, **cache_kwargs(self.model, self.cache),
                              **extra)
-        self.cache = out.past_key_values
+        self.cache = output_cache(out)
         self.length += len(ids)
         logits = out.logits[0]
         return (logits[-keep:] if keep else logits).float()
@@ -154,8 +155,8 @@ class BatchSession:
 
         with torch.inference_mode(), _narrow(self.model, self.narrow):
             out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                             past_key_values=self.cache, use_cache=True, **self._extra)
-        self.cache, self.positions = out.past_key_values, positions[:, -1]
+                             use_cache=True, **cache_kwargs(self.model, self.cache), **self._extra)
+        self.cache, self.positions = output_cache(out), positions[:, -1]
         return out.logits[:, -1].float()
 
 

@@ -45,7 +45,7 @@ def _capture(model, layers, batches: list["torch.Tensor"]) -> tuple[list["torch.
         def forward(hidden_states, *args, **kwargs):
             if index == 0:
                 inputs.append(hidden_states)
-            kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache")}
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "cache", "use_cache")}
             calls[index].append(LayerCall(args, kwargs))
             return hidden_states
         return forward

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slmkit.errors import SlmkitError
+from slmkit.models.kvcache import cache_kwargs, output_cache
 
 if TYPE_CHECKING:
     import torch
@@ -160,8 +161,8 @@ def _generate_batch(model, b: int, length: int, bos: int | None, eos: set[int], 
     advance(len(out) * b)
     cache = None
     while len(out) < length:
-        res = model(input_ids=last[:, None].to(device), past_key_values=cache, use_cache=True)
-        cache = res.past_key_values
+        res = model(input_ids=last[:, None].to(device), use_cache=True, **cache_kwargs(model, cache))
+        cache = output_cache(res)
         after_eos = torch.isin(last, eos_t)
         if not force_bos:                                # EOS is the separator: a new document
             since_start = torch.where(after_eos, 0, since_start)

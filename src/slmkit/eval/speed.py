@@ -19,6 +19,7 @@ from slmkit.errors import SlmkitError
 from slmkit.eval.memory import PeakRSS, disk_bytes, param_count
 from slmkit.eval.scoring import check_length
 from slmkit.models.dtype import resolve_dtype
+from slmkit.models.kvcache import cache_kwargs, output_cache
 from slmkit.progress import progress_bar
 
 
@@ -63,11 +64,11 @@ def _decode(model, ids, new_tokens: int) -> tuple[float, list[float]]:
         out = model(input_ids=ids, use_cache=True)
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         ttft = time.perf_counter() - t
-        past, lat = out.past_key_values, []
+        past, lat = output_cache(out), []
         for _ in range(new_tokens - 1):
             t = time.perf_counter()
-            out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-            past, nxt = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            out = model(input_ids=nxt, use_cache=True, **cache_kwargs(model, past))
+            past, nxt = output_cache(out), out.logits[:, -1].argmax(-1, keepdim=True)
             lat.append(time.perf_counter() - t)
     return ttft, lat
 
