@@ -85,6 +85,7 @@ def run_llmc(method: str, model_dir: Path, calib, work: Path, extra: list[str]) 
 
     if not PEER_PY.exists():
         raise SystemExit(f"peer venv missing: run benchmarks/peers/setup.sh llmc ({PEER_PY})")
+    work.mkdir(parents=True, exist_ok=True)
     ids = work / "calib_ids.pt"
     torch.save(calib, ids)
     out = work / f"peer_{method}"

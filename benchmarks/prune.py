@@ -26,7 +26,8 @@ from _common import eval_texts, ppl_function, run_llmc, timed, write_result  # n
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="default")
-    ap.add_argument("--methods", default="magnitude,wanda,sparsegpt")
+    ap.add_argument("--methods", default="magnitude,wanda,sparsegpt",
+                    help="slmkit's unstructured methods ('none': only the peer and/or structured rows)")
     ap.add_argument("--patterns", default="0.5,2:4", help="sparsities and/or N:M patterns")
     ap.add_argument("--calib", default="embedded",
                     help="calibration spec(s), ';'-separated: every calibrated method runs on each; "
@@ -35,6 +36,7 @@ def parse_args():
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--eval-tokens", type=int, default=25600)
+    ap.add_argument("--damp", type=float, default=None, help="SparseGPT's dampening (default: its config's)")
     ap.add_argument("--peer", action="store_true", help="llm-compressor SparseGPT and Wanda too")
     ap.add_argument("--structured", action="store_true", help="depth and width to -25%%")
     ap.add_argument("--structured-target", type=float, default=0.25)
@@ -67,18 +69,28 @@ def main() -> int:
                                                       length=args.calib_len, seed=0) for spec in specs}
     calib = calibs[specs[0]][0]
     rows = {"dense (fp32)": {"ppl": ppls(base)}}
+    print("dense (fp32)", rows["dense (fp32)"], flush=True)
+    methods = [m for m in args.methods.split(",") if m and m != "none"]
+
+    def checkpoint():  # partial results survive a crash or an interrupt later in the run
+        write_result("prune" + args.tag + ".partial", {"args": vars(args), "rows": rows})
     t: dict[str, float] = {}
     for pattern in args.patterns.split(","):
-        for name in args.methods.split(","):
+        for name in methods:
             for spec in ([None] if name == "magnitude" else specs):
                 label = f"{name} {pattern}" + (f" [{spec}]" if spec else "")
                 model = copy.deepcopy(base)
-                cfg = PRUNERS.get(name).config(**pattern_kwargs(pattern))
+                kw = pattern_kwargs(pattern)
+                if name == "sparsegpt" and args.damp is not None:
+                    kw["damp"] = args.damp
+                    label += f" damp {args.damp}"
+                cfg = PRUNERS.get(name).config(**kw)
                 with PeakRSS() as mem, timed(t, label):
                     report = prune(model, cfg, calibs[spec][0] if spec else None)
                 rows[label] = {"ppl": ppls(model), "seconds": t[label], "peak_rss_mb": mem.peak_bytes / 2**20,
                                "sparsity": report["total"]["sparsity"], "calibration": spec}
                 print(label, rows[label], flush=True)
+                checkpoint()
                 del model
 
     work = Path(tempfile.mkdtemp(prefix="slmkit-pbench-"))
@@ -95,6 +107,8 @@ def main() -> int:
                 rows[f"llm-compressor {name} {pattern} [{specs[0]}]"] = {
                     "ppl": ppls(peer), "seconds": info["compress_s"], "peak_rss_mb": info["peak_rss_mb"],
                     "peer": info}
+                print(f"llm-compressor {name} {pattern}", rows[f"llm-compressor {name} {pattern} [{specs[0]}]"], flush=True)
+                checkpoint()
                 del peer
 
     extra = {}
@@ -121,6 +135,7 @@ def main() -> int:
                 "disk_ratio": disk / dense_disk, "decode_speedup": sp["decode_tok_s"] / extra["dense"]["speed"]["decode_tok_s"],
                 "prefill_speedup": sp["prefill_tok_s"] / extra["dense"]["speed"]["prefill_tok_s"], "speed": sp}
             print(name, rows[f"{name} -{args.structured_target:.0%}"], flush=True)
+            checkpoint()
             del model
 
     table = Table(title=f"{args.model}: calib {args.calib_n}x{args.calib_len}, "

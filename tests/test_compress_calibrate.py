@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from slmkit.compress.calibrate import sequential
+from slmkit.compress.calibrate import calibration_autocast, sequential
 from slmkit.compress.targets import all_targets, layer_targets
 from slmkit.errors import SlmkitError
 from slmkit.models import ARCHS, get_arch
@@ -32,7 +32,7 @@ def test_each_layer_sees_exactly_the_hidden_states_of_a_full_forward(model_type)
         run()
         hook.remove()
 
-    sequential(model, ids, on_layer, batch_size=2)
+    sequential(model, ids, on_layer, batch_size=2)  # float32 by default
     n_layers = len(get_arch(model).decoder_layers(model))
     assert sorted(seen) == list(range(n_layers))
     for i in range(n_layers):
@@ -105,3 +105,42 @@ def test_capture_restores_an_existing_instance_forward():
     with torch.no_grad():
         model(calib_ids(n=1, length=8))
     assert len(calls) == n + 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_calibration_precision(dtype):
+    """bf16: the linears multiply in bf16 under autocast, the hidden states between layers stay
+    float32 and close to a float32 forward's; float32: exact."""
+    model = tiny_model("llama", seed=3, num_hidden_layers=3)
+    ids = calib_ids()
+    with torch.no_grad():
+        ref = model(ids, output_hidden_states=True).hidden_states
+    seen: dict[int, list[torch.Tensor]] = {}
+    out_dtypes = set()
+
+    def on_layer(i, layer, run):
+        hooks = [layer.register_forward_pre_hook(lambda m, args: seen.setdefault(i, []).append(args[0].clone())),
+                 get_arch(model).decoder_layers(model)[i].mlp.down_proj.register_forward_hook(
+                     lambda m, args, out: out_dtypes.add(out.dtype))]
+        run()
+        for h in hooks:
+            h.remove()
+
+    sequential(model, ids, on_layer, batch_size=2, dtype=dtype)
+    assert out_dtypes == {getattr(torch, dtype)}
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    for i in range(3):
+        assert all(h.dtype == torch.float32 for h in seen[i])
+        torch.testing.assert_close(torch.cat(seen[i]), ref[i], rtol=tol, atol=tol)
+
+
+def test_auto_precision_follows_the_cpu_and_skips_non_float32_models():
+    from slmkit.models.dtype import has_native_bf16
+
+    model = tiny_model("llama", seed=0)
+    assert calibration_autocast(model, "auto")._enabled == has_native_bf16()
+    assert calibration_autocast(model, "bfloat16")._enabled
+    assert not calibration_autocast(model, "float32")._enabled
+    assert not calibration_autocast(model.to(torch.bfloat16), "bfloat16")._enabled  # already bf16
+    with pytest.raises(SlmkitError, match="calib_dtype must be one of auto, float32, bfloat16"):
+        calibration_autocast(model, "float16")

@@ -66,7 +66,7 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
                 raise SlmkitError(f"{t.name}: {e}") from None
             _store(t, qw, store)
 
-    sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="GPTQ")
+    sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="GPTQ", dtype=cfg.calib_dtype)
     return store
 
 

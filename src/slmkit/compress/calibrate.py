@@ -10,12 +10,20 @@ SparseGPT, ...), so only one decoder layer's activations are held at a time.
    layer's weights. The loop then pushes the batches through the edited layer once more; those
    outputs are the next layer's inputs ("true sequential": later layers calibrate on what the
    compressed earlier layers actually produce).
+
+Precision (`dtype`, every calibrating config's `calib_dtype`, float32 by default until the
+quality cost of bf16 passes is measured on real models): the passes run a float32 model
+under bf16 autocast for "bfloat16", and for "auto" where it picks bf16 for prefill-like work
+(CPUs with AMX / AVX512-BF16, where a SmolLM2 layer pass over 8 x 512 tokens takes 0.08 s in bf16 vs 0.25 s in float32), and in
+float32 elsewhere (on AVX2-only CPUs bf16 matmuls are emulated and ~5x slower). Hidden states
+between layers stay float32 (the residual stream adds in float32), the statistics hooks see
+float32 inputs, and Hessians and norms accumulate in float32 either way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from slmkit.errors import SlmkitError
 from slmkit.eval.scoring import accepts_logits_to_keep
@@ -25,6 +33,32 @@ from slmkit.progress import progress_bar
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+CalibDtype = Literal["auto", "float32", "bfloat16"]
+CALIB_DTYPES = ("auto", "float32", "bfloat16")
+
+
+def calib_dtype_field():
+    """The `calib_dtype` field every calibrating config carries."""
+    return field(default="float32", metadata={
+        "help": "precision of the calibration passes: float32; bfloat16 (bf16 autocast, ~3x faster "
+                "on CPUs with AMX / AVX512-BF16); auto = bf16 where the CPU has native bf16, float32 "
+                "elsewhere. Statistics accumulate in float32 either way"})
+
+
+def calibration_autocast(model: "nn.Module", dtype: str = "auto"):
+    """The autocast context the calibration passes of `model` run in (see the module doc): bf16
+    autocast for a float32 model when `dtype` resolves to bf16, otherwise a no-op."""
+    import torch
+
+    from slmkit.models.dtype import resolve_dtype
+
+    if dtype not in CALIB_DTYPES:
+        raise SlmkitError(f"calib_dtype must be one of {', '.join(CALIB_DTYPES)}, not {dtype!r}")
+    param = next(model.parameters(), None)
+    on = (resolve_dtype(dtype, "prefill") == torch.bfloat16 and param is not None
+          and param.dtype == torch.float32)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on)
 
 
 @dataclass
@@ -76,27 +110,30 @@ def _run_layer(layer, hidden: "torch.Tensor", call: LayerCall) -> "torch.Tensor"
 
 def sequential(model: "nn.Module", calib: "torch.Tensor",
                on_layer: Callable[[int, "nn.Module", Callable[[], None]], None], *,
-               batch_size: int = 8, description: str = "calibrating") -> None:
-    """Walk the decoder layers in order with calibration token ids `calib` [n, length]."""
+               batch_size: int = 8, description: str = "calibrating", dtype: str = "float32") -> None:
+    """Walk the decoder layers in order with calibration token ids `calib` [n, length], the
+    passes in `dtype` ("auto", "float32" or "bfloat16"; see the module doc)."""
     import torch
 
     if calib.ndim != 2 or calib.shape[0] < 1 or calib.shape[1] < 2:
         raise SlmkitError(f"calibration ids must be [n >= 1, length >= 2], got {tuple(calib.shape)}")
     if batch_size < 1:
         raise SlmkitError(f"batch_size must be >= 1, not {batch_size}")
+    precision = calibration_autocast(model, dtype)
     layers = get_arch(model).decoder_layers(model)
     batches = list(calib.split(batch_size))
-    hidden, calls = _capture(model, layers, batches)
+    with precision:
+        hidden, calls = _capture(model, layers, batches)
     if len(hidden) != len(batches):
         raise SlmkitError("the model never called its first decoder layer during calibration capture")
     with progress_bar(description, len(layers), unit="layers") as advance:
         for i, layer in enumerate(layers):
             def run(layer=layer, i=i, hidden=hidden):  # bound now: `hidden` is rebound below
-                with torch.inference_mode():
+                with torch.inference_mode(), precision:
                     for h, call in zip(hidden, calls[i]):
                         _run_layer(layer, h, call)
             on_layer(i, layer, run)
-            with torch.inference_mode():
+            with torch.inference_mode(), precision:
                 hidden = [_run_layer(layer, h, call) for h, call in zip(hidden, calls[i])]
             advance(1)
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from slmkit.compress.calibrate import sequential
+from slmkit.compress.calibrate import CalibDtype, calib_dtype_field, sequential
 from slmkit.compress.lowrank.svd import Factorized, LowRankLinear, rank_for, svd_factors
 from slmkit.compress.smooth import ActivationStats
 from slmkit.compress.targets import Target, all_targets, layer_targets
@@ -40,6 +40,7 @@ class ASVDConfig(SVDConfig):
     alpha: float = field(default=0.5, metadata={
         "help": "input channels are weighted by mean|x|^alpha before the SVD (0 = plain SVD)"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
+    calib_dtype: CalibDtype = calib_dtype_field()
 
 
 def _factorize(model, t: Target, cfg: SVDConfig, scale: torch.Tensor | None,
@@ -79,7 +80,8 @@ def apply_asvd(model, cfg: ASVDConfig, calib) -> list[Factorized]:
             mean_abs = s.abs_sum / max(s.tokens, 1)
             _factorize(model, t, cfg, mean_abs.clamp(min=1e-6) ** cfg.alpha, done)
 
-    sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="ASVD")
+    sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="ASVD",
+               dtype=cfg.calib_dtype)
     return done
 
 

@@ -89,7 +89,8 @@ def plan_layers(model, cfg: PruneConfig, calib, sparsity: float) -> Plan:
         metric = torch.cat([wanda_metric(t.weight(), norms[t.name]).reshape(-1) for t in targets])
         ratios.append(outlier_ratio(metric, cfg.owl_m) if len(metric) else 0.0)
 
-    sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="OWL statistics")
+    sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="OWL statistics",
+               dtype=cfg.calib_dtype)
     return Plan(owl_sparsities(ratios, sparsity, cfg.owl_lambda), ratios)
 
 
@@ -119,7 +120,8 @@ def _prune_each(model, cfg: PruneConfig, calib, description: str, collector, pru
                 run()
             prune_layer(index, st)
 
-        sequential(model, calib, on_layer, batch_size=cfg.batch_size, description=description)
+        sequential(model, calib, on_layer, batch_size=cfg.batch_size, description=description,
+                   dtype=cfg.calib_dtype)
     return prune_report(model, skip, plan, nm)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from slmkit.compress.calibrate import CalibDtype, calib_dtype_field
 from slmkit.errors import SlmkitError
 
 DEFAULT_SPARSITY = 0.5
@@ -33,6 +34,7 @@ class PruneConfig:
     skip: list[str] = field(default_factory=list, metadata={
         "help": "roles (q, k, v, o, gate, up, down, ...) or name patterns to leave dense"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
+    calib_dtype: CalibDtype = calib_dtype_field()
 
 
 @dataclass

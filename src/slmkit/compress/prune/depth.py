@@ -43,7 +43,8 @@ def _hidden(args: tuple, kwargs: dict) -> "torch.Tensor":
     return args[0] if args else kwargs["hidden_states"]
 
 
-def block_influence(model: "nn.Module", calib: "torch.Tensor", batch_size: int = 8) -> list[float]:
+def block_influence(model: "nn.Module", calib: "torch.Tensor", batch_size: int = 8,
+                    dtype: str = "float32") -> list[float]:
     """BI_i = 1 - mean cosine(layer input, layer output) over every calibration token."""
     import torch.nn.functional as F
 
@@ -66,7 +67,7 @@ def block_influence(model: "nn.Module", calib: "torch.Tensor", batch_size: int =
             handle.remove()
         scores.append(1.0 - acc[0] / acc[1])
 
-    sequential(model, calib, on_layer, batch_size=batch_size, description="block influence")
+    sequential(model, calib, on_layer, batch_size=batch_size, description="block influence", dtype=dtype)
     return scores
 
 
@@ -177,7 +178,7 @@ def prune_depth(model: "nn.Module", cfg: DepthPruneConfig, calib: "torch.Tensor"
     report: dict = {"kind": "depth", "ranking": cfg.ranking, "target": cfg.target,
                     "params_to_remove": remove}
     if cfg.ranking == "block_influence":
-        scores = block_influence(model, calib, cfg.batch_size)
+        scores = block_influence(model, calib, cfg.batch_size, cfg.calib_dtype)
     else:
         base, losses = skip_losses(model, calib, cfg.batch_size)
         scores = [loss - base for loss in losses]

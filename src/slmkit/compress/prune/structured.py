@@ -22,6 +22,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from slmkit.compress.calibrate import CalibDtype, calib_dtype_field
 from slmkit.errors import SlmkitError
 from slmkit.models.arch import ArchSpec, get_arch
 
@@ -40,8 +41,10 @@ class DepthPruneConfig:
     ranking: Literal["block_influence", "ppl"] = field(default="block_influence", metadata={
         "help": "layer ranking: block_influence = 1 - mean cos(layer input, layer output) over the "
                 "calibration tokens, lowest removed (ShortGPT); ppl = calibration loss with each "
-                "single layer skipped, least harmful removed (costs n_layers + 1 forwards)"})
+                "single layer skipped, least harmful removed (costs n_layers + 1 forwards, "
+                "in float32 whatever calib_dtype says: bf16 noise could reorder close losses)"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
+    calib_dtype: CalibDtype = calib_dtype_field()
 
 
 @dataclass
@@ -60,6 +63,7 @@ class WidthPruneConfig:
                 "kernels and GGUF blocks need multiples of 32, and a quantization group must "
                 "divide the width; 1 = exactly the target"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
+    calib_dtype: CalibDtype = calib_dtype_field()
 
 
 # ---- targets ---------------------------------------------------------------------------------

@@ -139,7 +139,8 @@ def _head_importance(x: "torch.Tensor", w_o: "torch.Tensor", heads: int) -> "tor
 
 
 def score_and_mask(model: "nn.Module", spec: ArchSpec, shape: Shape, calib: "torch.Tensor",
-                   n_channels: int, n_groups: int, batch_size: int) -> list[dict]:
+                   n_channels: int, n_groups: int, batch_size: int,
+                   dtype: str = "float32") -> list[dict]:
     """Per layer: the channels / KV groups of lowest importance, zeroed in place as chosen."""
     import torch
 
@@ -178,7 +179,7 @@ def score_and_mask(model: "nn.Module", spec: ArchSpec, shape: Shape, calib: "tor
         chosen.append({"removed_channels": channels, "removed_kv_groups": groups,
                        "removed_heads": heads, "group_importance": group_score.tolist()})
 
-    sequential(model, calib, on_layer, batch_size=batch_size, description="width importance")
+    sequential(model, calib, on_layer, batch_size=batch_size, description="width importance", dtype=dtype)
     return chosen
 
 
@@ -251,7 +252,8 @@ def prune_width(model: "nn.Module", cfg: WidthPruneConfig, calib: "torch.Tensor"
         setattr(trial, name, value)
     check_config(trial, f"width pruning to {new_sizes}", "; use prune='mlp'" if n_groups else "")
     sizes = layer_sizes(model, spec)
-    chosen = score_and_mask(model, spec, shape, calib, n_channels, n_groups, cfg.batch_size)
+    chosen = score_and_mask(model, spec, shape, calib, n_channels, n_groups, cfg.batch_size,
+                            cfg.calib_dtype)
     states = [sliced_state(spec, shape, layer, c) for layer, c in zip(layers, chosen)]
     for name, value in new_sizes.items():
         setattr(config, name, value)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from slmkit.compress.calibrate import InputHooks, sequential
+from slmkit.compress.calibrate import CalibDtype, InputHooks, calib_dtype_field, sequential
 from slmkit.compress.quantize.config import RTNConfig, grid_for
 from slmkit.compress.quantize.rtn import (
     QuantizedWeight,
@@ -72,6 +72,7 @@ class AWQConfig(RTNConfig):
         "help": "keep a clip only where it lowers the row's full output error and, in gated MLPs, "
                 "the intermediate channel's error (one extra pass per layer)"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
+    calib_dtype: CalibDtype = calib_dtype_field()
 
     def check(self) -> None:
         check_bits(self.bits, self.group_size)
@@ -278,5 +279,5 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             t.set_weight(qw.dequantize())
             store[t.name] = qw
 
-    sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="AWQ")
+    sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="AWQ", dtype=cfg.calib_dtype)
     return store

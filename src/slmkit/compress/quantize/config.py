@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from slmkit.compress.calibrate import CalibDtype, calib_dtype_field
 from slmkit.errors import SlmkitError
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class GPTQConfig(RTNConfig):
         "help": "shrink each group's range to the clipping that minimises its diag(H)-weighted "
                 "rounding error, instead of plain min/max"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
+    calib_dtype: CalibDtype = calib_dtype_field()
 
 
 def check_overrides(cfg) -> None:

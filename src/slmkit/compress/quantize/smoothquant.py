@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from slmkit.compress.calibrate import sequential
+from slmkit.compress.calibrate import CalibDtype, calib_dtype_field, sequential
 from slmkit.compress.quantize.rtn import QuantizedWeight, rtn
 from slmkit.compress.smooth import (
     ATTN_IN,
@@ -49,6 +49,7 @@ class SmoothQuantConfig:
     skip: list[str] = field(default_factory=list, metadata={
         "help": "roles (q, k, v, o, gate, up, down, ...) or name patterns to leave unquantized"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
+    calib_dtype: CalibDtype = calib_dtype_field()
 
     def check(self) -> None:
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
@@ -114,7 +115,7 @@ def _run(model: "nn.Module", cfg: SmoothQuantConfig, calib: torch.Tensor | None,
                 t.set_weight(qw.dequantize())
                 store[t.name] = qw
 
-    sequential(model, calib, on_layer, batch_size=cfg.batch_size,
+    sequential(model, calib, on_layer, batch_size=cfg.batch_size, dtype=cfg.calib_dtype,
                description="SmoothQuant" if quantize else "smoothing")
     return scales, store
 
