@@ -104,10 +104,10 @@ def main() -> int:
                 extra = ["--nm", pattern] if ":" in pattern else ["--sparsity", pattern]
                 out, info = run_llmc(name, src, calib, work / f"{name}_{pattern.replace(':', '-')}", extra)
                 peer = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-                rows[f"llm-compressor {name} {pattern} [{specs[0]}]"] = {
-                    "ppl": ppls(peer), "seconds": info["compress_s"], "peak_rss_mb": info["peak_rss_mb"],
-                    "peer": info}
-                print(f"llm-compressor {name} {pattern}", rows[f"llm-compressor {name} {pattern} [{specs[0]}]"], flush=True)
+                key = f"llm-compressor {name} {pattern} [{specs[0]}]"
+                rows[key] = {"ppl": ppls(peer), "seconds": info["compress_s"],
+                             "peak_rss_mb": info["peak_rss_mb"], "peer": info}
+                print(key, rows[key], flush=True)
                 checkpoint()
                 del peer
 

@@ -120,8 +120,8 @@ def test_calibration_precision(dtype):
 
     def on_layer(i, layer, run):
         hooks = [layer.register_forward_pre_hook(lambda m, args: seen.setdefault(i, []).append(args[0].clone())),
-                 get_arch(model).decoder_layers(model)[i].mlp.down_proj.register_forward_hook(
-                     lambda m, args, out: out_dtypes.add(out.dtype))]
+                 *[t.module.register_forward_hook(lambda m, args, out: out_dtypes.add(out.dtype))
+                   for t in layer_targets(model, i, ()) if t.role == "down"]]
         run()
         for h in hooks:
             h.remove()

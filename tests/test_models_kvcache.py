@@ -38,26 +38,17 @@ def test_real_models_take_the_name_we_pass(model_type):
     assert cache_argument(type(model)) in inspect.signature(type(model).forward).parameters
 
 
-def _no_deprecation():
-    w = warnings.catch_warnings()
-    w.__enter__()
-    warnings.filterwarnings("error", message=".*past_key_values.*")
-    return w
-
-
 def test_local_session_speed_and_selfgen_pass_no_deprecated_name(tiny_tok):
     model = tiny_model("llama", seed=0).eval()
     ids = [5, 9, 2, 7, 11, 3]
     full = model(input_ids=torch.tensor([ids])).logits[0].float()
-    w = _no_deprecation()
-    try:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
         s = LocalLM(model, tiny_tok).session()
         first = s.extend(ids[:4])
         rest = s.extend(ids[4:])
         _decode(model, torch.tensor([ids]), 3)
         generate_calibration_text(model, tiny_tok, n=2, length=8, seed=0, cache=False)
-    finally:
-        w.__exit__(None, None, None)
     torch.testing.assert_close(torch.cat([first, rest]), full, atol=1e-4, rtol=1e-4)
 
 

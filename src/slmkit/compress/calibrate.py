@@ -46,7 +46,7 @@ def calib_dtype_field():
                 "elsewhere. Statistics accumulate in float32 either way"})
 
 
-def calibration_autocast(model: "nn.Module", dtype: str = "auto"):
+def calibration_autocast(model: "nn.Module", dtype: str):
     """The autocast context the calibration passes of `model` run in (see the module doc): bf16
     autocast for a float32 model when `dtype` resolves to bf16, otherwise a no-op."""
     import torch
