@@ -37,6 +37,9 @@ def parse_args():
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--eval-tokens", type=int, default=25600)
     ap.add_argument("--damp", type=float, default=None, help="SparseGPT's dampening (default: its config's)")
+    ap.add_argument("--calib-dtype", default="float32", choices=["float32", "bfloat16", "auto"],
+                    help="precision of the calibration passes (slmkit's calibrated methods)")
+    ap.add_argument("--speed-rounds", type=int, default=3, help="alternating speed rounds (structured)")
     ap.add_argument("--peer", action="store_true", help="llm-compressor SparseGPT and Wanda too")
     ap.add_argument("--structured", action="store_true", help="depth and width to -25%%")
     ap.add_argument("--structured-target", type=float, default=0.25)
@@ -84,6 +87,9 @@ def main() -> int:
                 if name == "sparsegpt" and args.damp is not None:
                     kw["damp"] = args.damp
                     label += f" damp {args.damp}"
+                if spec and args.calib_dtype != "float32":
+                    kw["calib_dtype"] = args.calib_dtype
+                    label += f" calib {args.calib_dtype}"
                 cfg = PRUNERS.get(name).config(**kw)
                 with PeakRSS() as mem, timed(t, label):
                     report = prune(model, cfg, calibs[spec][0] if spec else None)
@@ -113,13 +119,11 @@ def main() -> int:
 
     extra = {}
     if args.structured:
-        from slmkit.eval.speed import SpeedConfig, speed
+        from slmkit.eval.speed import SpeedConfig, alternating
 
-        speed_cfg = SpeedConfig(prompt_tokens=128, new_tokens=128, repeats=3,
-                                prefill_dtype="float32", decode_dtype="bfloat16")
         dense_disk = sum(p.stat().st_size for p in src.glob("*.safetensors"))
-        extra["dense"] = {"params": base.num_parameters(), "disk_bytes": dense_disk,
-                          "speed": speed(base, tok, speed_cfg)}
+        extra["dense"] = {"params": base.num_parameters(), "disk_bytes": dense_disk}
+        pruned = {}
         for name, cfg in (("depth", DepthPruneConfig(target=args.structured_target)),
                           ("width", WidthPruneConfig(target=args.structured_target))):
             model = copy.deepcopy(base)
@@ -128,15 +132,25 @@ def main() -> int:
             out = save(model.to(torch.bfloat16), tok, work / f"structured_{name}")
             model.float()
             disk = sum(p.stat().st_size for p in out.glob("*.safetensors"))
-            sp = speed(model, tok, speed_cfg)
-            rows[f"{name} -{args.structured_target:.0%}"] = {
-                "ppl": ppls(model), "seconds": t[name], "peak_rss_mb": mem.peak_bytes / 2**20,
-                "params": model.num_parameters(), "disk_bytes": disk,
-                "disk_ratio": disk / dense_disk, "decode_speedup": sp["decode_tok_s"] / extra["dense"]["speed"]["decode_tok_s"],
-                "prefill_speedup": sp["prefill_tok_s"] / extra["dense"]["speed"]["prefill_tok_s"], "speed": sp}
-            print(name, rows[f"{name} -{args.structured_target:.0%}"], flush=True)
+            key = f"{name} -{args.structured_target:.0%}"
+            rows[key] = {"ppl": ppls(model), "seconds": t[name], "peak_rss_mb": mem.peak_bytes / 2**20,
+                         "params": model.num_parameters(), "disk_bytes": disk, "disk_ratio": disk / dense_disk}
+            print(name, rows[key], flush=True)
             checkpoint()
-            del model
+            pruned[key] = model
+        # dense and pruned timed in alternation in this process (dense, depth, width, dense, ...):
+        # timing one after the other lets the machine's state drift between them
+        speed_cfg = SpeedConfig(prompt_tokens=128, new_tokens=128, repeats=1,
+                                prefill_dtype="float32", decode_dtype="bfloat16")
+        sp = alternating({"dense": (base, tok), **{k: (m, tok) for k, m in pruned.items()}},
+                         speed_cfg, rounds=args.speed_rounds)
+        extra["dense"]["speed"] = sp.pop("dense")
+        for key, v in sp.items():
+            rows[key].update(speed=v, decode_speedup=v["decode_tok_s"] / extra["dense"]["speed"]["decode_tok_s"],
+                             prefill_speedup=v["prefill_tok_s"] / extra["dense"]["speed"]["prefill_tok_s"])
+            print(key, f"decode {rows[key]['decode_speedup']:.2f}x prefill {rows[key]['prefill_speedup']:.2f}x")
+        checkpoint()
+        del pruned
 
     table = Table(title=f"{args.model}: calib {args.calib_n}x{args.calib_len}, "
                         f"ppl protocol (i) window {args.window}, {args.eval_tokens} tokens per text")
@@ -144,7 +158,7 @@ def main() -> int:
         table.add_column(c, justify="left" if c == "method" else "right")
     b = rows["dense (fp32)"]["ppl"]
     for label, r in rows.items():
-        tail = (f"{r['disk_ratio']:.2f}x / {r['decode_speedup']:.2f}x" if "disk_ratio" in r else "-")
+        tail = (f"{r['disk_ratio']:.2f}x / {r['decode_speedup']:.2f}x" if "decode_speedup" in r else "-")
         table.add_row(escape(label), f"{r['ppl']['in']:.3f}", f"{r['ppl']['in'] / b['in']:.3f}x",
                       f"{r['ppl']['out']:.3f}", f"{r['ppl']['out'] / b['out']:.3f}x",
                       f"{r['seconds']:.1f}" if "seconds" in r else "-",

@@ -66,18 +66,13 @@ def side_by_side_speed(report: dict, rounds: int) -> dict:
     """Decode and prefill tok/s of the source and the final slmkit checkpoint, measured in
     alternation in this one process (`rounds` times each, 128 + 128 tokens, auto dtype per phase):
     the per-stage numbers in the report come from different moments of a long run."""
-    from slmkit.eval.speed import SpeedConfig, speed
+    from slmkit.eval.speed import SpeedConfig, alternating
     from slmkit.models import load
 
     final = [s for s in report["stages"] if s["metrics"].get("speed", {}).get("decode_tok_s")][-1]
     models = {"source": load(report["model"], "auto"), final["stage"]: load(final["output"], "auto")}
-    cfg = SpeedConfig(prompt_tokens=128, new_tokens=128, repeats=1)
-    runs: dict[str, list[dict]] = {k: [] for k in models}
-    for _ in range(rounds):
-        for name, (model, tok) in models.items():
-            runs[name].append(speed(model, tok, cfg))
-    med = {k: {m: sorted(r[m] for r in v)[len(v) // 2] for m in ("decode_tok_s", "prefill_tok_s")}
-           for k, v in runs.items()}
+    res = alternating(models, SpeedConfig(prompt_tokens=128, new_tokens=128, repeats=1), rounds)
+    med = {k: {m: v[m] for m in ("decode_tok_s", "prefill_tok_s")} for k, v in res.items()}
     return {"final": final["stage"], "rounds": rounds, "median": med,
             "decode_ratio": med[final["stage"]]["decode_tok_s"] / med["source"]["decode_tok_s"],
             "prefill_ratio": med[final["stage"]]["prefill_tok_s"] / med["source"]["prefill_tok_s"]}

@@ -173,6 +173,30 @@ def test_speed_reports_phases_and_keeps_model_dtype(tiny_tok):
     assert out["peak_rss_mb"] > 10 and out["params"] == sum(p.numel() for p in model.parameters())
 
 
+def test_alternating_speed_interleaves_models_and_reduces_their_runs(tiny_tok):
+    from itertools import groupby
+
+    from slmkit.eval.speed import alternating
+
+    order = []
+    models = {}
+    for name in ("a", "b"):
+        m = tiny_model("llama")
+        m.register_forward_pre_hook(lambda *_, name=name: order.append(name))
+        models[name] = (m, tiny_tok)
+    cfg = SpeedConfig(prompt_tokens=8, new_tokens=3, warmup=0, repeats=1, prefill_dtype="float32",
+                      decode_dtype="float32")
+    out = alternating(models, cfg, rounds=3, stat="max")
+    assert [k for k, _ in groupby(order)] == ["a", "b"] * 3  # a, b, a, b, a, b: never two runs of one in a row
+    for name in models:
+        runs = out[name]["runs"]
+        assert len(runs) == 3 and out[name]["decode_tok_s"] == max(r["decode_tok_s"] for r in runs)
+    med = alternating(models, cfg, rounds=3)
+    assert med["a"]["prefill_tok_s"] == sorted(r["prefill_tok_s"] for r in med["a"]["runs"])[1]
+    with pytest.raises(SlmkitError, match="stat"):
+        alternating(models, cfg, stat="mean")
+
+
 def test_report_json_markdown_and_plot(tmp_path):
     r = Report("t")
     r.add("a", {"ppl": {"window": {"token_perplexity": 10.0}}, "speed": {"decode_tok_s": 5.0}})

@@ -114,3 +114,28 @@ def speed(model, tokenizer, cfg: SpeedConfig | None = None) -> dict:
         "decode_dtype": str(dec_dtype).removeprefix("torch."),
         "prompt_tokens": cfg.prompt_tokens, "new_tokens": cfg.new_tokens, "repeats": cfg.repeats,
     }
+
+
+def alternating(models: dict, cfg: SpeedConfig | None = None, rounds: int = 3,
+                stat: str = "median") -> dict:
+    """Prefill and decode tok/s of several models measured in alternation in this one process
+    (a, b, c, a, b, c, ...), reduced per model by `stat` ("median" or "max" over `rounds`).
+
+    `models` maps a name to (model, tokenizer). Timing one model after another lets the machine's
+    state (turbo, other load, page cache) drift between them; alternating spreads that drift over
+    all of them, which makes the ratios between them like-for-like. Each call of `speed` runs its
+    own warm-up first."""
+    if stat not in ("median", "max"):
+        raise SlmkitError(f"stat must be 'median' or 'max', got {stat!r}")
+    if rounds < 1 or not models:
+        raise SlmkitError("alternating speed needs at least one model and rounds >= 1")
+    cfg = cfg or SpeedConfig(repeats=1)
+    runs: dict[str, list[dict]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for name, (model, tok) in models.items():
+            runs[name].append(speed(model, tok, cfg))
+    reduce = statistics.median if stat == "median" else max
+    return {name: {"prefill_tok_s": reduce(r["prefill_tok_s"] for r in rs),
+                   "decode_tok_s": reduce(r["decode_tok_s"] for r in rs),
+                   "rounds": rounds, "stat": stat, "runs": rs}
+            for name, rs in runs.items()}

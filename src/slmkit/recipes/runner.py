@@ -305,18 +305,12 @@ def side_by_side_speed(source: str, final: str, recipe: Recipe, rounds: int = 2)
     process (source, final, source, final, ...; best of `rounds` each). The per-stage speeds in the
     report come from different moments, and from earlier invocations when stages were skipped,
     so only this ratio is a like-for-like comparison."""
-    from slmkit.eval.speed import SpeedConfig, speed
+    from slmkit.eval.speed import SpeedConfig, alternating
 
     ev = recipe.evaluation
     cfg = SpeedConfig(prompt_tokens=ev.speed_prompt, new_tokens=ev.speed_new_tokens, repeats=1)
-    models = {"source": _load(source), "final": _load(final)}
-    best: dict[str, dict] = {k: {} for k in models}
-    for _ in range(rounds):
-        for name, (model, tok) in models.items():
-            sp = speed(model, tok, cfg)
-            for k in ("prefill_tok_s", "decode_tok_s"):
-                if sp.get(k):
-                    best[name][k] = max(best[name].get(k, 0.0), sp[k])
+    best = alternating({"source": _load(source), "final": _load(final)}, cfg, rounds, stat="max")
+    best = {k: {m: v[m] for m in ("prefill_tok_s", "decode_tok_s") if v.get(m)} for k, v in best.items()}
     out = {"rounds": rounds, "source": best["source"], "final": best["final"]}
     for k, label in (("decode_tok_s", "decode_ratio"), ("prefill_tok_s", "prefill_ratio")):
         if best["source"].get(k) and best["final"].get(k):
