@@ -41,6 +41,8 @@ def parse_args():
                     help="precision of the calibration passes (slmkit's calibrated methods)")
     ap.add_argument("--speed-rounds", type=int, default=3, help="alternating speed rounds (structured)")
     ap.add_argument("--peer", action="store_true", help="llm-compressor SparseGPT and Wanda too")
+    ap.add_argument("--peer-rows", default="",
+                    help="only these peer rows, e.g. 'wanda 0.5,sparsegpt 2:4' (default: both methods x --patterns)")
     ap.add_argument("--structured", action="store_true", help="depth and width to -25%%")
     ap.add_argument("--structured-target", type=float, default=0.25)
     ap.add_argument("--tag", default="")
@@ -94,6 +96,7 @@ def main() -> int:
                 with PeakRSS() as mem, timed(t, label):
                     report = prune(model, cfg, calibs[spec][0] if spec else None)
                 rows[label] = {"ppl": ppls(model), "seconds": t[label], "peak_rss_mb": mem.peak_bytes / 2**20,
+                               "rss_added_mb": (mem.peak_bytes - mem.start_bytes) / 2**20,
                                "sparsity": report["total"]["sparsity"], "calibration": spec}
                 print(label, rows[label], flush=True)
                 checkpoint()
@@ -105,17 +108,17 @@ def main() -> int:
     if args.peer:
         from transformers import AutoModelForCausalLM
 
-        for pattern in args.patterns.split(","):
-            for name in ("sparsegpt", "wanda"):
-                extra = ["--nm", pattern] if ":" in pattern else ["--sparsity", pattern]
-                out, info = run_llmc(name, src, calib, work / f"{name}_{pattern.replace(':', '-')}", extra)
-                peer = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
-                key = f"llm-compressor {name} {pattern} [{specs[0]}]"
-                rows[key] = {"ppl": ppls(peer), "seconds": info["compress_s"],
-                             "peak_rss_mb": info["peak_rss_mb"], "peer": info}
-                print(key, rows[key], flush=True)
-                checkpoint()
-                del peer
+        wanted = [tuple(r.split()) for r in args.peer_rows.split(",") if r.strip()]
+        for name, pattern in wanted or [(n, p) for p in args.patterns.split(",") for n in ("sparsegpt", "wanda")]:
+            extra = ["--nm", pattern] if ":" in pattern else ["--sparsity", pattern]
+            out, info = run_llmc(name, src, calib, work / f"{name}_{pattern.replace(':', '-')}", extra)
+            peer = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+            key = f"llm-compressor {name} {pattern} [{specs[0]}]"
+            rows[key] = {"ppl": ppls(peer), "seconds": info["compress_s"],
+                         "peak_rss_mb": info["peak_rss_mb"], "peer": info}
+            print(key, rows[key], flush=True)
+            checkpoint()
+            del peer
 
     extra = {}
     if args.structured:
@@ -134,7 +137,7 @@ def main() -> int:
             disk = sum(p.stat().st_size for p in out.glob("*.safetensors"))
             key = f"{name} -{args.structured_target:.0%}"
             rows[key] = {"ppl": ppls(model), "seconds": t[name], "peak_rss_mb": mem.peak_bytes / 2**20,
-                         "params": model.num_parameters(), "disk_bytes": disk, "disk_ratio": disk / dense_disk}
+                         "rss_added_mb": (mem.peak_bytes - mem.start_bytes) / 2**20, "params": model.num_parameters(), "disk_bytes": disk, "disk_ratio": disk / dense_disk}
             print(name, rows[key], flush=True)
             checkpoint()
             pruned[key] = model

@@ -197,6 +197,16 @@ def test_alternating_speed_interleaves_models_and_reduces_their_runs(tiny_tok):
         alternating(models, cfg, stat="mean")
 
 
+def test_peak_rss_sees_what_a_block_allocates():
+    from slmkit.eval.memory import PeakRSS
+
+    with PeakRSS() as mem:
+        x = torch.ones(64 * 2**20 // 4 * 4)  # 256 MiB, written so the pages are resident
+        del x
+    assert mem.start_bytes > 0
+    assert 200 * 2**20 < mem.peak_bytes - mem.start_bytes < 1024 * 2**20
+
+
 def test_report_json_markdown_and_plot(tmp_path):
     r = Report("t")
     r.add("a", {"ppl": {"window": {"token_perplexity": 10.0}}, "speed": {"decode_tok_s": 5.0}})

@@ -27,11 +27,13 @@ def max_rss_bytes() -> int:
 
 
 class PeakRSS:
-    """`with PeakRSS() as p: ...; p.peak_bytes` — samples RSS every `interval` seconds."""
+    """`with PeakRSS() as p: ...; p.peak_bytes` — samples RSS every `interval` seconds.
+    `p.start_bytes` is the RSS on entry, so `p.peak_bytes - p.start_bytes` is what the block added."""
 
     def __init__(self, interval: float = 0.01):
         self.interval = interval
         self.peak_bytes = 0
+        self.start_bytes = 0
         self._stop = threading.Event()
 
     def _run(self) -> None:
@@ -40,7 +42,7 @@ class PeakRSS:
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakRSS":
-        self.peak_bytes = current_rss_bytes()
+        self.peak_bytes = self.start_bytes = current_rss_bytes()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
