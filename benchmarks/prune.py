@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import eval_texts, ppl_function, run_llmc, timed, write_result  # noqa: E402
+from _common import RESULTS, eval_texts, ppl_function, run_llmc, timed, write_result  # noqa: E402
 
 
 def parse_args():
@@ -170,6 +170,7 @@ def main() -> int:
     payload = {"args": vars(args), "rows": rows, "texts": {k: v.describe() for k, v in texts.items()},
                "calibration": {spec: prov for spec, (_, prov) in calibs.items()}, **extra}
     print(f"wrote {write_result('prune' + args.tag, payload)}")
+    (RESULTS / f"prune{args.tag}.partial.json").unlink(missing_ok=True)  # the full result supersedes it
     return 0
 
 
