@@ -46,7 +46,11 @@ def parse_args():
     ap.add_argument("--structured", action="store_true", help="depth and width to -25%%")
     ap.add_argument("--structured-target", type=float, default=0.25)
     ap.add_argument("--tag", default="")
-    return ap.parse_args()
+    args = ap.parse_args()
+    for row in filter(str.strip, args.peer_rows.split(",")):
+        if len(row.split()) != 2 or row.split()[0] not in ("sparsegpt", "wanda"):
+            ap.error(f"--peer-rows: {row.strip()!r} is not 'METHOD PATTERN' with METHOD sparsegpt or wanda")
+    return args
 
 
 def pattern_kwargs(p: str) -> dict:
@@ -96,7 +100,7 @@ def main() -> int:
                 with PeakRSS() as mem, timed(t, label):
                     report = prune(model, cfg, calibs[spec][0] if spec else None)
                 rows[label] = {"ppl": ppls(model), "seconds": t[label], "peak_rss_mb": mem.peak_bytes / 2**20,
-                               "rss_added_mb": (mem.peak_bytes - mem.start_bytes) / 2**20,
+                               "rss_added_mb": mem.added_bytes / 2**20,
                                "sparsity": report["total"]["sparsity"], "calibration": spec}
                 print(label, rows[label], flush=True)
                 checkpoint()
@@ -137,7 +141,8 @@ def main() -> int:
             disk = sum(p.stat().st_size for p in out.glob("*.safetensors"))
             key = f"{name} -{args.structured_target:.0%}"
             rows[key] = {"ppl": ppls(model), "seconds": t[name], "peak_rss_mb": mem.peak_bytes / 2**20,
-                         "rss_added_mb": (mem.peak_bytes - mem.start_bytes) / 2**20, "params": model.num_parameters(), "disk_bytes": disk, "disk_ratio": disk / dense_disk}
+                         "rss_added_mb": mem.added_bytes / 2**20, "params": model.num_parameters(),
+                         "disk_bytes": disk, "disk_ratio": disk / dense_disk}
             print(name, rows[key], flush=True)
             checkpoint()
             pruned[key] = model

@@ -28,13 +28,17 @@ def max_rss_bytes() -> int:
 
 class PeakRSS:
     """`with PeakRSS() as p: ...; p.peak_bytes` — samples RSS every `interval` seconds.
-    `p.start_bytes` is the RSS on entry, so `p.peak_bytes - p.start_bytes` is what the block added."""
+    `p.start_bytes` is the RSS on entry; `p.added_bytes` (peak - start) is what the block added."""
 
     def __init__(self, interval: float = 0.01):
         self.interval = interval
         self.peak_bytes = 0
         self.start_bytes = 0
         self._stop = threading.Event()
+
+    @property
+    def added_bytes(self) -> int:
+        return self.peak_bytes - self.start_bytes
 
     def _run(self) -> None:
         while not self._stop.is_set():
