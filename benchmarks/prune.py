@@ -36,6 +36,11 @@ def parse_args():
     ap.add_argument("--calib-len", type=int, default=512)
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--eval-tokens", type=int, default=25600)
+    ap.add_argument("--dense-ppl", default=None, metavar="IN,OUT",
+                    help="the dense model's ppl from an earlier run of the same model and texts "
+                         "(skips re-measuring it; recorded as given)")
+    ap.add_argument("--mask-scope", choices=("block", "row"), default=None,
+                    help="SparseGPT's unstructured mask scope (default: its config's)")
     ap.add_argument("--damp", type=float, default=None, help="SparseGPT's dampening (default: its config's)")
     ap.add_argument("--calib-dtype", default="float32", choices=["float32", "bfloat16", "auto"],
                     help="precision of the calibration passes (slmkit's calibrated methods)")
@@ -77,7 +82,11 @@ def main() -> int:
     calibs = {spec: build_calibration_with_provenance(base, tok, spec, n=args.calib_n,
                                                       length=args.calib_len, seed=0) for spec in specs}
     calib = calibs[specs[0]][0]
-    rows = {"dense (fp32)": {"ppl": ppls(base)}}
+    if args.dense_ppl:  # a dense row measured earlier with the same model, texts and protocol
+        ppl_in, ppl_out = (float(v) for v in args.dense_ppl.split(","))
+        rows = {"dense (fp32)": {"ppl": {"in": ppl_in, "out": ppl_out}, "given": True}}
+    else:
+        rows = {"dense (fp32)": {"ppl": ppls(base)}}
     print("dense (fp32)", rows["dense (fp32)"], flush=True)
     methods = [m for m in args.methods.split(",") if m and m != "none"]
 
@@ -93,6 +102,9 @@ def main() -> int:
                 if name == "sparsegpt" and args.damp is not None:
                     kw["damp"] = args.damp
                     label += f" damp {args.damp}"
+                if name == "sparsegpt" and args.mask_scope is not None:
+                    kw["mask_scope"] = args.mask_scope
+                    label += f" {args.mask_scope} masks"
                 if spec and args.calib_dtype != "float32":
                     kw["calib_dtype"] = args.calib_dtype
                     label += f" calib {args.calib_dtype}"

@@ -94,6 +94,27 @@ def test_sparsegpt_identities():
         sparsegpt(w, H, 0.5, (2, 4), block_size=6)
 
 
+def test_sparsegpt_row_masks():
+    w = torch.randn(12, 48, generator=gen(5))
+    x = correlated_inputs(d=48)
+    H = 2 * x.T @ x / x.shape[0]
+    # every row of every block loses its share: 8 of 16 columns per row and block
+    p = sparsegpt(w, H, 0.5, block_size=16, per_row=True)
+    assert ((p == 0).reshape(12, 3, 16).sum(dim=2) == 8).all()
+    # block masks need not: some row of some block loses more or fewer (this seed)
+    q = sparsegpt(w, H, 0.5, block_size=16)
+    assert not ((q == 0).reshape(12, 3, 16).sum(dim=2) == 8).all()
+    # an uneven count still comes out exact, spread over the rows
+    p = sparsegpt(w, H, 0.37, block_size=20, per_row=True)
+    assert int((p == 0).sum()) == round(0.37 * w.numel())
+    # diagonal H: nothing to compensate through, and the cost w^2 (h_j + damp * mean h) ranks a
+    # row as Wanda does with norms sqrt(h_j + damp * mean h)
+    h = torch.rand(48, generator=gen(6)) + 0.1
+    damped = (h + 0.1 * h.mean()).sqrt()
+    p = sparsegpt(w, torch.diag(h), 0.5, block_size=48, damp=0.1, per_row=True)
+    assert torch.equal(p, wanda(w, damped, 0.5))
+
+
 @pytest.mark.parametrize("nm", [None, (2, 4), (4, 8)])
 def test_layer_output_error_sparsegpt_below_wanda_below_magnitude(nm):
     x = correlated_inputs()
@@ -236,6 +257,7 @@ def test_skip_list_leaves_roles_dense():
     (MagnitudeConfig(nm="2:6"), None, "divisible by 6"),
     (SparseGPTConfig(nm="2:4", block_size=30), CALIB, "multiple of M"),
     (SparseGPTConfig(damp=0), CALIB, "dampening"),
+    (SparseGPTConfig(mask_scope="column"), CALIB, "mask_scope"),
     (WandaConfig(owl=True, owl_lambda=0.4, sparsity=0.8), CALIB, "owl_lambda"),
 ])
 def test_errors(cfg, calib, match):

@@ -7,6 +7,7 @@ sparsity is 1 - N/M; leave `sparsity` unset (None) or give that exact value.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from slmkit.compress.calibrate import CalibDtype, calib_dtype_field
 from slmkit.errors import SlmkitError
@@ -51,14 +52,24 @@ class WandaConfig(PruneConfig):
 class SparseGPTConfig(PruneConfig):
     """SparseGPT: OBS mask selection and weight reconstruction (needs calibration data).
 
-    `damp` defaults to 0.1, as GPTQ's, not the paper's 0.01: the reconstruction fits the weights
-    to the calibration inputs, and more dampening keeps it from fitting them too closely. On
-    SmolLM2-135M at 50% with the default mix it moved Austen ppl from 2.08x to 2.03x of dense, for
-    1.54x -> 1.57x in domain (benchmarks/RESULTS.md, session 12)."""
+    Two defaults differ from the paper, both measured at 50% with the default mix calibration
+    (benchmarks/RESULTS.md, sessions 12-13):
+    - `mask_scope="row"`: each row of each column block loses its share, as Wanda compares within
+      each output row, instead of the lowest costs of the whole block. The paper's block-wide
+      choice strips some output rows far more than others (on Qwen2.5-Coder-0.5B at 50%, rows
+      of one down_proj from 17% to 91% sparse). Row masks were better on both
+      texts on both models: SmolLM2-135M 1.57x / 2.03x -> 1.55x / 2.00x of dense (pydoc / Austen),
+      Qwen2.5-Coder-0.5B 1.47x / 2.11x -> 1.24x / 1.51x.
+    - `damp=0.1`, as GPTQ's, not the paper's 0.01: less of a fit to the calibration inputs. On
+      SmolLM2 (block masks) it moved Austen from 2.08x to 2.03x of dense, for 1.54x -> 1.57x in
+      domain."""
     block_size: int = field(default=128, metadata={
         "help": "columns per lazy-update block; unstructured masks are chosen per block "
                 "(a multiple of M with `nm`)"})
     damp: float = field(default=0.1, metadata={"help": "fraction of mean(diag H) added to H's diagonal"})
+    mask_scope: Literal["block", "row"] = field(default="row", metadata={
+        "help": "unstructured masks compare costs within each row of a column block ('row', as "
+                "Wanda's per-output groups) or over the whole block ('block', the paper)"})
 
 
 def check_config(cfg: PruneConfig) -> tuple[float, tuple[int, int] | None]:
@@ -92,4 +103,6 @@ def check_config(cfg: PruneConfig) -> tuple[float, tuple[int, int] | None]:
             raise SlmkitError(f"block_size ({cfg.block_size}) must be a multiple of M={nm[1]}")
         if not 0 < cfg.damp < 1:
             raise SlmkitError(f"SparseGPT dampening must be in (0, 1), not {cfg.damp}")
+        if cfg.mask_scope not in ("block", "row"):
+            raise SlmkitError(f"SparseGPT mask_scope must be 'block' or 'row', not {cfg.mask_scope!r}")
     return s, nm

@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import torch
 
-from slmkit.compress.prune.nm import check_divisible, lowest_mask, split_count
+from slmkit.compress.prune.nm import check_divisible, lowest_mask, row_mask, split_count
 from slmkit.compress.quantize.gptq import inverse_cholesky, prepare_hessian
 from slmkit.errors import SlmkitError
 
 
 def sparsegpt(w: torch.Tensor, hessian: torch.Tensor, sparsity: float,
               nm: tuple[int, int] | None = None, block_size: int = 128,
-              damp: float = 0.01) -> torch.Tensor:
+              damp: float = 0.01, per_row: bool = False) -> torch.Tensor:
     """`w` [out, in] pruned to `sparsity` (or the N:M pattern `nm`) with OBS weight updates;
     `hessian` [in, in] = 2 X^T X / n. Returns a float32 [out, in] tensor with exact zeros.
 
     `damp`: fraction of mean(diag H) added to H's diagonal; inputs that never fire (diag H = 0)
-    have their weights zeroed (they are free to prune: cost 0)."""
+    have their weights zeroed (they are free to prune: cost 0).
+    `per_row` (unstructured only): choose each block's mask within every row (each row of each
+    block loses its share of the block's count) instead of over the whole block."""
     if block_size < 1:
         raise SlmkitError(f"SparseGPT block_size must be >= 1, not {block_size}")
     W, H = prepare_hessian(w, hessian, damp, "SparseGPT")             # [out, in], [in, in]
@@ -52,7 +54,8 @@ def sparsegpt(w: torch.Tensor, hessian: torch.Tensor, sparsity: float,
         d = torch.diag(U1)                                            # [b]
         Err1 = torch.zeros_like(W1)                                   # [out, b]
         if nm is None:
-            mask1 = lowest_mask(W1 ** 2 / d[None, :] ** 2, k)         # [out, b]
+            cost = W1 ** 2 / d[None, :] ** 2                          # [out, b]
+            mask1 = row_mask(cost, k / cost.numel()) if per_row else lowest_mask(cost, k)
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(i2 - i1):
