@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import RESULTS, eval_texts, ppl_function, run_llmc, timed, write_result  # noqa: E402
+from slmkit.compress.prune.config import MASK_SCOPES  # noqa: E402
 
 
 def parse_args():
@@ -39,7 +40,7 @@ def parse_args():
     ap.add_argument("--dense-ppl", default=None, metavar="IN,OUT",
                     help="the dense model's ppl from an earlier run of the same model and texts "
                          "(skips re-measuring it; recorded as given)")
-    ap.add_argument("--mask-scope", choices=("block", "row"), default=None,
+    ap.add_argument("--mask-scope", choices=MASK_SCOPES, default=None,
                     help="SparseGPT's unstructured mask scope (default: its config's)")
     ap.add_argument("--damp", type=float, default=None, help="SparseGPT's dampening (default: its config's)")
     ap.add_argument("--calib-dtype", default="float32", choices=["float32", "bfloat16", "auto"],
@@ -55,6 +56,13 @@ def parse_args():
     for row in filter(str.strip, args.peer_rows.split(",")):
         if len(row.split()) != 2 or row.split()[0] not in ("sparsegpt", "wanda"):
             ap.error(f"--peer-rows: {row.strip()!r} is not 'METHOD PATTERN' with METHOD sparsegpt or wanda")
+    if args.dense_ppl is not None:
+        try:
+            args.dense_ppl = tuple(float(v) for v in args.dense_ppl.split(","))
+        except ValueError:
+            args.dense_ppl = ()
+        if len(args.dense_ppl) != 2:
+            ap.error("--dense-ppl: give two numbers, the in-domain and the Austen ppl, e.g. 12.04,27.37")
     return args
 
 
@@ -83,7 +91,7 @@ def main() -> int:
                                                       length=args.calib_len, seed=0) for spec in specs}
     calib = calibs[specs[0]][0]
     if args.dense_ppl:  # a dense row measured earlier with the same model, texts and protocol
-        ppl_in, ppl_out = (float(v) for v in args.dense_ppl.split(","))
+        ppl_in, ppl_out = args.dense_ppl
         rows = {"dense (fp32)": {"ppl": {"in": ppl_in, "out": ppl_out}, "given": True}}
     else:
         rows = {"dense (fp32)": {"ppl": ppls(base)}}
