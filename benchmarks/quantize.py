@@ -46,6 +46,8 @@ def parse_args():
     ap.add_argument("--gptq-damp", type=float, default=0.1)
     ap.add_argument("--gptq-act-order", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--gptq-clip-search", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--calib-dtype", choices=("float32", "bfloat16", "auto"), default="float32",
+                    help="precision of GPTQ's and AWQ's calibration passes")
     ap.add_argument("--peer", action="store_true", help="run llm-compressor's GPTQModifier too")
     ap.add_argument("--kernel-ppl", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure GPTQ's ppl through the packed int4 kernel")
@@ -59,12 +61,17 @@ def configs(args):
     from slmkit.compress.quantize.config import GPTQConfig, RTNConfig
 
     common = dict(bits=args.bits, group_size=args.group_size, symmetric=args.symmetric)
+    calibrated = dict(common, calib_dtype=args.calib_dtype)
+    gptq = dict(calibrated, damp=args.gptq_damp, act_order=args.gptq_act_order,
+                static_groups=args.gptq_act_order)
     return {"rtn": RTNConfig(**common),
-            "gptq": GPTQConfig(**common, damp=args.gptq_damp, act_order=args.gptq_act_order,
-                               static_groups=args.gptq_act_order, clip_search=args.gptq_clip_search),
-            "awq": AWQConfig(**common),
-            "awq-noclip": AWQConfig(**common, clip=False),  # ablation: the scale search alone
-            "awq-noguard": AWQConfig(**common, clip_guard=False)}  # ablation: the clip unguarded
+            "gptq": GPTQConfig(**gptq, clip_search=args.gptq_clip_search),
+            "gptq-noclip": GPTQConfig(**gptq, clip_search=False),  # ablation: plain min/max grids
+            "awq": AWQConfig(**calibrated),
+            "awq-noclip": AWQConfig(**calibrated, clip=False),  # ablation: the scale search alone
+            "awq-noguard": AWQConfig(**calibrated, clip_guard=False),  # ablation: the clip unguarded
+            "awq-duo": AWQConfig(**calibrated, duo_scaling=True),  # AutoAWQ's weight-aware scales too
+            "awq-duo-noclip": AWQConfig(**calibrated, duo_scaling=True, clip=False)}
 
 
 def peer_args(args) -> list[str]:

@@ -6,7 +6,7 @@ import torch
 from slmkit.compress.api import apply_rtn
 from slmkit.compress.quantize.awq import (AWQConfig, GatedErrors, apply_awq, clip_weight,
                                           fake_quantize, guard_gated_clip, output_mse, search_clip,
-                                          search_scale)
+                                          search_scale, weight_mean)
 from slmkit.compress.quantize.config import RTNConfig
 from slmkit.compress.quantize.rtn import rtn
 from slmkit.compress.smooth import (ActivationStats, ScaleGroup, fold_scales,
@@ -142,6 +142,24 @@ def test_search_scale_never_loses_to_rtn_and_wins_on_salient_channels():
     awq_err = (x @ (fake_quantize(w * s, 4, 32, False) / s).T - ref).pow(2).mean().item()
     assert awq_err == pytest.approx(min(errors), rel=1e-4) and awq_err < 0.6 * rtn_err
     assert s[[5, 50, 70]].min() > s.median()  # salient channels scaled up
+
+
+def test_weight_mean_normalises_by_each_groups_max():
+    w = torch.tensor([[1.0, -2.0, 4.0, 0.0], [3.0, 0.0, -1.0, -1.0]])
+    # groups of 2: row 0 -> [0.5, 1 | 1, 0], row 1 -> [1, 0 | 1, 1]; mean over rows
+    torch.testing.assert_close(weight_mean(w, 2), torch.tensor([0.75, 0.5, 1.0, 0.5]), rtol=1e-5, atol=1e-5)
+
+
+def test_duo_scaling_adds_candidates_and_never_does_worse():
+    x, w = outlier_inputs(seed=2), torch.randn(48, 96, generator=gen(6))
+    w[:, [5, 11]] *= 8  # weight outliers, which the weight-aware candidates can see
+    gram = x.T @ x / len(x)
+    _, _, plain = search_scale(x.abs().mean(0), gram, w, 4, 32, False, n_grid=10)
+    s, ratio, errors = search_scale(x.abs().mean(0), gram, w, 4, 32, False, n_grid=10, duo_scaling=True)
+    assert len(errors) == 20 and errors[:10] == pytest.approx(plain, rel=1e-6)
+    assert errors[10:] != pytest.approx(plain, rel=1e-3)  # the duo candidates are different scales
+    err = (x @ (fake_quantize(w * s, 4, 32, False) / s - w).T).pow(2).mean().item()
+    assert err == pytest.approx(min(errors), rel=1e-4) and min(errors) <= min(plain)
 
 
 def test_search_clip_lowers_each_groups_output_error():
@@ -281,7 +299,8 @@ def test_awq_skip_list_keeps_skipped_linears_exact(model_type, skip_role):
 
 @pytest.mark.parametrize("bad", [dict(n_grid=0), dict(clip_grid=0), dict(max_shrink=1.0),
                                  dict(max_shrink=-0.1), dict(batch_size=0),
-                                 dict(bits=9), dict(group_size=0), dict(n_grid=2.5)])
+                                 dict(bits=9), dict(group_size=0), dict(n_grid=2.5),
+                                 dict(duo_scaling="yes")])
 def test_awq_refuses_bad_configs(bad):
     with pytest.raises(SlmkitError):
         apply_awq(tiny_model("llama"), AWQConfig(**bad), SMALL)

@@ -7,7 +7,10 @@ error shrinks. Per input site of a decoder layer:
 
 1. scale search: s = mean|x|^r (normalised by sqrt(max(s) * min(s))) for r on a grid in [0, 1);
    pick the r whose quantized linears give the lowest output MSE over all calibration tokens
-   (r = 0 is plain RTN, so the search never does worse than RTN on the calibration data);
+   (r = 0 is plain RTN, so the search never does worse than RTN on the calibration data).
+   With `duo_scaling`, candidates s = mean|x|^r / mean|w_hat|^(1-r) are tried too (w_hat: the
+   weights divided by their group's max |w|, averaged over output rows), as AutoAWQ and
+   llm-compressor do;
 2. fold s into the previous op (exact in float);
 3. clip search, per linear (not q/k/qkv): shrink each (row, group)'s range by a factor
    1 - i/clip_grid > 1 - max_shrink to minimise that group's output error, then two guards:
@@ -71,11 +74,16 @@ class AWQConfig(RTNConfig):
     clip_guard: bool = field(default=True, metadata={
         "help": "keep a clip only where it lowers the row's full output error and, in gated MLPs, "
                 "the intermediate channel's error (one extra pass per layer)"})
+    duo_scaling: bool = field(default=False, metadata={
+        "help": "also try scales mean|x|^r / mean|w_hat|^(1-r) (w_hat: weights over their group's "
+                "max |w|), as AutoAWQ; the search keeps whichever candidate has the lowest error"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
     calib_dtype: CalibDtype = calib_dtype_field()
 
     def check(self) -> None:
         check_bits(self.bits, self.group_size)
+        if not isinstance(self.duo_scaling, bool):
+            raise SlmkitError(f"AWQ duo_scaling must be true or false, not {self.duo_scaling!r}")
         for name in ("n_grid", "clip_grid", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -117,10 +125,21 @@ def fake_quantize(w: torch.Tensor, bits: int, group_size: int | None, symmetric:
     return deq.reshape(w.shape[0], -1)[:, :w.shape[1]]
 
 
-def awq_scales(x_mean: torch.Tensor, ratio: float) -> torch.Tensor:
-    """s [in] = mean|x|^ratio, floored at 1e-4 and normalised so sqrt(max(s) * min(s)) = 1."""
-    s = x_mean.float().pow(ratio).clamp(min=1e-4)
+def awq_scales(x_mean: torch.Tensor, ratio: float, w_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """s [in] = mean|x|^ratio (or, given w_mean, mean|x|^ratio / (w_mean^(1-ratio) + 1e-4)),
+    floored at 1e-4 and normalised so sqrt(max(s) * min(s)) = 1."""
+    s = x_mean.float().pow(ratio)
+    if w_mean is not None:
+        s = s / (w_mean.float().pow(1 - ratio) + 1e-4)
+    s = s.clamp(min=1e-4)
     return s / (s.max() * s.min()).sqrt()
+
+
+def weight_mean(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """Per input channel [in], the mean over output rows of |w| / max |w| of its (row, group)."""
+    wg = _grouped(w.float().abs(), group_size)                     # [out, G, g]
+    normed = wg / (wg.amax(-1, keepdim=True) + 1e-6)
+    return normed.reshape(w.shape[0], -1)[:, :w.shape[1]].mean(0)
 
 
 def row_output_errors(dw: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
@@ -136,22 +155,25 @@ def output_mse(dw: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def search_scale(x_mean: torch.Tensor, gram: torch.Tensor, w: torch.Tensor, bits: int,
-                 group_size: int | None, symmetric: bool, n_grid: int = 20
+                 group_size: int | None, symmetric: bool, n_grid: int = 20, duo_scaling: bool = False
                  ) -> tuple[torch.Tensor, float, list[float]]:
     """Best AWQ scale for linears w [out, in] (rows of every linear reading x, concatenated)
     given the inputs' per-channel mean |x| [in] and Gram matrix X^T X / n [in, in].
-    Returns (s [in], the chosen ratio r, the output MSE at each grid point r = i / n_grid)."""
+    Returns (s [in], the chosen ratio r, the output MSE at each grid point r = i / n_grid; with
+    `duo_scaling`, the n_grid duo candidates' errors follow the plain ones)."""
     w, gram = w.float(), gram.float()
+    w_means = [None] + ([weight_mean(w, group_size)] if duo_scaling else [])
     errors: list[float] = []
     best = (math.inf, 0.0, torch.ones_like(x_mean, dtype=torch.float32))
-    for i in range(n_grid):
-        r = i / n_grid
-        s = awq_scales(x_mean, r)
-        wq = fake_quantize(w * s, bits, group_size, symmetric) / s
-        err = output_mse(wq - w, gram).item()
-        errors.append(err)
-        if err < best[0]:
-            best = (err, r, s)
+    for w_mean in w_means:
+        for i in range(n_grid):
+            r = i / n_grid
+            s = awq_scales(x_mean, r, w_mean)
+            wq = fake_quantize(w * s, bits, group_size, symmetric) / s
+            err = output_mse(wq - w, gram).item()
+            errors.append(err)
+            if err < best[0]:
+                best = (err, r, s)
     return best[2], best[1], errors
 
 
@@ -258,7 +280,7 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             w = torch.cat([t.weight().float() for t in targets])   # [sum of out, in]
             # the search uses the first target's grid (per-module overrides rarely split a site)
             s, _, _ = search_scale(
-                stats.mean_abs, grams[g.site], w, *grid_for(cfg, targets[0]), cfg.n_grid)
+                stats.mean_abs, grams[g.site], w, *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling)
             fold_scales(g, s)
             grams[g.site] = grams[g.site] / (s[:, None] * s[None, :])  # inputs are now x / s
         shrinks: dict[str, torch.Tensor] = {}                       # 3: clip search
