@@ -43,6 +43,8 @@ def parse_args():
     ap.add_argument("--mask-scope", choices=MASK_SCOPES, default=None,
                     help="SparseGPT's unstructured mask scope (default: its config's)")
     ap.add_argument("--damp", type=float, default=None, help="SparseGPT's dampening (default: its config's)")
+    ap.add_argument("--calib-batch", type=int, default=None,
+                    help="calibration sequences per forward (default: each config's; the peer runs 1)")
     ap.add_argument("--calib-dtype", default="float32", choices=["float32", "bfloat16", "auto"],
                     help="precision of the calibration passes (slmkit's calibrated methods)")
     ap.add_argument("--speed-rounds", type=int, default=3, help="alternating speed rounds (structured)")
@@ -113,6 +115,9 @@ def main() -> int:
                 if name == "sparsegpt" and args.mask_scope is not None:
                     kw["mask_scope"] = args.mask_scope
                     label += f" {args.mask_scope} masks"
+                if spec and args.calib_batch is not None:
+                    kw["batch_size"] = args.calib_batch
+                    label += f" batch {args.calib_batch}"
                 if spec and args.calib_dtype != "float32":
                     kw["calib_dtype"] = args.calib_dtype
                     label += f" calib {args.calib_dtype}"
