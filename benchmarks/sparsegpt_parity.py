@@ -4,7 +4,7 @@ tools' end-to-end perplexities can be told apart from a difference in the algori
 
 Hessians are real: H = 2 X^T X / n of the dense model's inputs to a few linears on calibration
 text (the dense model's, not the partly pruned model's inputs; the algorithm sees just (W, H)).
-slmkit runs with the peer's mask choice (`per_row=False`, block-wide masks) and the same damp.
+slmkit runs with the peer's mask choice (`scope="block"`, block-wide masks) and the same damp.
 
     python benchmarks/sparsegpt_parity.py [--model default] [--patterns 0.5,2:4] [--damp 0.01]
         [--layers 0,10,20,-1] [--roles q,o,up,down] [--calib-n 16] [--tag _smollm2]
@@ -87,7 +87,7 @@ def main() -> int:
         peer = torch.load(work / "out.pt")
         for name, case in cases.items():
             ours = sparsegpt(case["W"], case["H"].clone(), sparsity, nm, args.block_size, args.damp,
-                             per_row=False)
+                             scope="block")
             theirs = peer[name].detach().float()
 
             def loss(w):  # the layer's output error on the calibration inputs, tr(dW H dW^T) / 2

@@ -139,7 +139,7 @@ def apply_wanda(model, cfg: WandaConfig, calib=None) -> dict:
 def apply_sparsegpt(model, cfg: SparseGPTConfig, calib=None) -> dict:
     def one(t, hc, s, nm):
         return sparsegpt(t.weight(), hc.H.pop(t.name), s, nm, cfg.block_size, cfg.damp,
-                         per_row=cfg.mask_scope == "row")
+                         scope=cfg.mask_scope)
     return _prune_each(model, cfg, calib, "SparseGPT", HessianCollector, one)
 
 

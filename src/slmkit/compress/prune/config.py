@@ -13,8 +13,8 @@ from slmkit.compress.calibrate import CalibDtype, calib_dtype_field
 from slmkit.errors import SlmkitError
 
 DEFAULT_SPARSITY = 0.5
-MaskScope = Literal["block", "row"]
-MASK_SCOPES = ("block", "row")
+MaskScope = Literal["block", "row", "row_global"]
+MASK_SCOPES = ("block", "row", "row_global")
 
 
 @dataclass
@@ -72,7 +72,9 @@ class SparseGPTConfig(PruneConfig):
     damp: float = field(default=0.1, metadata={"help": "fraction of mean(diag H) added to H's diagonal"})
     mask_scope: MaskScope = field(default="row", metadata={
         "help": "unstructured masks compare costs within each row of a column block ('row', as "
-                "Wanda's per-output groups) or over the whole block ('block', the paper)"})
+                "Wanda's per-output groups), within each row with the row's count split over the "
+                "blocks by its initial costs ('row_global'), or over the whole block ('block', the "
+                "paper)"})
 
 
 def check_config(cfg: PruneConfig) -> tuple[float, tuple[int, int] | None]:

@@ -74,9 +74,13 @@ def row_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune the lowest entries of each row of `score` [rows, cols]; rows get
     floor or ceil(sparsity * cols) each, n_pruned(rows * cols, sparsity) in total."""
     rows, cols = score.shape
-    k = torch.tensor(split_count([cols] * rows, sparsity))          # [rows]
+    return lowest_per_row(score, torch.tensor(split_count([cols] * rows, sparsity)))
+
+
+def lowest_per_row(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Prune the k[r] lowest entries of row r of `score` [rows, cols] (ties broken by position)."""
     order = torch.argsort(score, dim=1, stable=True)                 # [rows, cols], lowest first
-    pruned = torch.arange(cols)[None, :] < k[:, None]                # [rows, cols] by rank
+    pruned = torch.arange(score.shape[1])[None, :] < k[:, None]      # [rows, cols] by rank
     return torch.zeros_like(pruned).scatter_(1, order, pruned)
 
 

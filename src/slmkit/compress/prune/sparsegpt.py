@@ -8,7 +8,11 @@ Pruning w_ij costs (OBS) w_ij^2 / U_jj^2, measured on the weights as updated so 
 chosen adaptively, as in the paper and its reference code:
 - unstructured: at the start of each block of `block_size` columns, the lowest-cost entries of
   the whole block (all rows together); the block's count is its share of round(s * numel), so
-  the matrix gets exactly that many zeros;
+  the matrix gets exactly that many zeros. Two per-row variants (`scope`) choose within each
+  output row instead, as Wanda does: "row" gives each row of each block its share of the block's
+  count; "row_global" gives each row its share of the matrix's count and splits it over the
+  blocks by the row's initial costs (the blocks where the row's weights are cheap to prune lose
+  more), the mask of each block still chosen at its start on the updated weights;
 - N:M: at the start of every group of M columns, the M - N lowest-cost entries of each row.
 Pruned weights become exact zeros; the others absorb the compensation ("lazy" updates: within
 a block column by column, to later blocks once per block, as GPTQ).
@@ -18,23 +22,25 @@ from __future__ import annotations
 
 import torch
 
-from slmkit.compress.prune.nm import check_divisible, lowest_mask, row_mask, split_count
+from slmkit.compress.prune.nm import check_divisible, lowest_mask, lowest_per_row, row_mask, split_count
 from slmkit.compress.quantize.gptq import inverse_cholesky, prepare_hessian
+from slmkit.compress.prune.config import MASK_SCOPES
 from slmkit.errors import SlmkitError
 
 
 def sparsegpt(w: torch.Tensor, hessian: torch.Tensor, sparsity: float,
               nm: tuple[int, int] | None = None, block_size: int = 128,
-              damp: float = 0.01, per_row: bool = False) -> torch.Tensor:
+              damp: float = 0.01, scope: str = "block") -> torch.Tensor:
     """`w` [out, in] pruned to `sparsity` (or the N:M pattern `nm`) with OBS weight updates;
     `hessian` [in, in] = 2 X^T X / n. Returns a float32 [out, in] tensor with exact zeros.
 
     `damp`: fraction of mean(diag H) added to H's diagonal; inputs that never fire (diag H = 0)
     have their weights zeroed (they are free to prune: cost 0).
-    `per_row` (unstructured only): choose each block's mask within every row (each row of each
-    block loses its share of the block's count) instead of over the whole block."""
+    `scope` (unstructured only): "block" (the paper), "row" or "row_global" (see the module doc)."""
     if block_size < 1:
         raise SlmkitError(f"SparseGPT block_size must be >= 1, not {block_size}")
+    if scope not in MASK_SCOPES:
+        raise SlmkitError(f"SparseGPT mask scope must be one of {MASK_SCOPES}, not {scope!r}")
     W, H = prepare_hessian(w, hessian, damp, "SparseGPT")             # [out, in], [in, in]
     rows, cols = W.shape
     if nm is not None:
@@ -46,6 +52,8 @@ def sparsegpt(w: torch.Tensor, hessian: torch.Tensor, sparsity: float,
     starts = list(range(0, cols, block_size))
     sizes = [min(block_size, cols - i1) * rows for i1 in starts]
     counts = split_count(sizes, sparsity)                             # pruned per block
+    if nm is None and scope == "row_global":                          # each row's count per block
+        budget = row_mask(W ** 2 / torch.diag(U)[None, :] ** 2, sparsity)  # [out, in]
 
     for i1, k in zip(starts, counts):
         i2 = min(i1 + block_size, cols)
@@ -55,7 +63,12 @@ def sparsegpt(w: torch.Tensor, hessian: torch.Tensor, sparsity: float,
         Err1 = torch.zeros_like(W1)                                   # [out, b]
         if nm is None:
             cost = W1 ** 2 / d[None, :] ** 2                          # [out, b]
-            mask1 = row_mask(cost, k / cost.numel()) if per_row else lowest_mask(cost, k)
+            if scope == "block":
+                mask1 = lowest_mask(cost, k)
+            elif scope == "row":
+                mask1 = row_mask(cost, k / cost.numel())
+            else:
+                mask1 = lowest_per_row(cost, budget[:, i1:i2].sum(1))
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(i2 - i1):
