@@ -55,16 +55,17 @@ class SparseGPTConfig(PruneConfig):
     """SparseGPT: OBS mask selection and weight reconstruction (needs calibration data).
 
     Two defaults differ from the paper, both measured at 50% with the default mix calibration
-    (benchmarks/RESULTS.md, sessions 12-13):
-    - `mask_scope="row"`: each row of each column block loses its share, as Wanda compares within
-      each output row, instead of the lowest costs of the whole block. The paper's block-wide
-      choice strips some output rows far more than others (on Qwen2.5-Coder-0.5B at 50%, rows
-      of one down_proj from 17% to 91% sparse). Row masks were better on both
-      texts on both models: SmolLM2-135M 1.57x / 2.03x -> 1.55x / 2.00x of dense (pydoc / Austen; the row
-      masks with bf16 calibration passes, which alone moved SparseGPT by 0.1-0.6%),
-      Qwen2.5-Coder-0.5B 1.47x / 2.11x -> 1.24x / 1.51x. `mask_scope="row_global"` (each row's
-      count split over the blocks by its initial costs, as Wanda's whole-row comparison) gave
-      Qwen 1.26x / 1.51x: no better, so it stays an option.
+    (benchmarks/RESULTS.md, sessions 12-14):
+    - `mask_scope="row_global"`: masks are chosen within each output row, as Wanda compares,
+      instead of over the whole column block. The paper's block-wide choice strips some output
+      rows far more than others (on Qwen2.5-Coder-0.5B at 50%, rows of one down_proj from 17% to
+      91% sparse). Each row loses its share of the matrix's count, split over the column blocks
+      by the row's initial costs; each block's mask is still chosen at its start on the updated
+      weights. Ratios to dense, pydoc / Austen, bf16 calibration passes (SmolLM2's block row fp32):
+      SmolLM2-135M block 1.57x / 2.03x, "row" (every row of every block loses its share)
+      1.55x / 2.00x, "row_global" 1.54x / 1.93x; Qwen2.5-Coder-0.5B block 1.47x / 2.11x, "row"
+      1.24x / 1.51x, "row_global" 1.26x / 1.51x. "row_global" is the best out of domain on
+      both models.
     - `damp=0.1`, as GPTQ's, not the paper's 0.01: less of a fit to the calibration inputs. On
       SmolLM2 (block masks) it moved Austen from 2.08x to 2.03x of dense, for 1.54x -> 1.57x in
       domain."""
@@ -72,7 +73,7 @@ class SparseGPTConfig(PruneConfig):
         "help": "columns per lazy-update block; unstructured masks are chosen per block "
                 "(a multiple of M with `nm`)"})
     damp: float = field(default=0.1, metadata={"help": "fraction of mean(diag H) added to H's diagonal"})
-    mask_scope: MaskScope = field(default="row", metadata={
+    mask_scope: MaskScope = field(default="row_global", metadata={
         "help": "unstructured masks compare costs within each row of a column block ('row', as "
                 "Wanda's per-output groups), within each row with the row's count split over the "
                 "blocks by its initial costs ('row_global'), or over the whole block ('block', the "
