@@ -104,38 +104,40 @@ def test_sparsegpt_row_masks():
     # block masks need not: some row of some block loses more or fewer (this seed)
     q = sparsegpt(w, H, 0.5, block_size=16)
     assert not ((q == 0).reshape(12, 3, 16).sum(dim=2) == 8).all()
-    # an uneven count still comes out exact, spread over the rows
-    p = sparsegpt(w, H, 0.37, block_size=20, scope="row")
-    assert int((p == 0).sum()) == round(0.37 * w.numel())
-    # diagonal H: nothing to compensate through, and the cost w^2 (h_j + damp * mean h) ranks a
-    # row as Wanda does with norms sqrt(h_j + damp * mean h)
-    h = torch.rand(48, generator=gen(6)) + 0.1
-    damped = (h + 0.1 * h.mean()).sqrt()
-    p = sparsegpt(w, torch.diag(h), 0.5, block_size=48, damp=0.1, scope="row")
-    assert torch.equal(p, wanda(w, damped, 0.5))
 
 
 def test_sparsegpt_row_global_masks():
     w = torch.randn(12, 48, generator=gen(5))
     w[:, :16] *= 3  # the first block's weights are costly to prune: rows should keep more there
     x = correlated_inputs(d=48)
-    H = 2 * x.T @ x / x.shape[0]
-    p = sparsegpt(w, H, 0.5, block_size=16, scope="row_global")
+    p = sparsegpt(w, 2 * x.T @ x / x.shape[0], 0.5, block_size=16, scope="row_global")
     per_block = (p == 0).reshape(12, 3, 16).sum(dim=2)             # [rows, blocks]
     assert (per_block.sum(1) == 24).all()                           # every row loses its share
     assert (per_block[:, 0] < 8).all()  # ... less than the equal share (8) in the costly block 0
-    p = sparsegpt(w, H, 0.37, block_size=20, scope="row_global")
-    assert int((p == 0).sum()) == round(0.37 * w.numel())
-    # diagonal H: no compensation, so the whole-row choice is Wanda's with norms
-    # sqrt(h_j + damp * mean h), whatever the block size (per-block "row" masks are not)
-    h = torch.rand(48, generator=gen(6)) + 0.1
-    damped = (h + 0.1 * h.mean()).sqrt()
-    p = sparsegpt(w, torch.diag(h), 0.5, block_size=16, damp=0.1, scope="row_global")
-    assert torch.equal(p, wanda(w, damped, 0.5))
-    q = sparsegpt(w, torch.diag(h), 0.5, block_size=16, damp=0.1, scope="row")
-    assert not torch.equal(q, p)
     with pytest.raises(SlmkitError, match="scope"):
-        sparsegpt(w, H, 0.5, scope="column")
+        sparsegpt(w, torch.eye(48), 0.5, scope="column")
+
+
+@pytest.mark.parametrize("scope", ["row", "row_global"])
+def test_sparsegpt_row_scopes_prune_an_uneven_count_exactly(scope):
+    w = torch.randn(12, 48, generator=gen(5))
+    x = correlated_inputs(d=48)
+    p = sparsegpt(w, 2 * x.T @ x / x.shape[0], 0.37, block_size=20, scope=scope)
+    assert int((p == 0).sum()) == round(0.37 * w.numel())
+
+
+def test_sparsegpt_row_scopes_with_a_diagonal_hessian_are_wanda():
+    # nothing to compensate through, and the cost w^2 (h_j + damp * mean h) ranks a row as Wanda
+    # does with norms sqrt(h_j + damp * mean h): per-block row masks only with one block,
+    # row_global masks at any block size
+    w = torch.randn(12, 48, generator=gen(5))
+    h = torch.rand(48, generator=gen(6)) + 0.1
+    ref = wanda(w, (h + 0.1 * h.mean()).sqrt(), 0.5)
+    def pruned(scope, block):
+        return sparsegpt(w, torch.diag(h), 0.5, block_size=block, damp=0.1, scope=scope)
+    assert torch.equal(pruned("row", 48), ref)
+    assert torch.equal(pruned("row_global", 16), ref)
+    assert not torch.equal(pruned("row", 16), ref)
 
 
 @pytest.mark.parametrize("nm", [None, (2, 4), (4, 8)])
