@@ -57,7 +57,8 @@ def hessians(model, tok, args) -> dict:
     with HessianCollector({n: t.module for n, t in targets.items()}) as hc, torch.no_grad():
         for ids in calib.split(4):
             model(input_ids=ids, use_cache=False)
-    return {n: {"W": t.weight().detach().float().clone(), "H": hc.H[n]} for n, t in targets.items()}
+    return {n: {"W": t.weight().detach().float().clone(), "H": hc.H[n], "label": f"layer {t.layer} {t.role}"}
+            for n, t in targets.items()}
 
 
 def main() -> int:
@@ -93,7 +94,7 @@ def main() -> int:
             def loss(w):  # the layer's output error on the calibration inputs, tr(dW H dW^T) / 2
                 dw = w - case["W"]
                 return float(((dw @ case["H"]) * dw).sum() / 2)
-            rows.append({"pattern": pattern, "linear": name,
+            rows.append({"pattern": pattern, "linear": name, "label": case["label"],
                          "mask_agreement": float(((ours == 0) == (theirs == 0)).float().mean()),
                          "max_abs_diff": float((ours - theirs).abs().max()),
                          "zeros_ours": int((ours == 0).sum()), "zeros_peer": int((theirs == 0).sum()),
@@ -105,7 +106,7 @@ def main() -> int:
                 "loss ours / peer"):
         table.add_column(col, justify="left" if col in ("pattern", "linear") else "right")
     for r in rows:
-        table.add_row(r["pattern"], r["linear"].removeprefix("model.layers."), f"{r['mask_agreement']:.6f}", f"{r['max_abs_diff']:.2e}",
+        table.add_row(r["pattern"], r["label"], f"{r['mask_agreement']:.6f}", f"{r['max_abs_diff']:.2e}",
                       str(r["zeros_ours"]), str(r["zeros_peer"]), f"{r['loss_ours'] / r['loss_peer']:.6f}")
     Console().print(table)
     print("wrote", write_result("sparsegpt_parity" + args.tag, {"args": vars(args), "rows": rows}))

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import torch
 
+from slmkit.compress.prune.config import MASK_SCOPES
 from slmkit.compress.prune.nm import check_divisible, lowest_mask, lowest_per_row, row_mask, split_count
 from slmkit.compress.quantize.gptq import inverse_cholesky, prepare_hessian
-from slmkit.compress.prune.config import MASK_SCOPES
 from slmkit.errors import SlmkitError
 
 
