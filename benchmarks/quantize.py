@@ -67,11 +67,17 @@ def configs(args):
     return {"rtn": RTNConfig(**common),
             "gptq": GPTQConfig(**gptq, clip_search=args.gptq_clip_search),
             "gptq-noclip": GPTQConfig(**gptq, clip_search=False),  # ablation: plain min/max grids
+            # per row, the better of the clip-searched and the plain-grid runs
+            "gptq-guard": GPTQConfig(**gptq, clip_search=True, clip_guard=True),
             "awq": AWQConfig(**calibrated),
             "awq-noclip": AWQConfig(**calibrated, clip=False),  # ablation: the scale search alone
             "awq-noguard": AWQConfig(**calibrated, clip_guard=False),  # ablation: the clip unguarded
             "awq-duo": AWQConfig(**calibrated, duo_scaling=True),  # AutoAWQ's weight-aware scales too
-            "awq-duo-noclip": AWQConfig(**calibrated, duo_scaling=True, clip=False)}
+            "awq-duo-noclip": AWQConfig(**calibrated, duo_scaling=True, clip=False),
+            # the scale search scored by the decoder layer's output, as AutoAWQ scores blocks
+            "awq-layer": AWQConfig(**calibrated, scale_objective="layer"),
+            "awq-layer-noclip": AWQConfig(**calibrated, scale_objective="layer", clip=False),
+            "awq-layer-duo": AWQConfig(**calibrated, scale_objective="layer", duo_scaling=True)}
 
 
 def peer_args(args) -> list[str]:

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from slmkit.compress.api import apply_rtn
+from slmkit.compress.calibrate import sequential
 from slmkit.compress.quantize.awq import (AWQConfig, GatedErrors, apply_awq, clip_weight,
                                           fake_quantize, guard_gated_clip, output_mse, search_clip,
-                                          search_scale, weight_mean)
+                                          search_scale, search_scale_layer, weight_mean)
 from slmkit.compress.quantize.config import RTNConfig
 from slmkit.compress.quantize.rtn import rtn
 from slmkit.compress.smooth import (ActivationStats, ScaleGroup, fold_scales,
@@ -240,11 +241,41 @@ def test_gated_guard_keeps_each_channels_better_clip():
     assert ge.sq[0].abs().max() < 1e-8 and not gate.module._forward_pre_hooks
 
 
+def test_layer_objective_search_scores_candidates_in_place_and_restores_the_weights():
+    """On a real layer: the r = 0 candidate's error is the layer's output error with RTN weights in
+    place, the chosen scale is never worse than it on the probe, and the float weights come back."""
+    model = with_outliers(tiny_model("llama", seed=4))
+    seen = {}
+
+    def on_layer(i, layer, run):
+        if i != 0:
+            return
+        g = next(g for g in scale_groups(model, 0) if g.site == "mlp_in")
+        with ActivationStats({"x": g.linears[0].module}) as st:
+            run()
+        score = run.probe(2)
+        before = [t.weight().clone() for t in g.linears]
+        s, ratio, errors = search_scale_layer(g.linears, st.stats["x"].mean_abs, score, 4, 16, False, n_grid=6)
+        seen["restored"] = all(torch.equal(t.weight(), w) for t, w in zip(g.linears, before))
+        for t in g.linears:
+            t.set_weight(rtn(t.weight().float(), 4, 16, False).dequantize())
+        seen["rtn"], seen["errors"], seen["ratio"] = score(), errors, ratio
+        for t, w in zip(g.linears, before):
+            t.set_weight(w)
+
+    sequential(model, CALIB[:4, :32], on_layer, batch_size=2)
+    assert seen["restored"] and len(seen["errors"]) == 6
+    assert seen["errors"][0] == pytest.approx(seen["rtn"], rel=1e-5) and seen["rtn"] > 0
+    assert min(seen["errors"]) == seen["errors"][round(seen["ratio"] * 6)] <= seen["errors"][0]
+
+
 # ---- AWQ on models ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("objective", ["linear", "layer"])
 @pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
-def test_awq_beats_rtn_with_activation_outliers(model_type):
-    """W4 g32, same grid: logits MSE vs the float model (held-out ids) lower with AWQ."""
+def test_awq_beats_rtn_with_activation_outliers(model_type, objective):
+    """W4 g32, same grid: logits MSE vs the float model (held-out ids) lower with AWQ, with either
+    scale objective."""
     def error(apply):
         model = with_outliers(tiny_model(model_type, seed=0))
         apply(model)
@@ -252,8 +283,8 @@ def test_awq_beats_rtn_with_activation_outliers(model_type):
 
     ref = logits(with_outliers(tiny_model(model_type, seed=0)))
     rtn_err = error(lambda m: apply_rtn(m, RTNConfig(bits=4, group_size=32)))
-    awq_err = error(lambda m: apply_awq(m, AWQConfig(bits=4, group_size=32), CALIB))
-    print(f"{model_type}: logits MSE rtn {rtn_err:.3g} awq {awq_err:.3g} ratio {awq_err / rtn_err:.2f}")
+    awq_err = error(lambda m: apply_awq(m, AWQConfig(bits=4, group_size=32, scale_objective=objective), CALIB))
+    print(f"{model_type} ({objective}): logits MSE rtn {rtn_err:.3g} awq {awq_err:.3g} ratio {awq_err / rtn_err:.2f}")
     assert awq_err < 0.8 * rtn_err
 
 
@@ -300,7 +331,8 @@ def test_awq_skip_list_keeps_skipped_linears_exact(model_type, skip_role):
 @pytest.mark.parametrize("bad", [dict(n_grid=0), dict(clip_grid=0), dict(max_shrink=1.0),
                                  dict(max_shrink=-0.1), dict(batch_size=0),
                                  dict(bits=9), dict(group_size=0), dict(n_grid=2.5),
-                                 dict(duo_scaling="yes")])
+                                 dict(duo_scaling="yes"), dict(scale_objective="block"),
+                                 dict(probe_rows=0)])
 def test_awq_refuses_bad_configs(bad):
     with pytest.raises(SlmkitError):
         apply_awq(tiny_model("llama"), AWQConfig(**bad), SMALL)

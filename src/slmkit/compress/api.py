@@ -24,7 +24,7 @@ from slmkit.compress.quantize.config import (
     check_overrides,
     grid_for,
 )
-from slmkit.compress.quantize.gptq import gptq
+from slmkit.compress.quantize.gptq import gptq, gptq_clip_guarded
 from slmkit.compress.quantize.rtn import QuantizedWeight, check_bits, rtn
 from slmkit.compress.quantize.smoothquant import SmoothQuantConfig, apply_smoothquant
 from slmkit.compress.targets import Target, all_targets, layer_targets
@@ -60,8 +60,10 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
             run()
         for t in targets:
             try:
-                qw = gptq(t.weight(), hc.H[t.name], *grid_for(cfg, t), cfg.damp, cfg.block_size,
-                          cfg.act_order, cfg.static_groups, cfg.clip_search)
+                args = (t.weight(), hc.H[t.name], *grid_for(cfg, t), cfg.damp, cfg.block_size,
+                        cfg.act_order, cfg.static_groups)
+                qw = gptq_clip_guarded(*args) if cfg.clip_search and cfg.clip_guard else \
+                    gptq(*args, cfg.clip_search)
             except SlmkitError as e:
                 raise SlmkitError(f"{t.name}: {e}") from None
             _store(t, qw, store)

@@ -7,7 +7,8 @@ SparseGPT, ...), so only one decoder layer's activations are held at a time.
    the hidden states through untouched. Cost: the embeddings, and nothing else of substance.
 2. For each layer in order: `on_layer(index, layer, run)` — the method registers its hooks and
    calls `run()` to push every batch through the layer (collecting statistics), then edits the
-   layer's weights. The loop then pushes the batches through the edited layer once more; those
+   layer's weights (`run.probe(rows)` scores candidate weights by the layer's output on a few
+   sequences, see `LayerPass`). The loop then pushes the batches through the edited layer once more; those
    outputs are the next layer's inputs ("true sequential": later layers calibrate on what the
    compressed earlier layers actually produce).
 
@@ -108,8 +109,67 @@ def _run_layer(layer, hidden: "torch.Tensor", call: LayerCall) -> "torch.Tensor"
     return out
 
 
+def _take_rows(obj: Any, batch: int, rows: int) -> Any:
+    """The first `rows` sequences of a layer call's argument: tensors whose first dimension is the
+    batch are sliced (inside tuples, lists and dicts too); everything else (shared rotary tables
+    [1, L, d], None, flags) is passed as is."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj[:rows] if obj.ndim and obj.shape[0] == batch else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_take_rows(o, batch, rows) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _take_rows(v, batch, rows) for k, v in obj.items()}
+    return obj
+
+
+class LayerPass:
+    """What `on_layer` receives as `run`. `run()` pushes every calibration batch through the
+    layer (in the calibration precision), for statistics hooks. `run.probe(rows)` is for methods
+    that score candidate weights by the whole layer's output: it computes the layer's float32
+    output on the first `rows` calibration sequences now, as the reference, and returns a function
+    giving the mean squared difference between the layer's output on those rows (with whatever
+    weights it has then) and that reference."""
+
+    def __init__(self, layer: "nn.Module", hidden: list["torch.Tensor"], calls: list[LayerCall], precision):
+        self.layer, self.hidden, self.calls, self.precision = layer, hidden, calls, precision
+
+    def __call__(self) -> None:
+        import torch
+
+        with torch.inference_mode(), self.precision:
+            for h, call in zip(self.hidden, self.calls):
+                _run_layer(self.layer, h, call)
+
+    def probe(self, rows: int) -> Callable[[], float]:
+        import torch
+
+        if rows < 1:
+            raise SlmkitError(f"a layer probe needs at least 1 calibration sequence, not {rows}")
+        sample: list[tuple[torch.Tensor, LayerCall]] = []
+        for h, call in zip(self.hidden, self.calls):
+            take = min(rows, h.shape[0])
+            sample.append((h[:take], LayerCall(_take_rows(call.args, h.shape[0], take),
+                                               _take_rows(call.kwargs, h.shape[0], take))))
+            rows -= take
+            if rows == 0:
+                break
+
+        def outputs() -> list["torch.Tensor"]:
+            with torch.inference_mode():
+                return [_run_layer(self.layer, h, call).float() for h, call in sample]
+
+        reference = outputs()
+
+        def error() -> float:
+            sq = sum(((o - r) ** 2).sum().item() for o, r in zip(outputs(), reference))
+            return sq / sum(r.numel() for r in reference)
+        return error
+
+
 def sequential(model: "nn.Module", calib: "torch.Tensor",
-               on_layer: Callable[[int, "nn.Module", Callable[[], None]], None], *,
+               on_layer: Callable[[int, "nn.Module", LayerPass], None], *,
                batch_size: int = 8, description: str = "calibrating", dtype: str = "float32") -> None:
     """Walk the decoder layers in order with calibration token ids `calib` [n, length], the
     passes in `dtype` ("auto", "float32" or "bfloat16"; see the module doc)."""
@@ -128,11 +188,7 @@ def sequential(model: "nn.Module", calib: "torch.Tensor",
         raise SlmkitError("the model never called its first decoder layer during calibration capture")
     with progress_bar(description, len(layers), unit="layers") as advance:
         for i, layer in enumerate(layers):
-            def run(layer=layer, i=i, hidden=hidden):  # bound now: `hidden` is rebound below
-                with torch.inference_mode(), precision:
-                    for h, call in zip(hidden, calls[i]):
-                        _run_layer(layer, h, call)
-            on_layer(i, layer, run)
+            on_layer(i, layer, LayerPass(layer, hidden, calls[i], precision))
             with torch.inference_mode(), precision:
                 hidden = [_run_layer(layer, h, call) for h, call in zip(hidden, calls[i])]
             advance(1)

@@ -8,6 +8,9 @@ error shrinks. Per input site of a decoder layer:
 1. scale search: s = mean|x|^r (normalised by sqrt(max(s) * min(s))) for r on a grid in [0, 1);
    pick the r whose quantized linears give the lowest output MSE over all calibration tokens
    (r = 0 is plain RTN, so the search never does worse than RTN on the calibration data).
+   With `scale_objective="layer"` the error is instead the whole decoder layer's output MSE on a
+   few calibration sequences, each candidate's quantized weights in place (AutoAWQ scores a site
+   by the block it feeds, e.g. the attention or the MLP output);
    With `duo_scaling`, candidates s = mean|x|^r / mean|w_hat|^(1-r) are tried too (w_hat: the
    weights divided by their group's max |w|, averaged over output rows), as AutoAWQ and
    llm-compressor do;
@@ -36,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +77,12 @@ class AWQConfig(RTNConfig):
     clip_guard: bool = field(default=True, metadata={
         "help": "keep a clip only where it lowers the row's full output error and, in gated MLPs, "
                 "the intermediate channel's error (one extra pass per layer)"})
+    scale_objective: Literal["linear", "layer"] = field(default="linear", metadata={
+        "help": "what the scale search minimises: linear = the site's linears' output MSE over every "
+                "calibration token (from the Gram matrix); layer = the decoder layer's output MSE on "
+                "`probe_rows` calibration sequences (float32, one layer pass per grid point)"})
+    probe_rows: int = field(default=8, metadata={
+        "help": "calibration sequences the layer objective runs per grid point"})
     duo_scaling: bool = field(default=False, metadata={
         "help": "also try scales mean|x|^r / mean|w_hat|^(1-r) (w_hat: weights over their group's "
                 "max |w|), as AutoAWQ; the search keeps whichever candidate has the lowest error"})
@@ -84,7 +93,9 @@ class AWQConfig(RTNConfig):
         check_bits(self.bits, self.group_size)
         if not isinstance(self.duo_scaling, bool):
             raise SlmkitError(f"AWQ duo_scaling must be true or false, not {self.duo_scaling!r}")
-        for name in ("n_grid", "clip_grid", "batch_size"):
+        if self.scale_objective not in ("linear", "layer"):
+            raise SlmkitError(f"AWQ scale_objective must be 'linear' or 'layer', not {self.scale_objective!r}")
+        for name in ("n_grid", "clip_grid", "batch_size", "probe_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SlmkitError(f"AWQ {name} must be an integer >= 1, not {value!r}")
@@ -153,28 +164,63 @@ def output_mse(dw: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     return row_output_errors(dw, gram).mean()
 
 
+def scale_candidates(x_mean: torch.Tensor, w: torch.Tensor, group_size: int | None, n_grid: int = 20,
+                     duo_scaling: bool = False):
+    """The AWQ scale grid for linears w [out, in] reading inputs with per-channel mean |x| [in]:
+    yields (r, s) for r = i / n_grid, then, with `duo_scaling`, the weight-aware candidates."""
+    for w_mean in [None] + ([weight_mean(w, group_size)] if duo_scaling else []):
+        for i in range(n_grid):
+            yield i / n_grid, awq_scales(x_mean, i / n_grid, w_mean)
+
+
 @torch.no_grad()
-def search_scale(x_mean: torch.Tensor, gram: torch.Tensor, w: torch.Tensor, bits: int,
-                 group_size: int | None, symmetric: bool, n_grid: int = 20, duo_scaling: bool = False
-                 ) -> tuple[torch.Tensor, float, list[float]]:
+def search_scale(x_mean: torch.Tensor, gram: torch.Tensor | None, w: torch.Tensor, bits: int,
+                 group_size: int | None, symmetric: bool, n_grid: int = 20, duo_scaling: bool = False,
+                 error=None) -> tuple[torch.Tensor, float, list[float]]:
     """Best AWQ scale for linears w [out, in] (rows of every linear reading x, concatenated)
-    given the inputs' per-channel mean |x| [in] and Gram matrix X^T X / n [in, in].
-    Returns (s [in], the chosen ratio r, the output MSE at each grid point r = i / n_grid; with
+    given the inputs' per-channel mean |x| [in]. The objective is the linears' output MSE from
+    the inputs' Gram matrix X^T X / n [in, in], or `error(wq)` when given: the error of the
+    dequantized candidate weights wq [out, in] (fake_quantize(w s) / s; e.g. a decoder layer's
+    output error with them in place, `search_scale_layer`).
+    Returns (s [in], the chosen ratio r, the error at each grid point r = i / n_grid; with
     `duo_scaling`, the n_grid duo candidates' errors follow the plain ones)."""
-    w, gram = w.float(), gram.float()
-    w_means = [None] + ([weight_mean(w, group_size)] if duo_scaling else [])
+    w = w.float()
+    if error is None:
+        gram = gram.float()
+        def error(wq):
+            return output_mse(wq - w, gram).item()
     errors: list[float] = []
     best = (math.inf, 0.0, torch.ones_like(x_mean, dtype=torch.float32))
-    for w_mean in w_means:
-        for i in range(n_grid):
-            r = i / n_grid
-            s = awq_scales(x_mean, r, w_mean)
-            wq = fake_quantize(w * s, bits, group_size, symmetric) / s
-            err = output_mse(wq - w, gram).item()
-            errors.append(err)
-            if err < best[0]:
-                best = (err, r, s)
+    for r, s in scale_candidates(x_mean, w, group_size, n_grid, duo_scaling):
+        err = error(fake_quantize(w * s, bits, group_size, symmetric) / s)
+        errors.append(err)
+        if err < best[0]:
+            best = (err, r, s)
     return best[2], best[1], errors
+
+
+@torch.no_grad()
+def search_scale_layer(targets: list[Target], x_mean: torch.Tensor, score, bits: int,
+                       group_size: int | None, symmetric: bool, n_grid: int = 20,
+                       duo_scaling: bool = False) -> tuple[torch.Tensor, float, list[float]]:
+    """`search_scale` scored by the whole decoder layer (AutoAWQ scores a site by the output of
+    the block it feeds): each candidate's dequantized weights go into the site's linears and
+    `score()` (a `LayerPass.probe`) runs the layer. Changing a linear's error by the same MSE
+    matters more where the following ops amplify it (a gated MLP's few huge channels, attention's
+    softmax), which a single linear's output error does not see. The weights are restored."""
+    originals = [t.weight().clone() for t in targets]
+    sizes = [o.shape[0] for o in originals]
+
+    def error(wq: torch.Tensor) -> float:
+        for t, part in zip(targets, wq.split(sizes)):
+            t.set_weight(part)
+        return score()
+    try:
+        return search_scale(x_mean, None, torch.cat(originals), bits, group_size, symmetric, n_grid,
+                            duo_scaling, error)
+    finally:
+        for t, o in zip(targets, originals):
+            t.set_weight(o)
 
 
 def _diagonal_blocks(gram: torch.Tensor, group_size: int | None) -> torch.Tensor:
@@ -272,6 +318,7 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
         with group_stats(groups, gram=True) as st:
             run()
         grams = {}
+        score = run.probe(cfg.probe_rows) if cfg.scale_objective == "layer" else None
         for g in groups:  # 1-2: every scale first, so a linear absorbing one is quantized after it
             stats, targets = st.stats[g.site], [t for t in g.linears if t.name in quantized]
             grams[g.site] = stats.gram                             # [in, in]
@@ -279,8 +326,12 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
                 continue
             w = torch.cat([t.weight().float() for t in targets])   # [sum of out, in]
             # the search uses the first target's grid (per-module overrides rarely split a site)
-            s, _, _ = search_scale(
-                stats.mean_abs, grams[g.site], w, *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling)
+            if score is None:
+                s, _, _ = search_scale(
+                    stats.mean_abs, grams[g.site], w, *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling)
+            else:
+                s, _, _ = search_scale_layer(
+                    targets, stats.mean_abs, score, *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling)
             fold_scales(g, s)
             grams[g.site] = grams[g.site] / (s[:, None] * s[None, :])  # inputs are now x / s
         shrinks: dict[str, torch.Tensor] = {}                       # 3: clip search

@@ -63,6 +63,9 @@ class GPTQConfig(RTNConfig):
     clip_search: bool = field(default=True, metadata={
         "help": "shrink each group's range to the clipping that minimises its diag(H)-weighted "
                 "rounding error, instead of plain min/max"})
+    clip_guard: bool = field(default=False, metadata={
+        "help": "with clip_search, also run GPTQ on plain min/max grids and keep, per output row, "
+                "whichever has the lower output error on the calibration inputs (2x the GPTQ math)"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
     calib_dtype: CalibDtype = calib_dtype_field()
 

@@ -91,6 +91,32 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
     return QuantizedWeight(Q.to(torch.uint8), scale, zero, g_idx, bits, group_size)
 
 
+def gptq_clip_guarded(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,
+                      symmetric: bool = False, damp: float = 0.01, block_size: int = 128,
+                      act_order: bool = False, static_groups: bool = False) -> QuantizedWeight:
+    """GPTQ run twice, with the clip-searched grids and with plain min/max grids, keeping per output
+    row whichever has the lower output error on the calibration inputs, dW H dW^T. GPTQ treats
+    rows independently (the updates only mix a row's own columns), so any mix of the two runs' rows
+    is a valid result and the layer's error is never above either run's. The clip search picks a
+    group's range by its own diag(H)-weighted rounding error, before GPTQ moves the weights; on some
+    rows that range costs more once the updates and the cross-column terms are counted."""
+    runs = [gptq(w, hessian, bits, group_size, symmetric, damp, block_size, act_order, static_groups, clip)
+            for clip in (True, False)]
+    W, H = w.detach().float(), hessian.detach().float()
+    errors = []
+    for qw in runs:
+        dw = qw.dequantize() - W
+        errors.append(((dw @ H) * dw).sum(-1))                    # [out]
+    plain = (errors[1] < errors[0])[:, None]
+    clipped, unclipped = runs
+    if not torch.equal(clipped.g_idx, unclipped.g_idx):  # same order and groups by construction
+        raise SlmkitError("GPTQ clip guard: the two runs grouped the columns differently")
+    return QuantizedWeight(torch.where(plain, unclipped.q, clipped.q),
+                           torch.where(plain, unclipped.scale, clipped.scale),
+                           torch.where(plain, unclipped.zero, clipped.zero),
+                           clipped.g_idx, bits, group_size)
+
+
 def prepare_hessian(w: torch.Tensor, hessian: torch.Tensor, damp: float,
                     method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Checked float32 copies (W [out, in], H [in, in]) for a Hessian-based method (GPTQ,
