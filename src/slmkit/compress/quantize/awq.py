@@ -8,9 +8,10 @@ error shrinks. Per input site of a decoder layer:
 1. scale search: s = mean|x|^r (normalised by sqrt(max(s) * min(s))) for r on a grid in [0, 1);
    pick the r whose quantized linears give the lowest output MSE over all calibration tokens
    (r = 0 is plain RTN, so the search never does worse than RTN on the calibration data).
-   With `scale_objective="layer"` the error is instead the whole decoder layer's output MSE on a
-   few calibration sequences, each candidate's quantized weights in place (AutoAWQ scores a site
-   by the block it feeds, e.g. the attention or the MLP output);
+   With `scale_objective="layer"` the error at the sites fed by a norm (q/k/v, gate/up) is
+   instead the whole decoder layer's output MSE on a few calibration sequences, each candidate's
+   quantized weights in place (AutoAWQ scores these sites by the attention or the MLP output;
+   o and down, scored by their own output there too, keep the exact Gram objective);
    With `duo_scaling`, candidates s = mean|x|^r / mean|w_hat|^(1-r) are tried too (w_hat: the
    weights divided by their group's max |w|, averaged over output rows), as AutoAWQ and
    llm-compressor do;
@@ -79,9 +80,10 @@ class AWQConfig(RTNConfig):
                 "the intermediate channel's error (one extra pass per layer)"})
     scale_objective: Literal["linear", "layer"] = field(default="linear", metadata={
         "help": "what the scale search minimises: linear = the site's linears' output MSE over every "
-                "calibration token (from the Gram matrix); layer = the decoder layer's output MSE on "
-                "`probe_rows` calibration sequences (float32, one layer pass per grid point)"})
-    probe_rows: int = field(default=8, metadata={
+                "calibration token (from the Gram matrix); layer = at the sites fed by a norm (q/k/v, "
+                "gate/up), the decoder layer's output MSE on `probe_rows` calibration sequences "
+                "(float32, one layer pass per grid point); o and down keep their own output MSE"})
+    probe_rows: int = field(default=4, metadata={
         "help": "calibration sequences the layer objective runs per grid point"})
     duo_scaling: bool = field(default=False, metadata={
         "help": "also try scales mean|x|^r / mean|w_hat|^(1-r) (w_hat: weights over their group's "
@@ -326,7 +328,7 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
                 continue
             w = torch.cat([t.weight().float() for t in targets])   # [sum of out, in]
             # the search uses the first target's grid (per-module overrides rarely split a site)
-            if score is None:
+            if score is None or g.prev.target is not None:  # a single linear's own output: exact
                 s, _, _ = search_scale(
                     stats.mean_abs, grams[g.site], w, *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling)
             else:
