@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from slmkit.compress.calibrate import calibration_autocast, sequential
+from slmkit.compress.calibrate import HessianCollector, calibration_autocast, sequential
 from slmkit.compress.targets import all_targets, layer_targets
 from slmkit.errors import SlmkitError
 from slmkit.models import ARCHS, get_arch
@@ -173,6 +173,29 @@ def test_calibration_precision(dtype):
     for i in range(3):
         assert all(h.dtype == torch.float32 for h in seen[i])
         torch.testing.assert_close(torch.cat(seen[i]), ref[i], rtol=tol, atol=tol)
+
+
+def test_statistics_are_float32_math_under_bf16_passes():
+    """A Hessian collected during bf16 passes is the float32 X^T X of the inputs the linear saw,
+    not a bf16 matmul (whose rounding left real Hessians indefinite: negative eigenvalues of ~1e-3
+    of the largest, so Cholesky failed at the usual dampening)."""
+    model = tiny_model("llama", seed=3, num_hidden_layers=2)
+    got = {}
+
+    def on_layer(i, layer, run):
+        if i != 1:
+            return
+        down = next(t for t in layer_targets(model, i, ()) if t.role == "down")
+        inputs = []
+        hook = down.module.register_forward_pre_hook(lambda m, args: inputs.append(args[0].float().reshape(-1, args[0].shape[-1])))
+        with HessianCollector({"down": down.module}) as hc:
+            run()
+        hook.remove()
+        x = torch.cat(inputs).double()
+        got["H"], got["ref"] = hc.H["down"].double(), 2 * x.T @ x / x.shape[0]
+
+    sequential(model, calib_ids(), on_layer, batch_size=2, dtype="bfloat16")
+    torch.testing.assert_close(got["H"], got["ref"], rtol=1e-5, atol=1e-6 * got["ref"].abs().max().item())
 
 
 def test_auto_precision_follows_the_cpu_and_skips_non_float32_models():

@@ -196,7 +196,8 @@ def sequential(model: "nn.Module", calib: "torch.Tensor",
 
 class InputHooks:
     """Base of the statistics collectors: `with Collector({name: module}) as c: run()` calls
-    `c.observe(name, x)` with every input x [tokens, in] (float32, detached) each module sees."""
+    `c.observe(name, x)` with every input x [tokens, in] (float32, detached) each module sees;
+    `observe` runs with autocast off, so its statistics are float32 math whatever the passes'."""
 
     def __init__(self, modules: dict[str, "nn.Module"]):
         self.modules = modules
@@ -206,9 +207,14 @@ class InputHooks:
         raise NotImplementedError
 
     def __enter__(self):
+        import torch
+
         def hook(name):
             def pre(module, args):
-                self.observe(name, args[0].detach().reshape(-1, args[0].shape[-1]).float())
+                # outside the passes' bf16 autocast: a Gram matrix or Hessian X^T X computed under
+                # it is a bf16 matmul, whose rounding (~3 significant digits) leaves it indefinite
+                with torch.autocast("cpu", enabled=False):
+                    self.observe(name, args[0].detach().reshape(-1, args[0].shape[-1]).float())
             return pre
         self._hooks = [m.register_forward_pre_hook(hook(n)) for n, m in self.modules.items()]
         return self
