@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from slmkit.compress.quantize import gptq as gptq_module
 from slmkit.compress.quantize.gptq import gptq, gptq_clip_guarded
 from slmkit.compress.quantize.rtn import grid, quantize_column, rtn, search_grid
 from slmkit.errors import SlmkitError
@@ -72,10 +73,12 @@ def test_gptq_output_error_is_below_rtn_on_correlated_inputs(act_order, static_g
         assert torch.equal(q_gptq.g_idx, torch.arange(96) // (group_size or 96))
 
 
+@pytest.mark.parametrize("stack_rows", [1024, 0])  # one stacked pass, or two separate runs
 @pytest.mark.parametrize("act_order, static_groups", [(False, False), (True, False), (True, True)])
-def test_clip_guarded_gptq_takes_each_rows_better_run(act_order, static_groups):
+def test_clip_guarded_gptq_takes_each_rows_better_run(act_order, static_groups, stack_rows, monkeypatch):
     """Per row, the guarded result is the clip-searched or the plain-grid GPTQ row, whichever has
     the lower output error; so its total error is at most either run's."""
+    monkeypatch.setattr(gptq_module, "STACK_ROWS", stack_rows)
     x = correlated_inputs()
     w = torch.randn(64, 96, generator=gen(8)) ** 3  # heavy tails, so clipping wins on some rows
     H = 2 * x.T @ x / x.shape[0]
@@ -91,6 +94,24 @@ def test_clip_guarded_gptq_takes_each_rows_better_run(act_order, static_groups):
     assert 0 < (errs[1] < errs[0]).sum() < 64  # both runs contribute rows here
     assert picked.sum() < min(e.sum() for e in errs)
     assert torch.equal(guarded.g_idx, runs[0].g_idx) and int(guarded.q.max()) <= 7
+
+
+@pytest.mark.parametrize("act_order, static_groups", [(False, False), (True, False), (True, True)])
+def test_gptq_clip_row_mask_matches_the_two_whole_runs_row_by_row(act_order, static_groups):
+    """A row mask gives each row the run its mask picks (the clip guard's one stacked pass)."""
+    x = correlated_inputs()
+    w = torch.randn(64, 96, generator=gen(9)) ** 3
+    H = 2 * x.T @ x / x.shape[0]
+    kw = dict(act_order=act_order, static_groups=static_groups, block_size=32)
+    clip, plain = (gptq(w, H, 3, 32, clip_search=c, **kw) for c in (True, False))
+    mask = torch.arange(64) % 3 == 0
+    mixed = gptq(w, H, 3, 32, clip_search=mask, **kw)
+    for field in ("q", "scale", "zero"):
+        want = torch.where(mask[:, None], getattr(clip, field), getattr(plain, field))
+        torch.testing.assert_close(getattr(mixed, field).float(), want.float(), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(clip.q, plain.q)  # the two runs differ, so the mask is doing something
+    with pytest.raises(SlmkitError, match="mask"):
+        gptq(w, H, 3, 32, clip_search=mask[:10])
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
