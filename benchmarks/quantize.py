@@ -69,8 +69,12 @@ def configs(args):
             "gptq-noclip": GPTQConfig(**gptq, clip_search=False),  # ablation: plain min/max grids
             # per row, the better of the clip-searched and the plain-grid runs
             "gptq-guard": GPTQConfig(**gptq, clip_search=True, clip_guard=True),
+            # the clip search with every column's weight floored at mean(diag H), or all equal
+            "gptq-floor1": GPTQConfig(**gptq, clip_search=True, clip_floor=1.0),
+            "gptq-uniform": GPTQConfig(**gptq, clip_search=True, clip_floor=1e9),
             "awq": AWQConfig(**calibrated),
             "awq-noclip": AWQConfig(**calibrated, clip=False),  # ablation: the scale search alone
+            "awq-floor1": AWQConfig(**calibrated, clip_floor=1.0),  # clip errors on a floored Gram
             "awq-noguard": AWQConfig(**calibrated, clip_guard=False),  # ablation: the clip unguarded
             "awq-duo": AWQConfig(**calibrated, duo_scaling=True),  # AutoAWQ's weight-aware scales too
             "awq-duo-noclip": AWQConfig(**calibrated, duo_scaling=True, clip=False),

@@ -178,6 +178,21 @@ def test_search_clip_lowers_each_groups_output_error():
     assert (clipped <= plain + 1e-6).all() and clipped.sum() < plain.sum()
 
 
+def test_clip_floor_keeps_a_quiet_inputs_outlier_weights_unclipped():
+    """Channel 7 holds each row's largest weight but is nearly silent in calibration: on the bare
+    Gram the search clips it for free; on the floored Gram it keeps more of the range, and where
+    channel 7 fires as hard as the salient channels, the floored clip has the lower output error."""
+    x, w = outlier_inputs(seed=1), torch.randn(40, 96, generator=gen(4))
+    x[:, 7] *= 1e-3
+    w[:, 7] = 6 * w.abs().amax(1)
+    bare, floored = (search_clip(w, x.T @ x / len(x), 3, 32, False, floor=f) for f in (0.0, 1.0))
+    assert bare[:, 0].mean() < floored[:, 0].mean()              # group 0 holds channel 7
+    awake = outlier_inputs(seed=2)
+    awake[:, 7] *= 25
+    errs = [(awake @ (fake_quantize(w, 3, 32, False, s) - w).T).pow(2).mean() for s in (bare, floored)]
+    assert errs[1] < errs[0]
+
+
 def test_clip_guard_keeps_no_row_whose_full_output_error_the_clip_raises():
     """The per-group search ignores cross-group terms: with one signal shared by every channel
     and one-signed outliers in every group, clipping each group alone helps, but the clipped
@@ -332,7 +347,7 @@ def test_awq_skip_list_keeps_skipped_linears_exact(model_type, skip_role):
                                  dict(max_shrink=-0.1), dict(batch_size=0),
                                  dict(bits=9), dict(group_size=0), dict(n_grid=2.5),
                                  dict(duo_scaling="yes"), dict(scale_objective="block"),
-                                 dict(probe_rows=0)])
+                                 dict(probe_rows=0), dict(clip_floor=-1.0)])
 def test_awq_refuses_bad_configs(bad):
     with pytest.raises(SlmkitError):
         apply_awq(tiny_model("llama"), AWQConfig(**bad), SMALL)

@@ -196,6 +196,13 @@ def test_head_bits_unties_and_quantizes_the_output_head(model_type, tiny_tok, tm
             assert torch.allclose(theirs(CALIB[:2]).logits, ref, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("kw, match", [(dict(damp=0.0), "damp"), (dict(damp=1.5), "damp"),
+                                       (dict(clip_floor=-0.5), "clip_floor")])
+def test_gptq_settings_out_of_range_are_refused_when_the_config_is_made(kw, match):
+    with pytest.raises(SlmkitError, match=match):
+        GPTQConfig(**kw)
+
+
 def test_head_bits_out_of_range_is_refused():
     with pytest.raises(SlmkitError, match="head_bits must be 5-8"):
         quantize(tiny_model("llama"), RTNConfig(head_bits=4))

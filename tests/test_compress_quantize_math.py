@@ -114,6 +114,26 @@ def test_gptq_clip_row_mask_matches_the_two_whole_runs_row_by_row(act_order, sta
         gptq(w, H, 3, 32, clip_search=mask[:10])
 
 
+def test_clip_floor_keeps_the_clip_search_from_clipping_a_quiet_inputs_outlier_weights():
+    """Column 0 holds each row's largest weight but its input is nearly silent in calibration:
+    weighed by diag H alone the clip search clips those weights for free; with a floor it does
+    not, and on inputs where column 0 fires the output error is lower."""
+    x = correlated_inputs()
+    x[:, 0] *= 1e-3
+    w = torch.randn(64, 96, generator=gen(11))
+    w[:, 0] = 4 * w.abs().amax(1)
+    H = 2 * x.T @ x / x.shape[0]
+    kw = dict(act_order=True, static_groups=True, block_size=32, clip_search=True)
+    bare, floored = (gptq(w, H, 4, 32, clip_floor=f, **kw) for f in (0.0, 1.0))
+    col0 = [(q.dequantize() - w)[:, 0].abs().mean() for q in (bare, floored)]
+    assert col0[1] < 0.5 * col0[0]
+    awake = correlated_inputs()          # column 0 as active as the rest
+    out_err = [(awake @ (q.dequantize() - w).T).pow(2).mean() for q in (bare, floored)]
+    assert out_err[1] < out_err[0]
+    with pytest.raises(SlmkitError, match="clip_floor"):
+        gptq(w, H, 4, 32, clip_floor=-1.0, **kw)
+
+
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_search_grid_never_loses_to_min_max_and_clips_outliers(symmetric):
     w = torch.randn(32, 64, generator=gen(5)) ** 3  # heavy tails: min/max wastes grid on a few

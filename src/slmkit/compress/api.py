@@ -62,8 +62,8 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
             try:
                 args = (t.weight(), hc.H[t.name], *grid_for(cfg, t), cfg.damp, cfg.block_size,
                         cfg.act_order, cfg.static_groups)
-                qw = gptq_clip_guarded(*args) if cfg.clip_search and cfg.clip_guard else \
-                    gptq(*args, cfg.clip_search)
+                qw = gptq_clip_guarded(*args, clip_floor=cfg.clip_floor) if cfg.clip_search and cfg.clip_guard \
+                    else gptq(*args, cfg.clip_search, cfg.clip_floor)
             except SlmkitError as e:
                 raise SlmkitError(f"{t.name}: {e}") from None
             _store(t, qw, store)

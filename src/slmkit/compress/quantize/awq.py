@@ -75,6 +75,10 @@ class AWQConfig(RTNConfig):
     clip_grid: int = field(default=20, metadata={"help": "clip factors 1 - i/clip_grid are tried"})
     max_shrink: float = field(default=0.5, metadata={
         "help": "largest fraction of a group's range clipping may cut, in [0, 1)"})
+    clip_floor: float = field(default=0.0, metadata={
+        "help": "the clip search measures output errors on the Gram matrix plus clip_floor * "
+                "mean(diag) on its diagonal: above 0, weights of inputs the calibration text leaves "
+                "quiet are not clipped for free"})
     clip_guard: bool = field(default=True, metadata={
         "help": "keep a clip only where it lowers the row's full output error and, in gated MLPs, "
                 "the intermediate channel's error (one extra pass per layer)"})
@@ -101,6 +105,8 @@ class AWQConfig(RTNConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SlmkitError(f"AWQ {name} must be an integer >= 1, not {value!r}")
+        if not (isinstance(self.clip_floor, (int, float)) and self.clip_floor >= 0):
+            raise SlmkitError(f"AWQ clip_floor must be a number >= 0, not {self.clip_floor!r}")
         if not 0 <= self.max_shrink < 1:
             raise SlmkitError(f"AWQ max_shrink must be in [0, 1) (0 = no clipping), not {self.max_shrink!r}")
 
@@ -237,13 +243,17 @@ def _diagonal_blocks(gram: torch.Tensor, group_size: int | None) -> torch.Tensor
 @torch.no_grad()
 def search_clip(w: torch.Tensor, gram: torch.Tensor, bits: int, group_size: int | None,
                 symmetric: bool, n_grid: int = 20, max_shrink: float = 0.5,
-                guard: bool = True) -> torch.Tensor:
+                guard: bool = True, floor: float = 0.0) -> torch.Tensor:
     """Per (row, group) shrink factor [out, n_groups] of w [out, in] among 1 - i/n_grid
     (i < max_shrink * n_grid) minimising that group's own output error, mean (x_g dw_g)^2, on
-    inputs with Gram matrix gram [in, in]. With `guard`, rows whose full output error (cross-group
-    terms included) the clip does not lower are left unclipped (shrink 1)."""
+    inputs with Gram matrix gram [in, in] (plus floor * mean(diag gram) on its diagonal). With
+    `guard`, rows whose full output error (cross-group terms included) the clip does not lower
+    are left unclipped (shrink 1)."""
     w = w.float()
-    blocks = _diagonal_blocks(gram.float(), group_size)            # [G, g, g]
+    gram = gram.float()
+    if floor:
+        gram = gram + floor * torch.diag(gram).mean() * torch.eye(gram.shape[0])
+    blocks = _diagonal_blocks(gram, group_size)                    # [G, g, g]
     wg = _grouped(w, group_size)                                   # [out, G, g]
     factors = [1 - i / n_grid for i in range(max(1, int(max_shrink * n_grid)))]
     best_shrink = torch.ones(wg.shape[:2])
@@ -256,7 +266,6 @@ def search_clip(w: torch.Tensor, gram: torch.Tensor, bits: int, group_size: int 
         best_err = torch.where(better, err, best_err)
         best_shrink[better] = f
     if guard:
-        gram = gram.float()
         clipped = fake_quantize(w, bits, group_size, symmetric, best_shrink) - w
         plain = fake_quantize(w, bits, group_size, symmetric) - w
         worse = row_output_errors(clipped, gram) >= row_output_errors(plain, gram)  # [out]
@@ -343,7 +352,8 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
                 if t.role not in NO_CLIP_ROLES:
                     bits, group_size, symmetric = grid_for(cfg, t)
                     shrinks[t.name] = search_clip(t.weight().float(), grams[g.site], bits, group_size,
-                                                  symmetric, cfg.clip_grid, cfg.max_shrink, cfg.clip_guard)
+                                                  symmetric, cfg.clip_grid, cfg.max_shrink, cfg.clip_guard,
+                                                  cfg.clip_floor)
             roles = {t.role: t for _, t in site_targets}
             if cfg.clip_guard and "gate" in roles and "up" in roles:
                 guard_gated_clip(get_arch(model).gated_mlp_act(layer), roles["gate"], roles["up"],

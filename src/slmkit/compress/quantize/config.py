@@ -63,11 +63,21 @@ class GPTQConfig(RTNConfig):
     clip_search: bool = field(default=True, metadata={
         "help": "shrink each group's range to the clipping that minimises its diag(H)-weighted "
                 "rounding error, instead of plain min/max"})
+    clip_floor: float = field(default=0.0, metadata={
+        "help": "the clip search weighs column j by diag(H)_j + clip_floor * mean(diag H): above 0, "
+                "weights of inputs the calibration text leaves quiet are not clipped for free"})
     clip_guard: bool = field(default=False, metadata={
         "help": "with clip_search, also run GPTQ on plain min/max grids and keep, per output row, "
                 "whichever has the lower output error on the calibration inputs (2x the GPTQ math)"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
     calib_dtype: CalibDtype = calib_dtype_field()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.damp < 1:
+            raise SlmkitError(f"GPTQ damp must be in (0, 1), not {self.damp!r}")
+        if not self.clip_floor >= 0:
+            raise SlmkitError(f"GPTQ clip_floor must be >= 0, not {self.clip_floor!r}")
 
 
 def check_overrides(cfg) -> None:

@@ -29,15 +29,19 @@ from slmkit.errors import SlmkitError
 def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,
          symmetric: bool = False, damp: float = 0.01, block_size: int = 128,
          act_order: bool = False, static_groups: bool = False,
-         clip_search: bool | torch.Tensor = False) -> QuantizedWeight:
-    """clip_search: True/False for every row, or a bool mask [out] of the rows that get it."""
+         clip_search: bool | torch.Tensor = False, clip_floor: float = 0.0) -> QuantizedWeight:
+    """clip_search: True/False for every row, or a bool mask [out] of the rows that get it.
+    clip_floor: the clip search weighs column j's rounding error by diag(H)_j + clip_floor *
+    mean(diag H), so columns the calibration text leaves quiet still count (0 = diag H alone)."""
     check_bits(bits, group_size)
     W, H = prepare_hessian(w, hessian, damp, "GPTQ")
     rows, cols = W.shape
     g = group_size or cols
     n_groups = -(-cols // g)
 
-    importance = torch.diag(H)
+    if not clip_floor >= 0:
+        raise SlmkitError(f"GPTQ clip_floor must be >= 0, not {clip_floor}")
+    importance = torch.diag(H) + clip_floor * torch.diag(H).mean()
     clip_rows = torch.full((rows,), bool(clip_search)) if isinstance(clip_search, bool) else clip_search
     if clip_rows.shape != (rows,) or clip_rows.dtype != torch.bool:
         raise SlmkitError(f"GPTQ clip_search mask must be a bool tensor of shape ({rows},)")
@@ -107,7 +111,8 @@ STACK_ROWS = 1024
 
 def gptq_clip_guarded(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,
                       symmetric: bool = False, damp: float = 0.01, block_size: int = 128,
-                      act_order: bool = False, static_groups: bool = False) -> QuantizedWeight:
+                      act_order: bool = False, static_groups: bool = False,
+                      clip_floor: float = 0.0) -> QuantizedWeight:
     """GPTQ with the clip-searched grids and with plain min/max grids, keeping per output row
     whichever has the lower output error on the calibration inputs, dW H dW^T. GPTQ treats rows
     independently (the updates only mix a row's own columns), so any mix of the two runs' rows is
@@ -119,10 +124,11 @@ def gptq_clip_guarded(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gro
     rows = w.shape[0]
     if rows <= STACK_ROWS:
         both = gptq(torch.cat([w, w]), hessian, bits, group_size, symmetric, damp, block_size,
-                    act_order, static_groups, clip_search=torch.arange(2 * rows) < rows)
+                    act_order, static_groups, clip_search=torch.arange(2 * rows) < rows,
+                    clip_floor=clip_floor)
     else:
         runs = [gptq(w, hessian, bits, group_size, symmetric, damp, block_size, act_order,
-                     static_groups, clip) for clip in (True, False)]
+                     static_groups, clip, clip_floor) for clip in (True, False)]
         both = QuantizedWeight(*(torch.cat([getattr(r, f) for r in runs]) for f in ("q", "scale", "zero")),
                                runs[0].g_idx, bits, group_size)
     W, H = w.detach().float(), hessian.detach().float()
