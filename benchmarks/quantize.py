@@ -69,8 +69,8 @@ def configs(args):
             "gptq-noclip": GPTQConfig(**gptq, clip_search=False),  # ablation: plain min/max grids
             # per row, the better of the clip-searched and the plain-grid runs
             "gptq-guard": GPTQConfig(**gptq, clip_search=True, clip_guard=True),
-            # the clip search with every column's weight floored at mean(diag H), or all equal
-            "gptq-floor1": GPTQConfig(**gptq, clip_search=True, clip_floor=1.0),
+            # the clip search weighted by diag H alone (default before session 17), or all columns equal
+            "gptq-floor0": GPTQConfig(**gptq, clip_search=True, clip_floor=0.0),  # diag H alone (before s17)
             "gptq-uniform": GPTQConfig(**gptq, clip_search=True, clip_floor=1e9),
             "awq": AWQConfig(**calibrated),
             "awq-noclip": AWQConfig(**calibrated, clip=False),  # ablation: the scale search alone
