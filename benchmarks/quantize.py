@@ -70,7 +70,7 @@ def configs(args):
             # per row, the better of the clip-searched and the plain-grid runs
             "gptq-guard": GPTQConfig(**gptq, clip_search=True, clip_guard=True),
             # the clip search weighted by diag H alone (default before session 17), or all columns equal
-            "gptq-floor0": GPTQConfig(**gptq, clip_search=True, clip_floor=0.0),  # diag H alone (before s17)
+            "gptq-floor0": GPTQConfig(**gptq, clip_search=True, clip_floor=0.0),
             "gptq-uniform": GPTQConfig(**gptq, clip_search=True, clip_floor=1e9),
             "awq": AWQConfig(**calibrated),
             "awq-noclip": AWQConfig(**calibrated, clip=False),  # ablation: the scale search alone

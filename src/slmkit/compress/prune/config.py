@@ -83,6 +83,7 @@ class SparseGPTConfig(PruneConfig):
 def check_config(cfg: PruneConfig) -> tuple[float, tuple[int, int] | None]:
     """Validate `cfg` before any work; returns (target sparsity, (N, M) or None)."""
     from slmkit.compress.prune.nm import nm_sparsity, parse_nm
+    from slmkit.compress.quantize.gptq import check_damp
 
     nm = parse_nm(cfg.nm)
     s = cfg.sparsity
@@ -109,8 +110,7 @@ def check_config(cfg: PruneConfig) -> tuple[float, tuple[int, int] | None]:
             raise SlmkitError(f"block_size must be a positive integer, not {cfg.block_size!r}")
         if nm is not None and cfg.block_size % nm[1]:
             raise SlmkitError(f"block_size ({cfg.block_size}) must be a multiple of M={nm[1]}")
-        if not 0 < cfg.damp < 1:
-            raise SlmkitError(f"SparseGPT dampening must be in (0, 1), not {cfg.damp}")
+        check_damp(cfg.damp, "SparseGPT")
         if cfg.mask_scope not in MASK_SCOPES:
             raise SlmkitError(f"SparseGPT mask_scope must be one of {MASK_SCOPES}, not {cfg.mask_scope!r}")
     return s, nm

@@ -76,11 +76,11 @@ class GPTQConfig(RTNConfig):
     calib_dtype: CalibDtype = calib_dtype_field()
 
     def __post_init__(self) -> None:
+        from slmkit.compress.quantize.gptq import check_clip_floor, check_damp
+
         super().__post_init__()
-        if not 0 < self.damp < 1:
-            raise SlmkitError(f"GPTQ damp must be in (0, 1), not {self.damp!r}")
-        if not self.clip_floor >= 0:
-            raise SlmkitError(f"GPTQ clip_floor must be >= 0, not {self.clip_floor!r}")
+        check_damp(self.damp, "GPTQ")
+        check_clip_floor(self.clip_floor)
 
 
 def check_overrides(cfg) -> None:

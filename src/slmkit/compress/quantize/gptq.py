@@ -39,9 +39,9 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
     g = group_size or cols
     n_groups = -(-cols // g)
 
-    if not clip_floor >= 0:
-        raise SlmkitError(f"GPTQ clip_floor must be >= 0, not {clip_floor}")
-    importance = torch.diag(H) + clip_floor * torch.diag(H).mean()
+    check_clip_floor(clip_floor)
+    importance = torch.diag(H)
+    importance = importance + clip_floor * importance.mean()
     clip_rows = torch.full((rows,), bool(clip_search)) if isinstance(clip_search, bool) else clip_search
     if clip_rows.shape != (rows,) or clip_rows.dtype != torch.bool:
         raise SlmkitError(f"GPTQ clip_search mask must be a bool tensor of shape ({rows},)")
@@ -141,12 +141,21 @@ def gptq_clip_guarded(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, gro
                            both.g_idx, bits, group_size)
 
 
+def check_damp(damp: float, method: str) -> None:
+    if not 0 < damp < 1:
+        raise SlmkitError(f"{method} dampening must be in (0, 1), not {damp!r}")
+
+
+def check_clip_floor(clip_floor: float) -> None:
+    if not clip_floor >= 0:
+        raise SlmkitError(f"GPTQ clip_floor must be >= 0, not {clip_floor!r}")
+
+
 def prepare_hessian(w: torch.Tensor, hessian: torch.Tensor, damp: float,
                     method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Checked float32 copies (W [out, in], H [in, in]) for a Hessian-based method (GPTQ,
     SparseGPT): inputs that never fire ("dead", diag H == 0) get H_jj = 1 and their weights 0."""
-    if not 0 < damp < 1:
-        raise SlmkitError(f"{method} dampening must be in (0, 1), not {damp}")
+    check_damp(damp, method)
     W = w.detach().float().clone()
     cols = W.shape[1]
     if hessian.shape != (cols, cols):
