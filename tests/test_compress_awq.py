@@ -11,7 +11,7 @@ from slmkit.compress.quantize.awq import (AWQConfig, GatedErrors, apply_awq, cli
 from slmkit.compress.quantize.config import RTNConfig
 from slmkit.compress.quantize.rtn import rtn
 from slmkit.compress.smooth import (ActivationStats, ScaleGroup, fold_scales,
-                                    norm_kind, scale_groups)
+                                    norm_kind, scale_groups, tie_channels)
 from slmkit.compress.targets import all_targets, layer_targets
 from slmkit.errors import SlmkitError
 from slmkit.models import get_arch
@@ -31,8 +31,9 @@ def gen(seed=0):
 
 # ---- folding ---------------------------------------------------------------------------------
 
-# every architecture, plus variants without grouped-query attention so v -> o folding is exercised
-# on separate v (llama, qwen2: biased v, gemma3: 1 + weight norms) and on a fused qkv (phi3)
+# every architecture (grouped-query attention in most: v -> o scales tied across the query heads
+# sharing a kv head), plus variants without GQA so untied v -> o folding is exercised on separate
+# v (llama, qwen2: biased v, gemma3: 1 + weight norms) and on a fused qkv (phi3)
 FOLD_CASES = [(t, {}) for t in TINY_CONFIGS] + [
     (t, {"num_key_value_heads": 4}) for t in ("llama", "qwen2", "gemma3_text", "phi3")]
 
@@ -57,15 +58,15 @@ def test_folding_random_scales_into_every_group_keeps_logits(model_type, overrid
                 assert g.why_not
                 continue
             before = g.linears[0].weight().clone()
-            fold_scales(g, torch.exp(torch.randn(g.in_features, generator=gen(i))))  # 0.05 .. 20
+            s = torch.exp(torch.randn(g.in_features, generator=gen(i)))  # 0.05 .. 20
+            fold_scales(g, tie_channels(s, g.prev.tie))
             assert not torch.allclose(g.linears[0].weight(), before)
             folded.append(g.site)
     out = logits(model)
     assert ref.std() > 0.05  # logits that move with the weights
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
-    # what can fold where: v -> o unless GQA, up -> down unless a GELU MLP
-    gqa = TINY_CONFIGS[model_type][1].get("num_key_value_heads", 4) < 4 and not overrides
-    assert folded.count("attn_out") == (0 if gqa else n_layers(model))
+    # what can fold where: v -> o always (tied under GQA), up -> down unless a GELU MLP
+    assert folded.count("attn_out") == n_layers(model)
     assert folded.count("mlp_out") == (0 if model_type == "gpt2" else n_layers(model))
     assert folded.count("attn_in") == folded.count("mlp_in") == n_layers(model)
 
@@ -82,8 +83,9 @@ def test_folding_refuses_unknown_norms_bad_scales_and_unfoldable_groups():
     for bad in (-torch.ones(64), torch.ones(32), torch.full((64,), float("inf"))):
         with pytest.raises(SlmkitError, match="positive"):
             fold_scales(attn_in, bad)
-    with pytest.raises(SlmkitError, match="grouped-query"):
-        fold_scales(attn_out, torch.ones(64))
+    assert attn_out.prev.tie is not None  # tiny llama: 4 query heads, 2 kv heads
+    with pytest.raises(SlmkitError, match="share a kv head"):
+        fold_scales(attn_out, torch.exp(torch.randn(64, generator=gen(3))))
     with pytest.raises(SlmkitError, match="cannot absorb"):
         fold_scales(ScaleGroup("x", attn_in.linears, None, "why"), torch.ones(64))
 
@@ -301,6 +303,39 @@ def test_awq_beats_rtn_with_activation_outliers(model_type, objective):
     awq_err = error(lambda m: apply_awq(m, AWQConfig(bits=4, group_size=32, scale_objective=objective), CALIB))
     print(f"{model_type} ({objective}): logits MSE rtn {rtn_err:.3g} awq {awq_err:.3g} ratio {awq_err / rtn_err:.2f}")
     assert awq_err < 0.8 * rtn_err
+
+
+def test_tie_channels_averages_over_the_query_heads_sharing_a_kv_head():
+    model = tiny_model("llama")  # 4 query heads of 16 dims, 2 kv heads
+    tie = scale_groups(model, 0)[1].prev.tie
+    assert tie.tolist() == [h // 2 * 16 + d for h in range(4) for d in range(16)]  # repeat_kv's order
+    v = torch.arange(64.0)
+    assert tie_channels(v, tie)[:16].tolist() == [8.0 + d for d in range(16)]  # mean of heads 0, 1
+    assert tie_channels(v, None) is v
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text"])
+def test_awq_scales_o_under_grouped_query_attention(model_type):
+    """Outlier channels in v's output (so in o's input, for every query head of the kv head): AWQ
+    finds a tied scale for o (AutoAWQ skips this site under GQA) and beats RTN clearly."""
+    def v_outliers(model):
+        for i in range(n_layers(model)):
+            g = scale_groups(model, i)[1]
+            s = torch.ones(g.in_features)
+            s[(g.prev.tie % 16) == 5] = 1 / 30   # channel 5 of every head 30x larger
+            fold_scales(g, tie_channels(s, g.prev.tie))
+        return model
+
+    def error(apply):
+        model = v_outliers(tiny_model(model_type, seed=0))
+        apply(model)
+        return (logits(model) - ref).pow(2).mean().item()
+
+    ref = logits(v_outliers(tiny_model(model_type, seed=0)))
+    rtn_err = error(lambda m: apply_rtn(m, RTNConfig(bits=4, group_size=32)))
+    awq_err = error(lambda m: apply_awq(m, AWQConfig(bits=4, group_size=32), CALIB))
+    print(f"{model_type}: logits MSE rtn {rtn_err:.3g} awq {awq_err:.3g} ratio {awq_err / rtn_err:.2f}")
+    assert awq_err < 0.5 * rtn_err
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))

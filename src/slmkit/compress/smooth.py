@@ -10,7 +10,11 @@ to emit x / s. Absorbers, derived from the adapter table (`slmkit.models.arch`):
 - the attention input norm (feeds q/k/v or fused qkv) and the MLP input norm (feeds gate/up, up,
   or fused gate_up): RMSNorm weight / s, Gemma's (1 + weight) / s, LayerNorm weight and bias / s;
 - for `o`: the rows of `v` (or the v rows of a fused qkv), since attention mixes v over tokens
-  linearly per channel; impossible under grouped-query attention (v's width != o's in_features);
+  linearly per channel. Under grouped-query attention a kv head's v channel d feeds channel d of
+  every query head in its group, so o's input channels are *tied*: the scale must be equal across
+  the query heads sharing a kv head (`Absorber.tie`; `tie_channels` averages statistics over such
+  channels). AutoAWQ and llm-awq skip this site under GQA; on Qwen2.5-Coder-0.5B (14 query heads,
+  2 kv heads) a tied scale lowers o_proj's output error up to 4x (benchmarks/RESULTS.md);
 - for `down`: the rows (and bias) of `up` (or the up half of a fused gate_up) when the adapter says
   `mlp_foldable` (act(gate) * up, or a ReLU MLP); impossible for GELU MLPs (gpt2).
 
@@ -46,6 +50,9 @@ class Absorber:
     module: "nn.Module"
     target: Target | None = None   # set when the absorber is a linear (rows of its output)
     rows: slice | None = None      # output rows of that linear (None = all of them)
+    # int64 [site in_features]: which absorber channel (within `rows`) produces each input channel
+    # of the site; None = channel i itself. Under GQA several of o's inputs come from one v row.
+    tie: torch.Tensor | None = None
 
 
 @dataclass
@@ -82,20 +89,37 @@ def scale_groups(model: "nn.Module", index: int) -> list[ScaleGroup]:
             return None, "post-norm layer: the norm's output also feeds the residual stream"
         return Absorber(f"{prefix}.{path}", get_submodule(layer, path)), ""
 
-    def rows_of(t: Target, start: int, stop: int) -> Absorber:
-        return Absorber(t.name, t.module, t, slice(start, stop))
+    def rows_of(t: Target, start: int, stop: int, tie: torch.Tensor | None = None) -> Absorber:
+        return Absorber(t.name, t.module, t, slice(start, stop), tie)
 
     def attn_out() -> tuple[Absorber | None, str]:
         width = roles["o"].weight().shape[1]
         if "v" in roles:
-            if roles["v"].weight().shape[0] == width:
-                return rows_of(roles["v"], 0, width), ""
-            return None, "grouped-query attention: v's out_features != o's in_features"
-        if "qkv" in roles:  # fused [q; k; v] rows (phi3, gpt2): v is the last third without GQA
-            if roles["qkv"].weight().shape[0] == 3 * width:
-                return rows_of(roles["qkv"], 2 * width, 3 * width), ""
-            return None, "grouped-query attention in a fused qkv: v's width != o's in_features"
+            v_rows = roles["v"].weight().shape[0]
+            tie, why = gqa_tie(width, v_rows)
+            if why:
+                return None, why
+            return rows_of(roles["v"], 0, v_rows, tie), ""
+        if "qkv" in roles:  # fused [q; k; v] rows (phi3, gpt2): k and v have the same width
+            kv_rows = (roles["qkv"].weight().shape[0] - width) // 2
+            tie, why = gqa_tie(width, kv_rows)
+            if why:
+                return None, f"fused qkv: {why}"
+            return rows_of(roles["qkv"], width + kv_rows, width + 2 * kv_rows, tie), ""
         return None, "no v projection found"
+
+    def gqa_tie(width: int, v_rows: int) -> tuple[torch.Tensor | None, str]:
+        """The tie of o's `width` inputs to v's `v_rows` outputs (None without GQA)."""
+        if v_rows == width:
+            return None, ""
+        heads = getattr(model.config, spec.heads_attr, None) or 0
+        head_dim = width // heads if heads else 0
+        kv_heads = v_rows // head_dim if head_dim else 0
+        if not kv_heads or heads * head_dim != width or kv_heads * head_dim != v_rows or heads % kv_heads:
+            return None, f"v's {v_rows} outputs do not map onto o's {width} inputs as grouped-query heads"
+        # repeat_kv: kv head k serves query heads k * n_rep .. (k + 1) * n_rep - 1
+        kv_of_head = torch.arange(heads) // (heads // kv_heads)
+        return (kv_of_head[:, None] * head_dim + torch.arange(head_dim)).reshape(-1), ""
 
     def mlp_out() -> tuple[Absorber | None, str]:
         if not spec.mlp_foldable:
@@ -157,6 +181,16 @@ def absorb(prev: Absorber, s: torch.Tensor) -> None:
             prev.module.bias.copy_(prev.module.bias.float() / s)
 
 
+def tie_channels(v: torch.Tensor, tie: torch.Tensor | None) -> torch.Tensor:
+    """v [in] averaged over the input channels that share an absorber channel (`Absorber.tie`),
+    expanded back to [in]; v itself when tie is None."""
+    if tie is None:
+        return v
+    n = int(tie.max()) + 1
+    sums = torch.zeros(n, dtype=v.dtype).index_add_(0, tie, v)
+    return (sums / torch.bincount(tie, minlength=n).to(v.dtype))[tie]
+
+
 @torch.no_grad()
 def fold_scales(group: ScaleGroup, s: torch.Tensor) -> None:
     """Multiply the input columns of every linear in `group` by s [in] and make the absorber emit
@@ -168,7 +202,17 @@ def fold_scales(group: ScaleGroup, s: torch.Tensor) -> None:
     if s.shape != (group.in_features,) or not bool((s > 0).all()) or not bool(torch.isfinite(s).all()):
         raise SlmkitError(f"scales for {group.site} must be finite, positive, shape "
                           f"({group.in_features},); got shape {tuple(s.shape)}")
-    absorb(group.prev, s)
+    tie = group.prev.tie
+    if tie is None:
+        absorb(group.prev, s)
+    else:
+        per_row = torch.zeros(int(tie.max()) + 1).scatter_(0, tie, s)
+        if not torch.allclose(per_row[tie], s, rtol=1e-5, atol=0):
+            raise SlmkitError(
+                f"scales for {group.site} must be equal across the query heads that share a kv head "
+                "(grouped-query attention: one v channel feeds them all); tie them with "
+                "slmkit.compress.smooth.tie_channels(..., group.prev.tie)")
+        absorb(group.prev, per_row)
     for t in group.linears:
         w = t.weight()                                # [out, in] view
         w.copy_((w.float() * s[None, :]).to(w.dtype))

@@ -54,7 +54,7 @@ from slmkit.compress.quantize.rtn import (
     quantize_column,
     rtn,
 )
-from slmkit.compress.smooth import fold_scales, group_stats, scale_groups
+from slmkit.compress.smooth import fold_scales, group_stats, scale_groups, tie_channels
 from slmkit.compress.targets import Target, layer_targets
 from slmkit.errors import SlmkitError
 from slmkit.models.arch import get_arch
@@ -173,10 +173,13 @@ def output_mse(dw: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
 
 
 def scale_candidates(x_mean: torch.Tensor, w: torch.Tensor, group_size: int | None, n_grid: int = 20,
-                     duo_scaling: bool = False):
+                     duo_scaling: bool = False, tie: torch.Tensor | None = None):
     """The AWQ scale grid for linears w [out, in] reading inputs with per-channel mean |x| [in]:
-    yields (r, s) for r = i / n_grid, then, with `duo_scaling`, the weight-aware candidates."""
-    for w_mean in [None] + ([weight_mean(w, group_size)] if duo_scaling else []):
+    yields (r, s) for r = i / n_grid, then, with `duo_scaling`, the weight-aware candidates.
+    With `tie` (`Absorber.tie`, grouped-query attention's o input), the statistics are averaged
+    over tied channels first, so every candidate is equal across them and can be folded."""
+    x_mean = tie_channels(x_mean.float(), tie)
+    for w_mean in [None] + ([tie_channels(weight_mean(w, group_size), tie)] if duo_scaling else []):
         for i in range(n_grid):
             yield i / n_grid, awq_scales(x_mean, i / n_grid, w_mean)
 
@@ -184,12 +187,13 @@ def scale_candidates(x_mean: torch.Tensor, w: torch.Tensor, group_size: int | No
 @torch.no_grad()
 def search_scale(x_mean: torch.Tensor, gram: torch.Tensor | None, w: torch.Tensor, bits: int,
                  group_size: int | None, symmetric: bool, n_grid: int = 20, duo_scaling: bool = False,
-                 error=None) -> tuple[torch.Tensor, float, list[float]]:
+                 error=None, tie: torch.Tensor | None = None) -> tuple[torch.Tensor, float, list[float]]:
     """Best AWQ scale for linears w [out, in] (rows of every linear reading x, concatenated)
     given the inputs' per-channel mean |x| [in]. The objective is the linears' output MSE from
     the inputs' Gram matrix X^T X / n [in, in], or `error(wq)` when given: the error of the
     dequantized candidate weights wq [out, in] (fake_quantize(w s) / s; e.g. a decoder layer's
     output error with them in place, `search_scale_layer`).
+    `tie`: see `scale_candidates`.
     Returns (s [in], the chosen ratio r, the error at each grid point r = i / n_grid; with
     `duo_scaling`, the n_grid duo candidates' errors follow the plain ones)."""
     w = w.float()
@@ -199,7 +203,7 @@ def search_scale(x_mean: torch.Tensor, gram: torch.Tensor | None, w: torch.Tenso
             return output_mse(wq - w, gram).item()
     errors: list[float] = []
     best = (math.inf, 0.0, torch.ones_like(x_mean, dtype=torch.float32))
-    for r, s in scale_candidates(x_mean, w, group_size, n_grid, duo_scaling):
+    for r, s in scale_candidates(x_mean, w, group_size, n_grid, duo_scaling, tie):
         err = error(fake_quantize(w * s, bits, group_size, symmetric) / s)
         errors.append(err)
         if err < best[0]:
@@ -338,8 +342,8 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             w = torch.cat([t.weight().float() for t in targets])   # [sum of out, in]
             # the search uses the first target's grid (per-module overrides rarely split a site)
             if score is None or g.prev.target is not None:  # a single linear's own output: exact
-                s, _, _ = search_scale(
-                    stats.mean_abs, grams[g.site], w, *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling)
+                s, _, _ = search_scale(stats.mean_abs, grams[g.site], w, *grid_for(cfg, targets[0]),
+                                       cfg.n_grid, cfg.duo_scaling, tie=g.prev.tie)
             else:
                 s, _, _ = search_scale_layer(
                     targets, stats.mean_abs, score, *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling)
