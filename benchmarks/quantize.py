@@ -76,6 +76,7 @@ def configs(args):
             "awq-noclip": AWQConfig(**calibrated, clip=False),  # ablation: the scale search alone
             "awq-floor1": AWQConfig(**calibrated, clip_floor=1.0),  # clip errors on a floored Gram
             "awq-noguard": AWQConfig(**calibrated, clip_guard=False),  # ablation: the clip unguarded
+            "awq-nolayerguard": AWQConfig(**calibrated, layer_guard=False),  # clip guards a, b only
             "awq-duo": AWQConfig(**calibrated, duo_scaling=True),  # AutoAWQ's weight-aware scales too
             "awq-duo-noclip": AWQConfig(**calibrated, duo_scaling=True, clip=False),
             # the scale search scored by the decoder layer's output, as AutoAWQ scores blocks

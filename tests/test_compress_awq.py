@@ -6,7 +6,7 @@ import torch
 from slmkit.compress.api import apply_rtn
 from slmkit.compress.calibrate import sequential
 from slmkit.compress.quantize.awq import (AWQConfig, GatedErrors, apply_awq, clip_weight,
-                                          fake_quantize, guard_gated_clip, output_mse, search_clip,
+                                          fake_quantize, guard_clip_by_layer, guard_gated_clip, output_mse, search_clip,
                                           search_scale, search_scale_layer, weight_mean)
 from slmkit.compress.quantize.config import RTNConfig
 from slmkit.compress.quantize.rtn import rtn
@@ -284,6 +284,48 @@ def test_layer_objective_search_scores_candidates_in_place_and_restores_the_weig
     assert seen["restored"] and len(seen["errors"]) == 6
     assert seen["errors"][0] == pytest.approx(seen["rtn"], rel=1e-5) and seen["rtn"] > 0
     assert min(seen["errors"]) == seen["errors"][round(seen["ratio"] * 6)] <= seen["errors"][0]
+
+
+def test_layer_guard_drops_clips_that_raise_the_layers_error():
+    """On a real layer: a clip cutting half of every group's range (far too much) is dropped, the
+    kept clips give a layer error no higher than plain grids, and the float weights come back."""
+    model = with_outliers(tiny_model("llama", seed=5))
+    cfg = AWQConfig(bits=4, group_size=16)
+    seen = {}
+
+    def on_layer(i, layer, run):
+        if i != 0:
+            return
+        targets = layer_targets(model, 0, ())
+        by_role = {t.role: t for t in targets}
+        before = {t.name: t.weight().clone() for t in targets}
+        shrinks = {}
+        for role in ("v", "gate", "up", "down"):
+            w = by_role[role].weight().float()
+            shrinks[by_role[role].name] = search_clip(w, torch.eye(w.shape[1]), 4, 16, False)
+        shrinks[by_role["o"].name] = torch.full((by_role["o"].weight().shape[0], 4), 0.5)
+        score = run.probe(2)
+        kept = dict(shrinks)
+        seen["dropped"] = guard_clip_by_layer(targets, shrinks, cfg, score)
+        seen["restored"] = all(torch.equal(t.weight(), before[t.name]) for t in targets)
+
+        def layer_error(clips):
+            for t in targets:
+                t.set_weight(fake_quantize(before[t.name].float(), 4, 16, False, clips.get(t.name)))
+            err = score()
+            for t in targets:
+                t.set_weight(before[t.name])
+            return err
+        seen["plain"], seen["guarded"], seen["all"] = layer_error({}), layer_error(shrinks), layer_error(kept)
+        seen["names"] = {r: by_role[r].name for r in by_role}
+        seen["left"] = set(shrinks)
+
+    sequential(model, CALIB[:4, :32], on_layer, batch_size=2)
+    names = seen["names"]
+    assert seen["restored"] and names["o"] in seen["dropped"] and names["o"] not in seen["left"]
+    assert seen["left"] | set(seen["dropped"]) == {names[r] for r in ("v", "o", "gate", "up", "down")}
+    assert (names["gate"] in seen["left"]) == (names["up"] in seen["left"])  # one unit
+    assert seen["guarded"] <= seen["plain"] and seen["guarded"] < seen["all"]
 
 
 # ---- AWQ on models ---------------------------------------------------------------------------

@@ -156,8 +156,8 @@ class LayerPass:
             if rows == 0:
                 break
 
-        def outputs() -> list["torch.Tensor"]:
-            with torch.inference_mode():
+        def outputs() -> list["torch.Tensor"]:  # float32 even inside the passes' bf16 autocast:
+            with torch.inference_mode(), torch.autocast("cpu", enabled=False):  # errors ~1e-3 matter
                 return [_run_layer(self.layer, h, call).float() for h, call in sample]
 
         reference = outputs()

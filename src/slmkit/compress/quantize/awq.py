@@ -27,6 +27,9 @@ error shrinks. Per input site of a decoder layer:
       that lowers each linear's mean error can still raise theirs: on Qwen2.5-Coder-0.5B layer 3,
       clipping lowered gate/up's errors by 12% and raised the MLP output error 2.7x; unguarded, the
       clip cost more perplexity than plain RTN (measured in benchmarks/RESULTS.md);
+   c. per linear, in forward order from plain grids, the clip is kept only where it lowers the
+      whole decoder layer's output error on `probe_rows` calibration sequences (`layer_guard`):
+      on Qwen2.5-Coder-0.5B clips that pass a and b still cost perplexity in domain as well as out;
 4. RTN on the clipped weight.
 
 Output errors come from each site's Gram matrix X^T X / n (collected once per layer), not from
@@ -82,13 +85,17 @@ class AWQConfig(RTNConfig):
     clip_guard: bool = field(default=True, metadata={
         "help": "keep a clip only where it lowers the row's full output error and, in gated MLPs, "
                 "the intermediate channel's error (one extra pass per layer)"})
+    layer_guard: bool = field(default=True, metadata={
+        "help": "then keep each linear's clip (gate's and up's together) only where it lowers the "
+                "decoder layer's output error on `probe_rows` calibration sequences, tried in "
+                "forward order from plain grids (float32; one layer pass per clipped linear)"})
     scale_objective: Literal["linear", "layer"] = field(default="linear", metadata={
         "help": "what the scale search minimises: linear = the site's linears' output MSE over every "
                 "calibration token (from the Gram matrix); layer = at the sites fed by a norm (q/k/v, "
                 "gate/up), the decoder layer's output MSE on `probe_rows` calibration sequences "
                 "(float32, one layer pass per grid point); o and down keep their own output MSE"})
     probe_rows: int = field(default=4, metadata={
-        "help": "calibration sequences the layer objective runs per grid point"})
+        "help": "calibration sequences the layer objective and the layer guard run per trial"})
     duo_scaling: bool = field(default=False, metadata={
         "help": "also try scales mean|x|^r / mean|w_hat|^(1-r) (w_hat: weights over their group's "
                 "max |w|), as AutoAWQ; the search keeps whichever candidate has the lowest error"})
@@ -316,6 +323,53 @@ def guard_gated_clip(act, gate: Target, up: Target, shrinks: dict[str, torch.Ten
     return int(worse.sum())
 
 
+@torch.no_grad()
+def guard_clip_by_layer(targets: list[Target], shrinks: dict[str, torch.Tensor], cfg: "AWQConfig",
+                        score) -> list[str]:
+    """Keep each clip only where it lowers the whole decoder layer's output error `score()` (a
+    `LayerPass.probe` made on the float layer): every target starts on its plain grid, then the
+    clipped linears are tried one at a time in forward order (gate and up together), each kept if
+    the error drops. A linear's output MSE misses what follows it (attention's softmax, a gated
+    MLP's huge channels, the residual's massive activations); the layer does not. Drops the
+    rejected entries of `shrinks`, returns their names; the weights are restored."""
+    by_name = {t.name: t for t in targets}
+    originals = {t.name: t.weight().clone() for t in targets}
+
+    def place(name: str, shrink: torch.Tensor | None) -> None:
+        t = by_name[name]
+        t.set_weight(fake_quantize(originals[name].float(), *grid_for(cfg, t), shrink))
+
+    units: list[list[str]] = []
+    for t in targets:
+        if t.name not in shrinks:
+            continue
+        if t.role == "up" and units and by_name[units[-1][0]].role == "gate":
+            units[-1].append(t.name)
+        else:
+            units.append([t.name])
+    dropped: list[str] = []
+    try:
+        for t in targets:
+            place(t.name, None)
+        best = score()
+        for unit in units:
+            for name in unit:
+                place(name, shrinks[name])
+            err = score()
+            if err < best:
+                best = err
+                continue
+            for name in unit:
+                place(name, None)
+            dropped += unit
+    finally:
+        for t in targets:
+            t.set_weight(originals[t.name])
+    for name in dropped:
+        del shrinks[name]
+    return dropped
+
+
 # ---- lifecycle -------------------------------------------------------------------------------
 
 def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) -> dict[str, QuantizedWeight]:
@@ -362,6 +416,8 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             if cfg.clip_guard and "gate" in roles and "up" in roles:
                 guard_gated_clip(get_arch(model).gated_mlp_act(layer), roles["gate"], roles["up"],
                                  shrinks, cfg, run)
+            if cfg.layer_guard and shrinks:
+                guard_clip_by_layer([t for _, t in site_targets], shrinks, cfg, run.probe(cfg.probe_rows))
         for g, t in site_targets:                                   # 4
             bits, group_size, symmetric = grid_for(cfg, t)
             qw = rtn(clip_weight(t.weight().float(), shrinks.get(t.name), group_size), bits, group_size, symmetric)
