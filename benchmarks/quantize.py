@@ -8,7 +8,7 @@ compared on their grids alone; the int4 kernel's own ppl (bf16 activations) is r
 
     python benchmarks/quantize.py [--model default] [--bits 4] [--group-size 64]
         [--methods rtn,gptq,awq] [--calib "embedded;self;embedded@0.5,self@0.5"]
-        [--calib-methods gptq] [--peer] [--size] [--tag _smollm2]
+        [--calib-methods gptq] [--peer [--peer-methods gptq,awq]] [--size] [--tag _smollm2]
 
 Speed is benchmarks/quantize_speed.py.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import eval_texts, ppl_function, run_llmc, timed, write_result  # noqa: E402
+from _common import RESULTS, eval_texts, ppl_function, run_llmc, timed, write_result  # noqa: E402
 
 
 def parse_args():
@@ -48,7 +48,10 @@ def parse_args():
     ap.add_argument("--gptq-clip-search", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--calib-dtype", choices=("float32", "bfloat16", "auto"), default="float32",
                     help="precision of GPTQ's and AWQ's calibration passes")
-    ap.add_argument("--peer", action="store_true", help="run llm-compressor's GPTQModifier too")
+    ap.add_argument("--peer", action="store_true", help="run llm-compressor too (--peer-methods)")
+    ap.add_argument("--peer-methods", default="gptq",
+                    help="comma list of llm-compressor recipes with --peer: gptq (GPTQModifier), "
+                         "awq (AWQModifier + QuantizationModifier)")
     ap.add_argument("--kernel-ppl", action=argparse.BooleanOptionalAction, default=True,
                     help="also measure GPTQ's ppl through the packed int4 kernel")
     ap.add_argument("--size", action="store_true", help="on-disk size of the packed GPTQ checkpoint")
@@ -85,10 +88,11 @@ def configs(args):
             "awq-layer-duo": AWQConfig(**calibrated, scale_objective="layer", duo_scaling=True)}
 
 
-def peer_args(args) -> list[str]:
-    extra = ["--bits", str(args.bits), "--group-size", str(args.group_size),
-             "--dampening", str(args.gptq_damp)]
-    if args.gptq_act_order:
+def peer_args(args, method: str) -> list[str]:
+    extra = ["--bits", str(args.bits), "--group-size", str(args.group_size)]
+    if method == "gptq":
+        extra += ["--dampening", str(args.gptq_damp)]
+    if method == "gptq" and args.gptq_act_order:
         extra += ["--actorder", "static"]
     if args.symmetric:
         extra += ["--sym"]
@@ -118,6 +122,10 @@ def main() -> int:
         calibs[spec] = build_calibration_with_provenance(base, tok, spec, n=args.calib_n,
                                                          length=args.calib_len, seed=0)
     rows = {"baseline (fp32)": {"ppl": ppls(base)}}
+
+    def checkpoint():  # partial results survive a crash or an interrupt later in the run
+        write_result("quantize" + args.tag + ".partial", {"args": vars(args), "rows": rows})
+
     t: dict[str, float] = {}
     packed_gptq = None
     for name, cfg in configs(args).items():
@@ -135,6 +143,7 @@ def main() -> int:
                          pack_weights=False)
             rows[label] = {"ppl": ppls(model), "seconds": t[label], "peak_rss_mb": mem.peak_bytes / 2**20}
             print(label, rows[label], flush=True)
+            checkpoint()
             if name == "gptq" and i == 0:
                 packed_gptq = model
             else:
@@ -144,17 +153,20 @@ def main() -> int:
     if args.peer:
         src = save(base.to(torch.bfloat16), tok, work / "base") if args.model == "default" else Path(args.model)
         base.float()
-        out, info = run_llmc("gptq", src, calibs[specs[0]][0], work, peer_args(args))
         from transformers import CompressedTensorsConfig
 
-        # dequantize=True: decompress to dense float (compressed-tensors 0.20 cannot set up
-        # an asymmetric packed layout for loading; dense is also what our rows measure)
-        peer = AutoModelForCausalLM.from_pretrained(
-            out, dtype=torch.float32, quantization_config=CompressedTensorsConfig(dequantize=True))
-        rows[f"llm-compressor gptq [{specs[0]}]"] = {
-            "ppl": ppls(peer), "seconds": info["compress_s"], "peak_rss_mb": info["peak_rss_mb"],
-            "peer": info}
-        del peer
+        for method in [m for m in args.peer_methods.split(",") if m]:
+            out, info = run_llmc(method, src, calibs[specs[0]][0], work, peer_args(args, method))
+            # dequantize=True: decompress to dense float (compressed-tensors 0.20 cannot set up
+            # an asymmetric packed layout for loading; dense is also what our rows measure)
+            peer = AutoModelForCausalLM.from_pretrained(
+                out, dtype=torch.float32, quantization_config=CompressedTensorsConfig(dequantize=True))
+            label = f"llm-compressor {method} [{specs[0]}]"
+            rows[label] = {"ppl": ppls(peer), "seconds": info["compress_s"],
+                           "peak_rss_mb": info["peak_rss_mb"], "peer": info}
+            print(label, rows[label]["ppl"], flush=True)
+            checkpoint()
+            del peer
 
     extra = {}
     if packed_gptq is not None and (args.kernel_ppl or args.size):
@@ -185,6 +197,7 @@ def main() -> int:
     payload = {"args": vars(args), "rows": rows, "texts": {k: v.describe() for k, v in texts.items()},
                "calibration": {s: c[1] for s, c in calibs.items()}, **extra}
     print(f"wrote {write_result('quantize' + args.tag, payload)}")
+    (RESULTS / f"quantize{args.tag}.partial.json").unlink(missing_ok=True)  # superseded
     return 0
 
 
