@@ -68,6 +68,22 @@ def test_proxy_logprobs_match_the_step_by_step_proxy_distribution(trio):
         proxy_logprobs(base, expert, anti, ids, len(ids))
 
 
+def test_an_alpha_sweep_equals_one_call_per_alpha(trio):
+    """A list of alphas scores every alpha from one set of forward passes: row i equals the
+    single-alpha call; an empty sweep is refused."""
+    from slmkit.collab.proxy import proxy_logprobs
+
+    ids, start = [5, 6, 7, 8, 40, 41, 42, 43, 44], 3
+    alphas = [0.0, 0.5, 1.0, 2.5]
+    got = proxy_logprobs(*trio, ids, start, alpha=alphas)
+    assert got.shape == (len(alphas), len(ids) - start)
+    for row, a in zip(got, alphas):
+        assert torch.allclose(row, proxy_logprobs(*trio, ids, start, alpha=a), atol=1e-6)
+    assert not torch.allclose(got[0], got[-1])
+    with pytest.raises(SlmkitError, match="sweep is empty"):
+        proxy_logprobs(*trio, ids, start, alpha=[])
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_batched_proxy_decodes_each_prompt_as_it_would_alone(tiny_tok, arch):
     """Prompts of different lengths (left padding) in one batch give each prompt's own output."""

@@ -16,6 +16,8 @@ from slmkit.collab.protocol import LocalLM, same_vocabulary
 from slmkit.errors import SlmkitError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
 
 
@@ -80,19 +82,27 @@ def proxy_generate_batch(base: LocalLM, expert: LocalLM, anti_expert: LocalLM,
 
 
 def proxy_logprobs(base: LocalLM, expert: LocalLM, anti_expert: LocalLM, ids: list[int], start: int,
-                   *, alpha: float = 1.0) -> "torch.Tensor":
+                   *, alpha: "float | Sequence[float]" = 1.0) -> "torch.Tensor":
     """Teacher-forced log-probabilities of `ids[start:]` under the proxy-tuned distribution
     (one forward pass per model over the whole sequence) -> float32 [len(ids) - start]. With
-    alpha=0 it is the base model's own; summed, it is the proxy-tuned log-likelihood."""
+    alpha=0 it is the base model's own; summed, it is the proxy-tuned log-likelihood.
+
+    A sequence of alphas scores them all from the same three forward passes ->
+    [len(alpha), len(ids) - start], one row per alpha (a sweep costs no extra model calls)."""
     import torch
 
     check_same_vocab(base, expert, anti_expert)
     if not 1 <= start < len(ids):
         raise SlmkitError(f"start must be in [1, {len(ids) - 1}] (a non-empty context and "
                           f"continuation), got {start} for {len(ids)} tokens")
+    sweep = not isinstance(alpha, (int, float))
+    alphas = [float(a) for a in alpha] if sweep else [float(alpha)]
+    if not alphas:
+        raise SlmkitError("proxy_logprobs: the alpha sweep is empty; pass a float or a non-empty list")
     with torch.inference_mode():
         logits = [lm.session().extend(ids)[start - 1: -1].float() for lm in (base, expert, anti_expert)]
     v = min(x.shape[-1] for x in logits)
-    z = logits[0][:, :v] + alpha * (logits[1][:, :v] - logits[2][:, :v])
-    target = torch.tensor(ids[start:])
-    return torch.log_softmax(z, -1).gather(1, target[:, None])[:, 0]
+    delta = logits[1][:, :v] - logits[2][:, :v]
+    target = torch.tensor(ids[start:])[:, None]
+    rows = [torch.log_softmax(logits[0][:, :v] + a * delta, -1).gather(1, target)[:, 0] for a in alphas]
+    return torch.stack(rows) if sweep else rows[0]
