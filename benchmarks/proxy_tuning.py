@@ -18,7 +18,10 @@ picked on `--val-n` validation records (between the training and the test record
 the test items, and its gap closed on the test items is reported beside it.
 
 Memory: the large base, the tuned small and the untuned small are held together while the proxy
-is scored (1.5B + 2 x 0.5B in float32: ~10 GB); the large model is tuned last, alone.
+is scored (1.5B + 2 x 0.5B in float32: ~10 GB); the small models are released before the large
+model is tuned, alone, in micro-batches of `--micro-batch` rows (gradients accumulated to
+`--batch-size`). Session 20's first run held the small models through the large tuning, in
+batches of 4: it passed 24 GB and was killed. Peak RSS is printed after each stage.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import gc
 import math
 import os
 import sys
@@ -52,6 +56,8 @@ def parse_args():
     ap.add_argument("--seq-len", type=int, default=320)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--micro-batch", type=int, default=2,
+                    help="rows per forward; gradients are accumulated to --batch-size")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--alphas", default="0.5,0.75,1,1.25,1.5,2",
@@ -78,7 +84,8 @@ def lora_tune(model, tok, records, args) -> tuple[object, dict]:
                        args.seq_len)
     steps = math.ceil(len(records) / args.batch_size) * args.epochs
     peft_model = add_lora(model, LoRAConfig(r=args.lora_r, alpha=2.0 * args.lora_r))
-    cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, warmup=0.1, log_every=5)
+    cfg = TrainConfig(steps=steps, batch_size=args.micro_batch, grad_accum=args.batch_size // args.micro_batch,
+                      lr=args.lr, warmup=0.1, log_every=5)
     summary = train(peft_model, CausalLM(), rows, cfg, None)
     return merge_lora(peft_model), summary
 
@@ -110,9 +117,13 @@ def main() -> int:
     from slmkit.collab import LocalLM
     from slmkit.collab.proxy import proxy_logprobs
     from slmkit.data.sources import read_jsonl
+    from slmkit.eval.memory import max_rss_bytes
     from slmkit.models import load
 
     alphas = parse_alphas(args.alphas)
+    if args.micro_batch < 1 or args.batch_size % args.micro_batch:
+        raise SystemExit(f"--micro-batch must be >= 1 and divide --batch-size {args.batch_size}, "
+                         f"got {args.micro_batch}")
     records = read_jsonl(args.data)
     if args.train_n + args.val_n + args.test_n > len(records):
         raise SystemExit(f"{args.data} has {len(records)} records, fewer than train {args.train_n} + "
@@ -122,6 +133,11 @@ def main() -> int:
     train_rec, test_rec = records[: args.train_n], records[-args.test_n:]
     val_rec = records[-(args.test_n + args.val_n): -args.test_n]
     t: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+
+    def stage_peak(stage: str) -> None:
+        peaks[stage] = round(max_rss_bytes() / 2 ** 20)
+        print(f"peak RSS so far ({stage}): {peaks[stage]} MB", flush=True)
 
     def own(lm):
         def f(ids, start):
@@ -156,11 +172,14 @@ def main() -> int:
     res["proxy"] = proxy_test[alphas.index(1.0)]
     res[f"proxy, alpha {best:g} (picked on validation)"] = proxy_test[alphas.index(best)]
     print(res, flush=True)
-    del expert, anti, small_m, tuned_m
+    stage_peak("small models tuned, proxy scored")
+    del expert, anti, small_m, tuned_m, sweep, base
+    gc.collect()
 
     t0 = time.perf_counter()
     ceiling_m, large_summary = lora_tune(large_m, large_tok, train_rec, args)
     t["tune large"] = time.perf_counter() - t0
+    stage_peak("large model tuned")
     res["large tuned (ceiling)"] = nll(own(LocalLM(ceiling_m.eval(), large_tok, "ceiling")), pairs)
 
     ppl = {k: math.exp(v) for k, v in res.items()}
@@ -180,7 +199,7 @@ def main() -> int:
                "alpha_picked": best, "gap_closed_picked": gap_by_alpha[best],
                "gap_closed_by_alpha": {str(a): g for a, g in gap_by_alpha.items()},
                "proxy_val_nll_by_alpha": {str(a): v for a, v in zip(alphas, proxy_val)},
-               "tuning_matters": matters, "seconds": t,
+               "tuning_matters": matters, "seconds": t, "peak_rss_mb": peaks,
                "train": {"small": small_summary, "large": large_summary},
                "answer_tokens": sum(len(ids) - s for ids, s in pairs)}
     print(f"wrote {write_result('proxy_tuning' + args.tag, payload)}")
