@@ -335,16 +335,23 @@ def test_layer_guard_drops_clips_that_raise_the_layers_error():
 def test_awq_beats_rtn_with_activation_outliers(model_type, objective):
     """W4 g32, same grid: logits MSE vs the float model (held-out ids) lower with AWQ, with either
     scale objective."""
+    rtn_err, awq_err = rtn_and_awq_errors(lambda: with_outliers(tiny_model(model_type, seed=0)),
+                                          AWQConfig(bits=4, group_size=32, scale_objective=objective))
+    print(f"{model_type} ({objective}): logits MSE rtn {rtn_err:.3g} awq {awq_err:.3g} ratio {awq_err / rtn_err:.2f}")
+    assert awq_err < 0.8 * rtn_err
+
+
+def rtn_and_awq_errors(make_model, awq_cfg: AWQConfig) -> tuple[float, float]:
+    """Logits MSE against the float model made by `make_model`, for RTN W4 g32 and for `awq_cfg`."""
+    ref = logits(make_model())
+
     def error(apply):
-        model = with_outliers(tiny_model(model_type, seed=0))
+        model = make_model()
         apply(model)
         return (logits(model) - ref).pow(2).mean().item()
 
-    ref = logits(with_outliers(tiny_model(model_type, seed=0)))
-    rtn_err = error(lambda m: apply_rtn(m, RTNConfig(bits=4, group_size=32)))
-    awq_err = error(lambda m: apply_awq(m, AWQConfig(bits=4, group_size=32, scale_objective=objective), CALIB))
-    print(f"{model_type} ({objective}): logits MSE rtn {rtn_err:.3g} awq {awq_err:.3g} ratio {awq_err / rtn_err:.2f}")
-    assert awq_err < 0.8 * rtn_err
+    return (error(lambda m: apply_rtn(m, RTNConfig(bits=4, group_size=32))),
+            error(lambda m: apply_awq(m, awq_cfg, CALIB)))
 
 
 def test_tie_channels_averages_over_the_query_heads_sharing_a_kv_head():
@@ -368,14 +375,8 @@ def test_awq_scales_o_under_grouped_query_attention(model_type):
             fold_scales(g, tie_channels(s, g.prev.tie))
         return model
 
-    def error(apply):
-        model = v_outliers(tiny_model(model_type, seed=0))
-        apply(model)
-        return (logits(model) - ref).pow(2).mean().item()
-
-    ref = logits(v_outliers(tiny_model(model_type, seed=0)))
-    rtn_err = error(lambda m: apply_rtn(m, RTNConfig(bits=4, group_size=32)))
-    awq_err = error(lambda m: apply_awq(m, AWQConfig(bits=4, group_size=32), CALIB))
+    rtn_err, awq_err = rtn_and_awq_errors(lambda: v_outliers(tiny_model(model_type, seed=0)),
+                                          AWQConfig(bits=4, group_size=32))
     print(f"{model_type}: logits MSE rtn {rtn_err:.3g} awq {awq_err:.3g} ratio {awq_err / rtn_err:.2f}")
     assert awq_err < 0.5 * rtn_err
 
