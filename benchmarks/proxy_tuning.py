@@ -124,12 +124,12 @@ def main() -> int:
     if args.micro_batch < 1 or args.batch_size % args.micro_batch:
         raise SystemExit(f"--micro-batch must be >= 1 and divide --batch-size {args.batch_size}, "
                          f"got {args.micro_batch}")
+    if args.val_n < 1:
+        raise SystemExit("--val-n must be >= 1 (alpha is picked on those records)")
     records = read_jsonl(args.data)
     if args.train_n + args.val_n + args.test_n > len(records):
         raise SystemExit(f"{args.data} has {len(records)} records, fewer than train {args.train_n} + "
                          f"validation {args.val_n} + test {args.test_n}")
-    if args.val_n < 1:
-        raise SystemExit("--val-n must be >= 1 (alpha is picked on those records)")
     train_rec, test_rec = records[: args.train_n], records[-args.test_n:]
     val_rec = records[-(args.test_n + args.val_n): -args.test_n]
     t: dict[str, float] = {}

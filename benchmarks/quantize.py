@@ -56,7 +56,14 @@ def parse_args():
                     help="also measure GPTQ's ppl through the packed int4 kernel")
     ap.add_argument("--size", action="store_true", help="on-disk size of the packed GPTQ checkpoint")
     ap.add_argument("--tag", default="", help="suffix for the result file name")
-    return ap.parse_args()
+    args = ap.parse_args()
+    bad = [m for m in args.peer_methods.split(",") if m and m not in PEER_METHODS]
+    if bad:  # refused now, not after hours of our own rows
+        ap.error(f"--peer-methods: unknown {', '.join(bad)}; choose from {', '.join(PEER_METHODS)}")
+    return args
+
+
+PEER_METHODS = ("gptq", "awq")  # what peer_args knows how to configure
 
 
 def configs(args):

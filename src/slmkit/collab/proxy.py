@@ -9,6 +9,7 @@ one tokenizer. Each model keeps its own KV cache; one token per step is appended
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -95,7 +96,7 @@ def proxy_logprobs(base: LocalLM, expert: LocalLM, anti_expert: LocalLM, ids: li
     if not 1 <= start < len(ids):
         raise SlmkitError(f"start must be in [1, {len(ids) - 1}] (a non-empty context and "
                           f"continuation), got {start} for {len(ids)} tokens")
-    sweep = not isinstance(alpha, (int, float))
+    sweep = not isinstance(alpha, numbers.Real)  # numpy and Python scalars alike
     alphas = [float(a) for a in alpha] if sweep else [float(alpha)]
     if not alphas:
         raise SlmkitError("proxy_logprobs: the alpha sweep is empty; pass a float or a non-empty list")
