@@ -53,9 +53,8 @@ def parse_args():
                          "calibration part, in order, repeated as needed: 120 rows, so 48 x 4 "
                          "rows is 1.6 epochs) or a calibration spec, e.g. 'embedded@0.5,self@0.5' "
                          "(steps x batch rows, shuffled; self = sampled from the unpruned model)")
-    ap.add_argument("--loops", default="hand,slmkit,slmkit_pin,slmkit_ckpt50,slmkit_ckpt,trl",
-                    help="throughput: the loops to time (trl needs benchmarks/peers/setup.sh trl); "
-                         "slmkit_pin = glibc's mmap threshold pinned (slmkit.allocator)")
+    ap.add_argument("--loops", default="hand,slmkit,slmkit_ckpt50,slmkit_ckpt,trl",
+                    help="throughput: the loops to time (trl needs benchmarks/peers/setup.sh trl)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one timed loop
     return ap.parse_args()
@@ -71,9 +70,8 @@ def _rows(tok, n: int, length: int):
 
 
 def worker(args) -> int:
-    """Run one loop (args.worker = 'slmkit' | 'slmkit_pin' | 'slmkit_ckpt' | 'slmkit_ckpt50' | 'hand');
-    print a JSON line with its numbers. slmkit_pin = slmkit's loop with glibc's mmap threshold
-    pinned (`pin_mmap_threshold=True`); slmkit_ckpt = with gradient checkpointing, as TRL's
+    """Run one loop (args.worker = 'slmkit' | 'slmkit_ckpt' | 'slmkit_ckpt50' | 'hand'); print a JSON
+    line with its numbers. slmkit_ckpt = slmkit's loop with gradient checkpointing, as TRL's
     SFTConfig defaults to; slmkit_ckpt50 = checkpointing every other decoder layer."""
     import resource
 
@@ -92,8 +90,7 @@ def worker(args) -> int:
         stamps = []
         cfg = TrainConfig(steps=steps + warm, batch_size=args.batch_size, lr=args.lr, warmup=0,
                           schedule="constant", max_grad_norm=1.0, log_every=1,
-                          gradient_checkpointing=args.worker.startswith("slmkit_ckpt"),
-                          pin_mmap_threshold=args.worker == "slmkit_pin",
+                          gradient_checkpointing=args.worker != "slmkit",
                           checkpoint_fraction=0.5 if args.worker == "slmkit_ckpt50" else 1.0)
         t_last = [time.perf_counter()]
 
@@ -153,9 +150,10 @@ def _trl_cmd(args) -> list[str]:
 
 
 def throughput(args) -> dict:
-    """Alternate the loops (as listed, then in reverse) to cancel drift."""
+    """Alternate the loops (hand, slmkit, slmkit_ckpt50, slmkit_ckpt, trl, then the reverse) to
+    cancel drift."""
     loops = [loop.strip() for loop in args.loops.split(",") if loop.strip()]
-    unknown = set(loops) - {"hand", "slmkit", "slmkit_pin", "slmkit_ckpt50", "slmkit_ckpt", "trl"}
+    unknown = set(loops) - {"hand", "slmkit", "slmkit_ckpt50", "slmkit_ckpt", "trl"}
     if unknown:
         raise SystemExit(f"--loops: unknown loop(s) {sorted(unknown)}")
     trl = _trl_cmd(args) if "trl" in loops and TRL_PY.exists() else None

@@ -33,9 +33,6 @@ class TrainConfig:
         "help": "with gradient_checkpointing: the share of decoder layers recomputed, spread evenly "
                 "(0.5 = every other layer: about half the activation memory saved for half the "
                 "recompute)"})
-    pin_mmap_threshold: bool = field(default=False, metadata={
-        "help": "glibc only: keep blocks >= 128 KB mmapped, so memory a step frees goes back to the "
-                "OS instead of staying resident (see slmkit.allocator; process-wide from then on)"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
     save_every: int = field(default=0, metadata={
         "help": "write a resumable checkpoint every N steps (0 = only at the end)"})

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from slmkit.allocator import pin_mmap_threshold
 from slmkit.errors import SlmkitError
 from slmkit.files import write_text_atomic
 from slmkit.progress import progress_bar
@@ -215,8 +214,6 @@ def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: 
 
     if cfg.gradient_checkpointing:
         _checkpointing(model, True, cfg.checkpoint_fraction)
-    if cfg.pin_mmap_threshold:
-        pin_mmap_threshold()
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
