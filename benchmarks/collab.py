@@ -12,7 +12,9 @@ target's chat template for the questions. For each prompt: the greedy output of 
 compared with target-only's (identical in float32 is required; in bf16 divergences are counted
 and the top-2 logit gap at the first divergence is reported), and its tokens/s. Also reported:
 acceptance rate, draft/target cost per token, and the speed-up the standard formula predicts
-from them, (1 - a^(k+1)) / ((1 - a)(c k + 1)), next to the measured one.
+from them, (1 - a^(k+1)) / ((1 - a)(c k + 1)), next to the measured one; "predicted (verify)"
+puts the measured cost v of verifying a typical round (mean drafts per round + 1 tokens, in
+one-token steps) in place of the formula's 1.
 """
 
 from __future__ import annotations
@@ -218,13 +220,19 @@ def main() -> int:
         r["speedup"] = r["tok_s"] / base
         if r.get("proposed"):
             r["acceptance_rate"] = r["accepted"] / r["proposed"]
+    one_step = verify_cost(target, ps[0], 1)
+    steps_for: dict[int, float] = {}   # a round's verification, in one-token steps, by its length
     for name, c in costs.items():
         r = rows[name]
         k_mean = r["proposed"] / r["rounds"]     # drafts per round (adaptive k, confidence stops)
+        n = max(2, round(k_mean) + 1)           # tokens a typical round verifies
+        if n not in steps_for:
+            steps_for[n] = verify_cost(target, ps[0], n) / one_step
         r["draft_cost_ratio"], r["mean_drafts_per_round"] = c, k_mean
+        r["verify_tokens"], r["verify_steps"] = n, steps_for[n]
         r["predicted_speedup"] = predicted_speedup(r["acceptance_rate"], k_mean, c)
         r["predicted_speedup_measured_verify"] = predicted_speedup(r["acceptance_rate"], k_mean, c,
-                                                                   verify["slmkit"])
+                                                                   steps_for[n])
     # in bf16 a method whose output leaves target-only's may land in easier text (a repetition
     # loop the draft predicts perfectly) or harder; the fair comparison is over the prompts where
     # every method produced target-only's own output
