@@ -54,7 +54,8 @@ def parse_args():
                          "rows is 1.6 epochs) or a calibration spec, e.g. 'embedded@0.5,self@0.5' "
                          "(steps x batch rows, shuffled; self = sampled from the unpruned model)")
     ap.add_argument("--loops", default="hand,slmkit,slmkit_ckpt50,slmkit_ckpt,trl",
-                    help="throughput: the loops to time (trl needs benchmarks/peers/setup.sh trl)")
+                    help="throughput: the loops to time (trl needs benchmarks/peers/setup.sh trl; "
+                         "slmkit_jemalloc = slmkit's loop under LD_PRELOAD=libjemalloc.so.2)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one timed loop
     return ap.parse_args()
@@ -149,24 +150,38 @@ def _trl_cmd(args) -> list[str]:
     return cmd + (["--bf16"] if use_bf16_autocast("auto") else [])
 
 
+def _jemalloc() -> str | None:
+    """Path of jemalloc's shared library (Debian's libjemalloc2), or None."""
+    for folder in ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib"):
+        path = Path(folder) / "libjemalloc.so.2"
+        if path.exists():
+            return str(path)
+    return None
+
+
 def throughput(args) -> dict:
     """Alternate the loops (hand, slmkit, slmkit_ckpt50, slmkit_ckpt, trl, then the reverse) to
     cancel drift."""
     loops = [loop.strip() for loop in args.loops.split(",") if loop.strip()]
-    unknown = set(loops) - {"hand", "slmkit", "slmkit_ckpt50", "slmkit_ckpt", "trl"}
+    unknown = set(loops) - {"hand", "slmkit", "slmkit_jemalloc", "slmkit_ckpt50", "slmkit_ckpt", "trl"}
     if unknown:
         raise SystemExit(f"--loops: unknown loop(s) {sorted(unknown)}")
     trl = _trl_cmd(args) if "trl" in loops and TRL_PY.exists() else None
     if "trl" in loops and not trl:
         print(f"TRL venv missing ({TRL_PY}): run benchmarks/peers/setup.sh trl; timing without it")
         loops.remove("trl")
+    jemalloc = _jemalloc() if "slmkit_jemalloc" in loops else None
+    if "slmkit_jemalloc" in loops and not jemalloc:
+        print("libjemalloc.so.2 not found (apt-get install libjemalloc2); timing without slmkit_jemalloc")
+        loops.remove("slmkit_jemalloc")
     out: dict[str, list[dict]] = {loop: [] for loop in loops}
     order = loops + loops[::-1]
     for loop in order:
         cmd = trl if loop == "trl" else [
-            sys.executable, __file__, "--worker", loop, "--model", args.model, "--steps",
-            str(args.steps), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)]
-        r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            sys.executable, __file__, "--worker", loop.removesuffix("_jemalloc"), "--model", args.model,
+            "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)]
+        env = {**os.environ, "LD_PRELOAD": jemalloc} if loop == "slmkit_jemalloc" else None
+        r = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         rec = json.loads(r.stdout.strip().splitlines()[-1])
         print(rec, flush=True)
         out[loop].append(rec)
