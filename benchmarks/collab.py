@@ -209,8 +209,10 @@ def main() -> int:
     t_cost = per_token_cost(target, ps[0])
     # what a (k+1)-token verification costs in one-token steps, with slmkit's few-token linears
     # and with PyTorch's plain ones (slmkit.models.narrow)
-    verify = {name: verify_cost(lm, ps[0], args.k + 1) / verify_cost(lm, ps[0], 1)
-              for name, lm in (("slmkit", target), ("plain linear", LocalLM(target_m, tok, narrow=False)))}
+    one_step = verify_cost(target, ps[0], 1)
+    plain = LocalLM(target_m, tok, narrow=False)
+    verify = {"slmkit": verify_cost(target, ps[0], args.k + 1) / one_step,
+              "plain linear": verify_cost(plain, ps[0], args.k + 1) / verify_cost(plain, ps[0], 1)}
     print(f"verification of {args.k + 1} tokens costs {verify['slmkit']:.2f} one-token steps "
           f"({verify['plain linear']:.2f} with plain nn.Linear)")
     costs = {name: per_token_cost(lm, ps[0]) / t_cost for name, lm in lms.items()}
@@ -220,7 +222,6 @@ def main() -> int:
         r["speedup"] = r["tok_s"] / base
         if r.get("proposed"):
             r["acceptance_rate"] = r["accepted"] / r["proposed"]
-    one_step = verify_cost(target, ps[0], 1)
     steps_for: dict[int, float] = {}   # a round's verification, in one-token steps, by its length
     for name, c in costs.items():
         r = rows[name]

@@ -160,8 +160,7 @@ def _jemalloc() -> str | None:
 
 
 def throughput(args) -> dict:
-    """Alternate the loops (hand, slmkit, slmkit_ckpt50, slmkit_ckpt, trl, then the reverse) to
-    cancel drift."""
+    """Run the loops in the order given, then in reverse, to cancel drift."""
     loops = [loop.strip() for loop in args.loops.split(",") if loop.strip()]
     unknown = set(loops) - {"hand", "slmkit", "slmkit_jemalloc", "slmkit_ckpt50", "slmkit_ckpt", "trl"}
     if unknown:
