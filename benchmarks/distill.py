@@ -54,8 +54,11 @@ def parse_args():
                          "rows is 1.6 epochs) or a calibration spec, e.g. 'embedded@0.5,self@0.5' "
                          "(steps x batch rows, shuffled; self = sampled from the unpruned model)")
     ap.add_argument("--loops", default="hand,slmkit,slmkit_ckpt50,slmkit_ckpt,trl",
-                    help="throughput: the loops to time (trl needs benchmarks/peers/setup.sh trl; "
-                         "slmkit_jemalloc = slmkit's loop under LD_PRELOAD=libjemalloc.so.2)")
+                    help="throughput: the loops to time (trl needs benchmarks/peers/setup.sh trl). "
+                         "slmkit_<allocator> = slmkit's default loop with the allocator settings of "
+                         "ALLOCATORS: jemalloc (LD_PRELOAD=libjemalloc.so.2), jemalloc_thp (and "
+                         "MALLOC_CONF=thp:always), thp (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), "
+                         "pin_thp (hugetlb=1 and a fixed 4 MB mmap threshold)")
     ap.add_argument("--tag", default="")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: one timed loop
     return ap.parse_args()
@@ -159,29 +162,52 @@ def _jemalloc() -> str | None:
     return None
 
 
+_HUGE = "glibc.malloc.hugetlb=1"  # glibc >= 2.35: madvise(MADV_HUGEPAGE) on malloc's own memory
+# slmkit_<name> loops: slmkit's default loop in a process started with these variables
+# ("{jemalloc}" is filled with the library's path; a loop whose library is missing is dropped).
+ALLOCATORS = {
+    "jemalloc": {"LD_PRELOAD": "{jemalloc}"},
+    "jemalloc_thp": {"LD_PRELOAD": "{jemalloc}", "MALLOC_CONF": "thp:always,metadata_thp:auto"},
+    "thp": {"GLIBC_TUNABLES": _HUGE},
+    "pin_thp": {"GLIBC_TUNABLES": f"{_HUGE}:glibc.malloc.mmap_threshold={4 << 20}"},
+}
+
+
+def _allocator_env(loop: str) -> dict | None:
+    """The environment of an allocator loop; None for other loops; {} if its library is missing."""
+    name = loop.removeprefix("slmkit_")
+    if not loop.startswith("slmkit_") or name not in ALLOCATORS:
+        return None
+    jemalloc = _jemalloc()
+    if any("{jemalloc}" in v for v in ALLOCATORS[name].values()) and not jemalloc:
+        return {}
+    return {k: v.format(jemalloc=jemalloc) for k, v in ALLOCATORS[name].items()}
+
+
 def throughput(args) -> dict:
     """Run the loops in the order given, then in reverse, to cancel drift."""
     loops = [loop.strip() for loop in args.loops.split(",") if loop.strip()]
-    unknown = set(loops) - {"hand", "slmkit", "slmkit_jemalloc", "slmkit_ckpt50", "slmkit_ckpt", "trl"}
-    if unknown:
-        raise SystemExit(f"--loops: unknown loop(s) {sorted(unknown)}")
+    known = {"hand", "slmkit", "slmkit_ckpt50", "slmkit_ckpt", "trl"} | {f"slmkit_{a}" for a in ALLOCATORS}
+    if set(loops) - known:
+        raise SystemExit(f"--loops: unknown loop(s) {sorted(set(loops) - known)}; known: {sorted(known)}")
     trl = _trl_cmd(args) if "trl" in loops and TRL_PY.exists() else None
     if "trl" in loops and not trl:
         print(f"TRL venv missing ({TRL_PY}): run benchmarks/peers/setup.sh trl; timing without it")
         loops.remove("trl")
-    jemalloc = _jemalloc() if "slmkit_jemalloc" in loops else None
-    if "slmkit_jemalloc" in loops and not jemalloc:
-        print("libjemalloc.so.2 not found (apt-get install libjemalloc2); timing without slmkit_jemalloc")
-        loops.remove("slmkit_jemalloc")
+    envs = {loop: _allocator_env(loop) for loop in loops}
+    for loop in [loop for loop, env in envs.items() if env == {}]:
+        print(f"libjemalloc.so.2 not found (apt-get install libjemalloc2); timing without {loop}")
+        loops.remove(loop)
     out: dict[str, list[dict]] = {loop: [] for loop in loops}
     order = loops + loops[::-1]
     for loop in order:
         cmd = trl if loop == "trl" else [
-            sys.executable, __file__, "--worker", loop.removesuffix("_jemalloc"), "--model", args.model,
+            sys.executable, __file__, "--worker", "slmkit" if envs[loop] else loop, "--model", args.model,
             "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)]
-        env = {**os.environ, "LD_PRELOAD": jemalloc} if loop == "slmkit_jemalloc" else None
+        env = {**os.environ, **envs[loop]} if envs[loop] else None
         r = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
         rec = json.loads(r.stdout.strip().splitlines()[-1])
+        rec["loop"], rec["env"] = loop, envs[loop] or {}
         print(rec, flush=True)
         out[loop].append(rec)
     best = {k: max(r["tok_s"] for r in v) for k, v in out.items()}

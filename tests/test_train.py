@@ -154,6 +154,23 @@ def test_gradient_checkpointing_gives_the_same_training_step():
     assert torch.allclose(weights[True], weights[False], atol=1e-6)
 
 
+def test_fused_adamw_is_the_default_and_takes_the_same_steps(tmp_path):
+    ids = torch.randint(3, 200, (4, 24), generator=torch.Generator().manual_seed(0))
+    losses, weights = {}, {}
+    for fused in (True, False):
+        model = tiny_model("llama", seed=2)
+        cfg = TrainConfig(steps=3, batch_size=2, lr=1e-3, weight_decay=0.1, fused_optimizer=fused,
+                          autocast="off")          # float32: bf16 rounding would amplify float noise
+        losses[fused] = train(model, CausalLM(), Batches(ids), cfg, tmp_path / str(fused))["final_loss"]
+        weights[fused] = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+        state = torch.load(tmp_path / str(fused) / "checkpoint.pt", weights_only=False)["optimizer"]
+        assert bool(state["param_groups"][0]["fused"]) is fused
+    assert TrainConfig().fused_optimizer
+    assert abs(losses[True] - losses[False]) < 1e-5
+    assert torch.allclose(weights[True], weights[False], atol=1e-6)
+    assert not torch.equal(weights[True], tiny_model("llama", seed=2).model.layers[0].mlp.up_proj.weight)
+
+
 def test_checkpoint_fraction_recomputes_that_share_of_layers_and_the_same_step():
     ids = torch.randint(3, 200, (4, 24), generator=torch.Generator().manual_seed(0))
     results = {}

@@ -166,6 +166,21 @@ def _checkpointing(model, on: bool, fraction: float = 1.0) -> None:
         switch()
 
 
+def _adamw(params: list, cfg: TrainConfig) -> "torch.optim.AdamW":
+    """AdamW, fused (one kernel per parameter) when `cfg.fused_optimizer` and torch supports it for
+    these parameters; the single-tensor default otherwise (torch refuses `fused` at construction
+    for devices or dtypes it has no kernel for)."""
+    import torch
+
+    kw = {"lr": cfg.lr, "betas": cfg.betas, "weight_decay": cfg.weight_decay}
+    if cfg.fused_optimizer:
+        try:
+            return torch.optim.AdamW(params, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(params, **kw)
+
+
 def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: str | Path | None = None,
           *, eval_data: Batches | None = None, resume: bool = True,
           callback: Callable[[int, dict], None] | None = None) -> dict:
@@ -189,7 +204,7 @@ def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: 
     params = [p for p in model.parameters() if p.requires_grad] + extra
     if not params:
         raise SlmkitError("nothing to train: no parameter of the model or objective requires grad")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    opt = _adamw(params, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio))
 
