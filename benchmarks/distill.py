@@ -6,8 +6,9 @@
               (forward, backward, AdamW step, same autocast) on the same model, rows, sequence
               length and batch, interleaved; peak RSS of each (each in its own process).
   recovery    SmolLM2 with 25% of parameters removed structurally, trained for the same number of
-              steps with KD (forward KL from the unpruned model) and with plain CE; share of the
-              ppl gap recovered on both texts.
+              steps with KD (forward KL from the unpruned model; `kd_ce`: mixed with CE on the
+              labels) and with plain CE, then CE again for as long as KD took; share of the ppl
+              gap recovered on both texts.
 
     python benchmarks/distill.py --parts lowrank,throughput [--model default] [--tag _smollm2]
 """
@@ -45,9 +46,13 @@ def parse_args():
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--curve-every", type=int, default=8, help="recovery: probe ppl every N steps")
     ap.add_argument("--kd-ce-weight", type=float, default=0.0,
-                    help="recovery: KD loss = (1 - w) x KL + w x CE on the labels (Hinton's mix)")
+                    help="recovery: the kd run's loss = (1 - w) x KL + w x CE on the labels")
+    ap.add_argument("--kd-ce-mix", type=float, default=0.5,
+                    help="recovery: w of the kd_ce run (KD mixed with CE, Hinton's recipe)")
     ap.add_argument("--recovery-runs", default="kd,ce,ce_equal_time",
-                    help="recovery runs to do (ce_equal_time needs kd and ce)")
+                    help="recovery runs to do, from kd, kd_ce, ce, ce_equal_time (ce_equal_time "
+                         "needs ce and a KD run: it gets as many CE steps as fit in the slowest "
+                         "KD run's training time)")
     ap.add_argument("--recovery-data", default="pydoc-all",
                     help="recovery training rows: 'pydoc-all' (every 512-token chunk of the pydoc "
                          "calibration part, in order, repeated as needed: 120 rows, so 48 x 4 "
@@ -55,7 +60,7 @@ def parse_args():
                          "(steps x batch rows, shuffled; self = sampled from the unpruned model)")
     ap.add_argument("--loops", default="hand,slmkit,slmkit_ckpt50,slmkit_ckpt,trl",
                     help="throughput: the loops to time (trl needs benchmarks/peers/setup.sh trl). "
-                         "slmkit_<allocator> = slmkit's default loop with the allocator settings of "
+                         "slmkit_<allocator> (or hand_<allocator>) = that loop with the allocator settings of "
                          "ALLOCATORS: jemalloc (LD_PRELOAD=libjemalloc.so.2), jemalloc_thp (and "
                          "MALLOC_CONF=thp:always), thp (GLIBC_TUNABLES=glibc.malloc.hugetlb=1), "
                          "pin_thp (hugetlb=1 and a fixed 4 MB mmap threshold)")
@@ -173,10 +178,19 @@ ALLOCATORS = {
 }
 
 
+def _split_loop(loop: str) -> tuple[str, str | None]:
+    """'slmkit_jemalloc' -> ('slmkit', 'jemalloc'); 'hand' -> ('hand', None)."""
+    for base in ("slmkit", "hand"):
+        name = loop.removeprefix(base + "_")
+        if loop.startswith(base + "_") and name in ALLOCATORS:
+            return base, name
+    return loop, None
+
+
 def _allocator_env(loop: str) -> dict | None:
     """The environment of an allocator loop; None for other loops; {} if its library is missing."""
-    name = loop.removeprefix("slmkit_")
-    if not loop.startswith("slmkit_") or name not in ALLOCATORS:
+    name = _split_loop(loop)[1]
+    if name is None:
         return None
     jemalloc = _jemalloc()
     if any("{jemalloc}" in v for v in ALLOCATORS[name].values()) and not jemalloc:
@@ -187,7 +201,8 @@ def _allocator_env(loop: str) -> dict | None:
 def throughput(args) -> dict:
     """Run the loops in the order given, then in reverse, to cancel drift."""
     loops = [loop.strip() for loop in args.loops.split(",") if loop.strip()]
-    known = {"hand", "slmkit", "slmkit_ckpt50", "slmkit_ckpt", "trl"} | {f"slmkit_{a}" for a in ALLOCATORS}
+    known = {"hand", "slmkit", "slmkit_ckpt50", "slmkit_ckpt", "trl"} | {
+        f"{base}_{a}" for a in ALLOCATORS for base in ("slmkit", "hand")}
     if set(loops) - known:
         raise SystemExit(f"--loops: unknown loop(s) {sorted(set(loops) - known)}; known: {sorted(known)}")
     trl = _trl_cmd(args) if "trl" in loops and TRL_PY.exists() else None
@@ -202,7 +217,7 @@ def throughput(args) -> dict:
     order = loops + loops[::-1]
     for loop in order:
         cmd = trl if loop == "trl" else [
-            sys.executable, __file__, "--worker", "slmkit" if envs[loop] else loop, "--model", args.model,
+            sys.executable, __file__, "--worker", _split_loop(loop)[0], "--model", args.model,
             "--steps", str(args.steps), "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size)]
         env = {**os.environ, **envs[loop]} if envs[loop] else None
         r = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
@@ -317,16 +332,24 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
     # KD and CE at equal steps; then CE again with as many steps as fit in KD's training time
     # (a CE step skips the teacher's forward, so equal time means more CE steps).
     kd = DistillConfig(loss="fkl", ce_weight=args.kd_ce_weight)
+    kd_ce = DistillConfig(loss="fkl", ce_weight=args.kd_ce_mix)
     runs = [("kd", lambda: Distill(teacher, kd), args.recovery_steps),
+            ("kd_ce", lambda: Distill(teacher, kd_ce), args.recovery_steps),
             ("ce", lambda: CausalLM(), args.recovery_steps),
             ("ce_equal_time", lambda: CausalLM(), None)]
     wanted = [r.strip() for r in args.recovery_runs.split(",") if r.strip()]
-    if "ce_equal_time" in wanted and not {"kd", "ce"} <= set(wanted):
-        raise SystemExit("--recovery-runs: ce_equal_time needs kd and ce in the same run")
+    unknown = set(wanted) - {r[0] for r in runs}
+    if unknown:
+        raise SystemExit(f"--recovery-runs: unknown {sorted(unknown)}; known: {[r[0] for r in runs]}")
+    kd_runs = [r for r in ("kd", "kd_ce") if r in wanted]
+    if "ce_equal_time" in wanted and ("ce" not in wanted or not kd_runs):
+        raise SystemExit("--recovery-runs: ce_equal_time needs ce and kd or kd_ce in the same run")
+    rows["kd_objectives"] = {"kd": vars(kd), "kd_ce": vars(kd_ce)}
     for name, objective, steps in (r for r in runs if r[0] in wanted):
         if steps is None:
             per_ce_step = rows["ce"]["train_seconds"] / args.recovery_steps
-            steps = max(args.recovery_steps, round(rows["kd"]["train_seconds"] / per_ce_step))
+            slowest = max(rows[r]["train_seconds"] for r in kd_runs)
+            steps = max(args.recovery_steps, round(slowest / per_ce_step))
         student = copy.deepcopy(pruned)
         curve = [{"step": 0, "train_seconds": 0.0, "probe_ppl": start_probe}]
         clock = [0.0]

@@ -145,6 +145,10 @@ COMMANDS = {"info": cmd_info, "eval": cmd_eval, "convert": cmd_convert,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `slmkit` command. Called without argv (the console script), a training command
+    re-executes itself under jemalloc where installed (`slmkit.allocator`); with argv (tests,
+    embedding) it always runs in this process."""
+    console = argv is None
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv  # accepted anywhere on the line
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -155,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
 
             return cli_passthrough(rest[1:])
         ns = _parser().parse_args([a for a in argv if a != "--debug"])
+        if console:
+            from slmkit.allocator import reexec_for
+
+            reexec_for(ns.command, argv)
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # slmkit shows its own progress

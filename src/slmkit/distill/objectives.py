@@ -76,13 +76,21 @@ class Distill:
     """`Distill(teacher, DistillConfig(...), student)` -> an objective for `train`.
 
     The teacher runs frozen (no grad, eval mode). `student` is needed only to size the hidden-state
-    projection (created when hidden_weight > 0 and the widths differ; it trains with the student)."""
+    projection (created when hidden_weight > 0 and the widths differ; it trains with the student).
+
+    `fused=True` (default): forward KL (with its cross-entropy share) is computed from both
+    models' last hidden states with the output heads applied in row chunks
+    (`slmkit.distill.fused_kd`), never holding either model's full logits, where both models'
+    structure allows it (checked once per model, as `CausalLM` does); other divergences and
+    models take the plain path."""
 
     def __init__(self, teacher, cfg: DistillConfig | None = None, student=None, *,
-                 student_tokenizer=None, teacher_tokenizer=None):
+                 student_tokenizer=None, teacher_tokenizer=None, fused: bool = True):
         import torch
 
         self.cfg = cfg or DistillConfig()
+        self.fused = fused
+        self._checked: dict[int, bool] = {}
         check_same_tokenizer(student_tokenizer, teacher_tokenizer)
         self.teacher = teacher.eval()
         for p in teacher.parameters():
@@ -144,6 +152,9 @@ class Distill:
         hidden = self.cfg.hidden_weight > 0
         kwargs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask"),
                   "use_cache": False, "output_hidden_states": hidden}
+        parts = self._fused_parts(model, batch)
+        if parts is not None:
+            return self._fused_loss(parts, batch, kwargs)
         with torch.no_grad():
             t_out = self.teacher(**kwargs)
         s_out = model(**kwargs)
@@ -161,6 +172,38 @@ class Distill:
             total = (1 - self.cfg.ce_weight) * div + self.cfg.ce_weight * ce
             metrics["ce"] = float(ce.detach())
         if hidden:
+            h = self._hidden_term(s_out.hidden_states, t_out.hidden_states, batch.get("attention_mask"))
+            total = total + self.cfg.hidden_weight * h
+            metrics["hidden"] = float(h.detach())
+        return total, metrics
+
+    def _fused_parts(self, model, batch):
+        """((student decoder, head), (teacher decoder, head)) when the fused path applies."""
+        if not self.fused or self.cfg.loss != "fkl":
+            return None
+        from slmkit.train.fused_ce import checked_head
+
+        student = checked_head(model, batch, self._checked)
+        teacher = checked_head(self.teacher, batch, self._checked) if student else None
+        return (student, teacher) if student and teacher else None
+
+    def _fused_loss(self, parts, batch: dict, kwargs: dict):
+        import torch
+
+        from slmkit.distill.fused_kd import linear_distill
+        from slmkit.train.fused_ce import shift_labels
+
+        (s_decoder, s_head), (t_decoder, t_head) = parts
+        with torch.no_grad():
+            t_out = t_decoder(**kwargs)
+        s_out = s_decoder(**kwargs)
+        total, div, ce = linear_distill(
+            s_out.last_hidden_state.flatten(0, 1), s_head, t_out.last_hidden_state.flatten(0, 1),
+            t_head, shift_labels(batch["labels"]).flatten(), self.cfg.temperature, self.cfg.ce_weight)
+        metrics = {self.cfg.loss: float(div)}
+        if self.cfg.ce_weight > 0:
+            metrics["ce"] = float(ce)
+        if self.cfg.hidden_weight > 0:
             h = self._hidden_term(s_out.hidden_states, t_out.hidden_states, batch.get("attention_mask"))
             total = total + self.cfg.hidden_weight * h
             metrics["hidden"] = float(h.detach())

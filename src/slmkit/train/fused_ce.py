@@ -58,18 +58,62 @@ def chunk_rows(vocab: int) -> int:
     return max(1, CHUNK_BYTES // (4 * vocab))
 
 
-class _LinearCrossEntropy(torch.autograd.Function):
+class HeadGrads:
+    """Gradients of a loss on head(hidden) with respect to hidden [n, h], the head's weight [v, h]
+    and bias [v], accumulated chunk by chunk from each chunk's d loss / d logits."""
+
+    def __init__(self, ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        self.want_h, self.want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        self.want_b = bias is not None and ctx.needs_input_grad[2]
+        self.weight = weight
+        self.h = torch.zeros_like(hidden) if self.want_h else None
+        self.w = torch.zeros(weight.shape, dtype=torch.float32) if self.want_w else None
+        self.b = torch.zeros(weight.shape[0], dtype=torch.float32) if self.want_b else None
+        self.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+
+    @property
+    def wanted(self) -> bool:
+        return self.want_h or self.want_w or self.want_b
+
+    def add(self, start: int, h: torch.Tensor, grad: torch.Tensor) -> None:
+        """Chunk rows start.. with inputs h [c, h] and d loss / d logits grad [c, v] (float32)."""
+        # under bf16 autocast the two matmuls run in bf16, as the plain path's backward does
+        low = torch.is_autocast_enabled("cpu")
+        if self.want_h:
+            gh = torch.mm(grad, self.weight) if low else grad @ self.weight.float()
+            self.h[start:start + h.shape[0]] = gh.to(self.h.dtype)
+        if self.want_w:
+            self.w += (torch.mm(grad.T, h) if low else grad.T @ h.float()).float()
+        if self.want_b:
+            self.b += grad.sum(0)
+
+    def save(self, ctx, extra_inputs: int) -> None:
+        ctx.save_for_backward(self.h, self.w, self.b)
+        ctx.dtypes, ctx.extra_inputs = self.dtypes, extra_inputs
+
+
+class ChunkedHeadLoss(torch.autograd.Function):
+    """Base of the chunked head losses: forward computes the loss and, in the same pass, its
+    gradients (`HeadGrads`); backward only scales them by the incoming gradient of the first
+    output (hidden, weight, bias are the first three inputs; `extra_inputs` more get None)."""
+
+    @staticmethod
+    def backward(ctx, g, *_):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.dtypes
+        return (None if grad_h is None else grad_h * g.to(grad_h.dtype),
+                None if grad_w is None else (grad_w * g).to(w_dtype),
+                None if grad_b is None else (grad_b * g).to(b_dtype),
+                *([None] * ctx.extra_inputs))
+
+
+class _LinearCrossEntropy(ChunkedHeadLoss):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, rows):
         # hidden [n, h], weight [v, h], bias [v] or None, labels [n] (IGNORE = not scored)
         valid = labels != IGNORE
-        count = int(valid.sum())
-        scale = 1.0 / max(count, 1)
-        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        want_b = bias is not None and ctx.needs_input_grad[2]
-        grad_h = torch.zeros_like(hidden) if want_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32) if want_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32) if want_b else None
+        scale = 1.0 / max(int(valid.sum()), 1)
+        grads = HeadGrads(ctx, hidden, weight, bias)
         total = torch.zeros((), dtype=torch.float32)
         for start in range(0, hidden.shape[0], rows):
             keep = valid[start:start + rows]
@@ -81,32 +125,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             lse = logits.logsumexp(-1)                                     # [c]
             picked = logits.gather(1, target[:, None])[:, 0]
             total += ((lse - picked) * keep).sum()
-            if not (want_h or want_w or want_b):
+            if not grads.wanted:
                 continue
             grad = logits.sub_(lse[:, None]).exp_()                        # softmax, in place
             grad[torch.arange(grad.shape[0]), target] -= 1.0
             grad.mul_((keep.float() * scale)[:, None])                    # d(mean loss)/d logits
-            # under bf16 autocast the two matmuls run in bf16, as the plain path's backward does
-            low = torch.is_autocast_enabled("cpu")
-            if want_h:
-                gh = torch.mm(grad, weight) if low else grad @ weight.float()
-                grad_h[start:start + rows] = gh.to(hidden.dtype)
-            if want_w:
-                grad_w += (torch.mm(grad.T, h) if low else grad.T @ h.float()).float()
-            if want_b:
-                grad_b += grad.sum(0)
-        ctx.save_for_backward(grad_h, grad_w, grad_b)
-        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+            grads.add(start, h, grad)
+        grads.save(ctx, extra_inputs=2)
         return total * scale
-
-    @staticmethod
-    def backward(ctx, g):
-        grad_h, grad_w, grad_b = ctx.saved_tensors
-        w_dtype, b_dtype = ctx.dtypes
-        return (None if grad_h is None else grad_h * g.to(grad_h.dtype),
-                None if grad_w is None else (grad_w * g).to(w_dtype),
-                None if grad_b is None else (grad_b * g).to(b_dtype),
-                None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, head: "nn.Linear", labels: torch.Tensor,
@@ -126,3 +152,28 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     predicts) and the last position is IGNORE: scoring every position against these is the
     shifted next-token loss, with no copy of the logits."""
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+
+
+def checked_head(model, batch: dict, checked: dict[int, bool]):
+    """`head_of(model)` once it has been checked, on the first 16 tokens of `batch`'s first row,
+    that decoder + head reproduce `model(...).logits` (cached in `checked` by model id); None when
+    the structure or the check says the model must take the plain path."""
+    parts = head_of(model)
+    if parts is None:
+        return None
+    key = id(model)
+    if key not in checked:
+        ids = batch["input_ids"][:1, :16]
+        mask = batch.get("attention_mask")
+        mask = None if mask is None else mask[:1, :16]
+        was_training = model.training
+        model.eval()                # dropout off, so the two forwards are comparable
+        try:
+            with torch.no_grad():
+                ref = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+                hs = parts[0](input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+                mine = parts[1](hs).float()
+        finally:
+            model.train(was_training)
+        checked[key] = mine.shape == ref.shape and torch.allclose(mine, ref, rtol=1e-3, atol=1e-3)
+    return parts if checked[key] else None

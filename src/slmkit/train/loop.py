@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from slmkit.allocator import active_allocator
 from slmkit.errors import SlmkitError
 from slmkit.files import write_text_atomic
 from slmkit.progress import progress_bar
@@ -298,6 +299,7 @@ def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: 
         summary = {"steps": step, "tokens": tokens_total, "seconds": time.perf_counter() - t_start,
                    "final_loss": last.get("loss"), "world_size": world, "bf16_autocast": autocast}
         summary["tok_s"] = summary["tokens"] / summary["seconds"] if summary["seconds"] > 0 else None
+        summary["allocator"] = active_allocator()
         if eval_data is not None:
             summary["eval_loss"] = evaluate(model, objective, eval_data, cfg.batch_size, autocast)
             if log is not None:

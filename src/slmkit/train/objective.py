@@ -46,29 +46,9 @@ class CausalLM:
         self._checked: dict[int, bool] = {}
 
     def _fused_parts(self, model, batch):
-        from slmkit.train.fused_ce import head_of
+        from slmkit.train.fused_ce import checked_head
 
-        parts = head_of(model) if self.fused else None
-        if parts is None:
-            return None
-        key = id(model)
-        if key not in self._checked:   # decoder + head must reproduce the model's logits
-            import torch
-
-            ids = batch["input_ids"][:1, :16]
-            mask = batch.get("attention_mask")
-            mask = None if mask is None else mask[:1, :16]
-            was_training = model.training
-            model.eval()                # dropout off, so the two forwards are comparable
-            try:
-                with torch.no_grad():
-                    ref = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-                    hs = parts[0](input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-                    mine = parts[1](hs).float()
-            finally:
-                model.train(was_training)
-            self._checked[key] = mine.shape == ref.shape and torch.allclose(mine, ref, rtol=1e-3, atol=1e-3)
-        return parts if self._checked[key] else None
+        return checked_head(model, batch, self._checked) if self.fused else None
 
     def loss(self, model, batch: dict):
         parts = self._fused_parts(model, batch)
