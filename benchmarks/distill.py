@@ -19,6 +19,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -58,6 +59,8 @@ def parse_args():
                          "calibration part, in order, repeated as needed: 120 rows, so 48 x 4 "
                          "rows is 1.6 epochs) or a calibration spec, e.g. 'embedded@0.5,self@0.5' "
                          "(steps x batch rows, shuffled; self = sampled from the unpruned model)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="throughput: runs of each loop, in alternating order (forward, reversed, ...)")
     ap.add_argument("--loops", default="hand,slmkit,slmkit_ckpt50,slmkit_ckpt,trl",
                     help="throughput: the loops to time (trl needs benchmarks/peers/setup.sh trl). "
                          "slmkit_<allocator> (or hand_<allocator>) = that loop with the allocator settings of "
@@ -78,6 +81,16 @@ def _rows(tok, n: int, length: int):
     return chunk(token_stream(tok, embedded_text("calib")), length)[:n]
 
 
+def _steal_seconds() -> float | None:
+    """CPU time the hypervisor gave to other guests since boot, summed over this VM's CPUs (the
+    8th field of /proc/stat's cpu line, in USER_HZ ticks); None where /proc/stat has no such field."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def worker(args) -> int:
     """Run one loop (args.worker = 'slmkit' | 'slmkit_ckpt' | 'slmkit_ckpt50' | 'hand'); print a JSON
     line with its numbers. slmkit_ckpt = slmkit's loop with gradient checkpointing, as TRL's
@@ -95,6 +108,7 @@ def worker(args) -> int:
     ids = _rows(tok, (steps + warm) * args.batch_size, args.seq_len)
     autocast = use_bf16_autocast("auto")
     times: list[float] = []
+    steal: list[float | None] = []          # at the start and the end of the timed steps
     if args.worker.startswith("slmkit"):
         stamps = []
         cfg = TrainConfig(steps=steps + warm, batch_size=args.batch_size, lr=args.lr, warmup=0,
@@ -107,6 +121,8 @@ def worker(args) -> int:
             now = time.perf_counter()
             stamps.append(now - t_last[0])
             t_last[0] = now
+            if step in (warm, steps + warm):
+                steal.append(_steal_seconds())
 
         import tempfile
 
@@ -117,6 +133,8 @@ def worker(args) -> int:
         opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95))
         model.train()
         for i in range(steps + warm):
+            if i == warm:
+                steal.append(_steal_seconds())
             t0 = time.perf_counter()
             batch = ids[i * args.batch_size:(i + 1) * args.batch_size]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -129,8 +147,13 @@ def worker(args) -> int:
             opt.zero_grad(set_to_none=True)
             if i >= warm:
                 times.append(time.perf_counter() - t0)
+        steal.append(_steal_seconds())
     tokens = args.batch_size * args.seq_len * len(times)
+    # the share of this VM's CPU time taken by the host for other guests while the steps ran:
+    # a run with a large share timed the neighbours as much as the loop
+    stolen = (steal[1] - steal[0]) / (sum(times) * (os.cpu_count() or 1)) if None not in steal[:2] else None
     print(json.dumps({"loop": args.worker, "tok_s": tokens / sum(times), "steps": len(times),
+                      "steal_frac": stolen,
                       "step_s_median": sorted(times)[len(times) // 2], "bf16_autocast": autocast,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
     return 0
@@ -199,7 +222,8 @@ def _allocator_env(loop: str) -> dict | None:
 
 
 def throughput(args) -> dict:
-    """Run the loops in the order given, then in reverse, to cancel drift."""
+    """Run each loop `--repeats` times, alternating the order given and its reverse (drift and
+    bursts from other tenants of the host then hit every loop alike); report best and median."""
     loops = [loop.strip() for loop in args.loops.split(",") if loop.strip()]
     known = {"hand", "slmkit", "slmkit_ckpt50", "slmkit_ckpt", "trl"} | {
         f"{base}_{a}" for a in ALLOCATORS for base in ("slmkit", "hand")}
@@ -214,7 +238,8 @@ def throughput(args) -> dict:
         print(f"libjemalloc.so.2 not found (apt-get install libjemalloc2); timing without {loop}")
         loops.remove(loop)
     out: dict[str, list[dict]] = {loop: [] for loop in loops}
-    order = loops + loops[::-1]
+    # forward, reversed, forward, ...: drift and another tenant's bursts hit every loop alike
+    order = [loop for i in range(args.repeats) for loop in (loops if i % 2 == 0 else loops[::-1])]
     for loop in order:
         cmd = trl if loop == "trl" else [
             sys.executable, __file__, "--worker", _split_loop(loop)[0], "--model", args.model,
@@ -228,7 +253,10 @@ def throughput(args) -> dict:
     best = {k: max(r["tok_s"] for r in v) for k, v in out.items()}
     ratios = {f"{a} / {k}": best[a] / best[k] for a in best if a.startswith("slmkit") for k in best
               if k != a}
-    return {"runs": out, "best_tok_s": best, "ratios": ratios,
+    median = {k: statistics.median(r["tok_s"] for r in v) for k, v in out.items()}
+    return {"runs": out, "best_tok_s": best, "median_tok_s": median, "ratios": ratios,
+            "median_ratios": {f"{a} / {k}": median[a] / median[k] for a in median
+                              if a.startswith("slmkit") for k in median if k != a},
             "peak_rss_mb": {k: max(r["peak_rss_mb"] for r in v) for k, v in out.items()}}
 
 
@@ -390,7 +418,7 @@ def main() -> int:
     if "throughput" in parts:
         payload["throughput"] = throughput(args)
         t = payload["throughput"]
-        console.print(f"throughput (best of 2, tok/s): {t['best_tok_s']}; {t['ratios']}; "
+        console.print(f"throughput (best of {args.repeats}, tok/s): {t['best_tok_s']}; {t['ratios']}; "
                       f"peak RSS MB {t['peak_rss_mb']}")
     if "lowrank" in parts or "recovery" in parts:
         base, tok = load(args.model, "float32")

@@ -92,7 +92,10 @@ def configs(args):
             # the scale search scored by the decoder layer's output, as AutoAWQ scores blocks
             "awq-layer": AWQConfig(**calibrated, scale_objective="layer"),
             "awq-layer-noclip": AWQConfig(**calibrated, scale_objective="layer", clip=False),
-            "awq-layer-duo": AWQConfig(**calibrated, scale_objective="layer", duo_scaling=True)}
+            "awq-layer-duo": AWQConfig(**calibrated, scale_objective="layer", duo_scaling=True),
+            # closest to llm-compressor's AWQModifier: block-scored, weight-aware scales, no clip
+            "awq-layer-duo-noclip": AWQConfig(**calibrated, scale_objective="layer", duo_scaling=True,
+                                              clip=False)}
 
 
 def peer_args(args, method: str) -> list[str]:

@@ -47,13 +47,22 @@ def main() -> int:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
 
     stamps: list[float] = []
+    steals: list[float | None] = []   # /proc/stat's steal time at each stamp (see distill.py)
+
+    def steal() -> float | None:
+        try:
+            return int(open("/proc/stat").readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return None
 
     class Clock(TrainerCallback):  # end-to-end step times: data, step, logging, callbacks
         def on_train_begin(self, a, state, control, **kw):
             stamps.append(time.perf_counter())
+            steals.append(steal())
 
         def on_step_end(self, a, state, control, **kw):
             stamps.append(time.perf_counter())
+            steals.append(steal())
 
     cfg = SFTConfig(output_dir=args.out, per_device_train_batch_size=args.batch_size, max_steps=total,
                     learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
@@ -67,7 +76,10 @@ def main() -> int:
     wall = time.perf_counter() - t0
     steps = [b - a for a, b in zip(stamps, stamps[1:])][args.warmup_steps:]
     tokens = len(steps) * args.batch_size * ids.shape[1]
+    first, last = steals[args.warmup_steps], steals[-1]
+    stolen = None if None in (first, last) else (last - first) / (sum(steps) * (os.cpu_count() or 1))
     print(json.dumps({"loop": "trl", "tok_s": tokens / sum(steps), "steps": len(steps),
+                      "steal_frac": stolen,
                       "step_s_median": sorted(steps)[len(steps) // 2], "wall_s": wall,
                       "bf16_autocast": args.bf16,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
