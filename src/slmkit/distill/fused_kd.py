@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from slmkit.train.data import IGNORE
-from slmkit.train.fused_ce import CHUNK_BYTES, ChunkedHeadLoss, HeadGrads
+from slmkit.train.fused_ce import CHUNK_BYTES, ChunkedHeadLoss, HeadGrads, scored_chunks
 
 
 class _LinearDistill(ChunkedHeadLoss):
@@ -30,16 +29,12 @@ class _LinearDistill(ChunkedHeadLoss):
                 ce_weight, rows):
         # hidden [n, h] (student), t_hidden [n, h_t] (teacher, no grad), weights [v, h] / [v, h_t],
         # labels [n]: the token each position predicts (IGNORE = not scored)
-        valid = labels != IGNORE
-        scale = 1.0 / max(int(valid.sum()), 1)
+        scale, chunks = scored_chunks(labels, rows)
         T, w = float(temperature), float(ce_weight)
         grads = HeadGrads(ctx, hidden, weight, bias)
         div_sum = torch.zeros((), dtype=torch.float32)
         ce_sum = torch.zeros((), dtype=torch.float32)
-        for start in range(0, hidden.shape[0], rows):
-            keep = valid[start:start + rows]
-            if not keep.any():
-                continue
+        for start, keep in chunks:
             h = hidden[start:start + rows]
             s = F.linear(h, weight, bias).float()                                  # [c, v]
             with torch.no_grad():

@@ -58,6 +58,14 @@ def chunk_rows(vocab: int) -> int:
     return max(1, CHUNK_BYTES // (4 * vocab))
 
 
+def scored_chunks(labels: torch.Tensor, rows: int):
+    """(1 / number of scored positions, [(start, keep [c])] for every chunk of `rows` positions
+    of labels [n] with at least one scored label (IGNORE = not scored))."""
+    valid = labels != IGNORE
+    chunks = [(start, valid[start:start + rows]) for start in range(0, labels.shape[0], rows)]
+    return 1.0 / max(int(valid.sum()), 1), [(start, keep) for start, keep in chunks if keep.any()]
+
+
 class HeadGrads:
     """Gradients of a loss on head(hidden) with respect to hidden [n, h], the head's weight [v, h]
     and bias [v], accumulated chunk by chunk from each chunk's d loss / d logits."""
@@ -111,14 +119,10 @@ class _LinearCrossEntropy(ChunkedHeadLoss):
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, rows):
         # hidden [n, h], weight [v, h], bias [v] or None, labels [n] (IGNORE = not scored)
-        valid = labels != IGNORE
-        scale = 1.0 / max(int(valid.sum()), 1)
+        scale, chunks = scored_chunks(labels, rows)
         grads = HeadGrads(ctx, hidden, weight, bias)
         total = torch.zeros((), dtype=torch.float32)
-        for start in range(0, hidden.shape[0], rows):
-            keep = valid[start:start + rows]
-            if not keep.any():
-                continue
+        for start, keep in chunks:
             h = hidden[start:start + rows]
             target = labels[start:start + rows].clamp(min=0)
             logits = F.linear(h, weight, bias).float()                    # [c, v]
