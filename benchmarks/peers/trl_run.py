@@ -51,7 +51,8 @@ def main() -> int:
 
     def steal() -> float | None:
         try:
-            return int(open("/proc/stat").readline().split()[8]) / os.sysconf("SC_CLK_TCK")
+            with open("/proc/stat") as f:
+                return int(f.readline().split()[8]) / os.sysconf("SC_CLK_TCK")
         except (OSError, IndexError, ValueError):
             return None
 
