@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from slmkit.train.fused_ce import CHUNK_BYTES, ChunkedHeadLoss, HeadGrads, scored_chunks
+from slmkit.train.fused_ce import CHUNK_BYTES, ChunkedHeadLoss, HeadGrads, ce_rows_, scored_chunks
 
 
 class _LinearDistill(ChunkedHeadLoss):
@@ -47,10 +47,8 @@ class _LinearDistill(ChunkedHeadLoss):
             del log_t, p_t
             if w > 0:
                 target = labels[start:start + rows].clamp(min=0)
-                lse = s.logsumexp(-1)
-                ce_sum += ((lse - s.gather(1, target[:, None])[:, 0]) * keep).sum()
-                soft = s.sub_(lse[:, None]).exp_()                                 # softmax(s), in place
-                soft[torch.arange(soft.shape[0]), target] -= 1.0
+                rows_ce, soft = ce_rows_(s, target)                                # s is overwritten
+                ce_sum += (rows_ce * keep).sum()
                 grad.add_(soft, alpha=w)
             del s
             if grads.wanted:

@@ -66,6 +66,19 @@ def scored_chunks(labels: torch.Tensor, rows: int):
     return 1.0 / max(int(valid.sum()), 1), [(start, keep) for start, keep in chunks if keep.any()]
 
 
+def ce_rows_(logits: torch.Tensor, target: torch.Tensor,
+             grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-row cross-entropy [c] of float32 logits [c, v] against target [c], and (with `grad`)
+    its gradient softmax(logits) - onehot(target), computed in place in `logits`."""
+    lse = logits.logsumexp(-1)                                             # [c]
+    loss = lse - logits.gather(1, target[:, None])[:, 0]
+    if not grad:
+        return loss, None
+    soft = logits.sub_(lse[:, None]).exp_()                                # softmax, in place
+    soft[torch.arange(soft.shape[0]), target] -= 1.0
+    return loss, soft
+
+
 class HeadGrads:
     """Gradients of a loss on head(hidden) with respect to hidden [n, h], the head's weight [v, h]
     and bias [v], accumulated chunk by chunk from each chunk's d loss / d logits."""
@@ -126,13 +139,10 @@ class _LinearCrossEntropy(ChunkedHeadLoss):
             h = hidden[start:start + rows]
             target = labels[start:start + rows].clamp(min=0)
             logits = F.linear(h, weight, bias).float()                    # [c, v]
-            lse = logits.logsumexp(-1)                                     # [c]
-            picked = logits.gather(1, target[:, None])[:, 0]
-            total += ((lse - picked) * keep).sum()
-            if not grads.wanted:
+            rows_loss, grad = ce_rows_(logits, target, grads.wanted)
+            total += (rows_loss * keep).sum()
+            if grad is None:
                 continue
-            grad = logits.sub_(lse[:, None]).exp_()                        # softmax, in place
-            grad[torch.arange(grad.shape[0]), target] -= 1.0
             grad.mul_((keep.float() * scale)[:, None])                    # d(mean loss)/d logits
             grads.add(start, h, grad)
         grads.save(ctx, extra_inputs=2)
