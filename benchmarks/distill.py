@@ -227,6 +227,8 @@ def throughput(args) -> dict:
     loops = [loop.strip() for loop in args.loops.split(",") if loop.strip()]
     known = {"hand", "slmkit", "slmkit_ckpt50", "slmkit_ckpt", "trl"} | {
         f"{base}_{a}" for a in ALLOCATORS for base in ("slmkit", "hand")}
+    if args.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, not {args.repeats}")
     if set(loops) - known:
         raise SystemExit(f"--loops: unknown loop(s) {sorted(set(loops) - known)}; known: {sorted(known)}")
     trl = _trl_cmd(args) if "trl" in loops and TRL_PY.exists() else None
