@@ -48,8 +48,9 @@ def parse_args():
     ap.add_argument("--curve-every", type=int, default=8, help="recovery: probe ppl every N steps")
     ap.add_argument("--kd-ce-weight", type=float, default=0.0,
                     help="recovery: the kd run's loss = (1 - w) x KL + w x CE on the labels")
-    ap.add_argument("--kd-ce-mix", type=float, default=0.5,
-                    help="recovery: w of the kd_ce run (KD mixed with CE, Hinton's recipe)")
+    ap.add_argument("--kd-ce-mix", default="0.5",
+                    help="recovery: w of the kd_ce run (KD mixed with CE, Hinton's recipe); a comma "
+                         "list (0.7,0.9) makes one run per weight, named kd_ce<w>")
     ap.add_argument("--recovery-runs", default="kd,ce,ce_equal_time",
                     help="recovery runs to do, from kd, kd_ce, ce, ce_equal_time (ce_equal_time "
                          "needs ce and a KD run: it gets as many CE steps as fit in the slowest "
@@ -332,6 +333,16 @@ def _plot_recovery(runs: dict, dense: dict, path: Path) -> Path | None:
     return path
 
 
+def _mixes(spec: str) -> list[float]:
+    try:
+        mixes = [float(w) for w in spec.split(",") if w.strip()]
+    except ValueError:
+        raise SystemExit(f"--kd-ce-mix: a comma list of weights in [0, 1] expected, got {spec!r}") from None
+    if not mixes or any(not 0 <= w <= 1 for w in mixes):
+        raise SystemExit(f"--kd-ce-mix: a comma list of weights in [0, 1] expected, got {spec!r}")
+    return mixes
+
+
 def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
     from _common import RESULTS
 
@@ -361,20 +372,24 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
     logs = RESULTS / f"distill{args.tag}_runs"
     # KD and CE at equal steps; then CE again with as many steps as fit in KD's training time
     # (a CE step skips the teacher's forward, so equal time means more CE steps).
-    kd = DistillConfig(loss="fkl", ce_weight=args.kd_ce_weight)
-    kd_ce = DistillConfig(loss="fkl", ce_weight=args.kd_ce_mix)
-    runs = [("kd", lambda: Distill(teacher, kd), args.recovery_steps),
-            ("kd_ce", lambda: Distill(teacher, kd_ce), args.recovery_steps),
-            ("ce", lambda: CausalLM(), args.recovery_steps),
-            ("ce_equal_time", lambda: CausalLM(), None)]
+    objectives = {"kd": DistillConfig(loss="fkl", ce_weight=args.kd_ce_weight)}
+    mixes = _mixes(args.kd_ce_mix)
+    for w in mixes:
+        objectives["kd_ce" if len(mixes) == 1 else f"kd_ce{w:g}"] = DistillConfig(loss="fkl", ce_weight=w)
+    runs = [(name, lambda cfg=cfg: Distill(teacher, cfg), args.recovery_steps)
+            for name, cfg in objectives.items()]
+    runs += [("ce", lambda: CausalLM(), args.recovery_steps), ("ce_equal_time", lambda: CausalLM(), None)]
     wanted = [r.strip() for r in args.recovery_runs.split(",") if r.strip()]
+    if "kd_ce" in wanted and len(mixes) > 1:  # kd_ce stands for every weight of the list
+        at = wanted.index("kd_ce")
+        wanted[at:at + 1] = [name for name in objectives if name.startswith("kd_ce")]
     unknown = set(wanted) - {r[0] for r in runs}
     if unknown:
         raise SystemExit(f"--recovery-runs: unknown {sorted(unknown)}; known: {[r[0] for r in runs]}")
-    kd_runs = [r for r in ("kd", "kd_ce") if r in wanted]
+    kd_runs = [r for r in objectives if r in wanted]
     if "ce_equal_time" in wanted and ("ce" not in wanted or not kd_runs):
         raise SystemExit("--recovery-runs: ce_equal_time needs ce and kd or kd_ce in the same run")
-    rows["kd_objectives"] = {"kd": vars(kd), "kd_ce": vars(kd_ce)}
+    rows["kd_objectives"] = {name: vars(cfg) for name, cfg in objectives.items()}
     for name, objective, steps in (r for r in runs if r[0] in wanted):
         if steps is None:
             per_ce_step = rows["ce"]["train_seconds"] / args.recovery_steps
@@ -415,6 +430,8 @@ def main() -> int:
     from slmkit.models import load
 
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if "recovery" in parts:
+        _mixes(args.kd_ce_mix)  # a bad list fails here, not after the pruning
     payload: dict = {"args": vars(args)}
     console = Console(width=140)
     if "throughput" in parts:

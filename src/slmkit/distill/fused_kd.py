@@ -39,17 +39,22 @@ class _LinearDistill(ChunkedHeadLoss):
             s = F.linear(h, weight, bias).float()                                  # [c, v]
             with torch.no_grad():
                 t = F.linear(t_hidden[start:start + rows], t_weight, t_bias).float()
-            log_t = F.log_softmax(t.div_(T), -1)
-            log_s = F.log_softmax(s / T, -1)
+            log_t = F.log_softmax(t if T == 1 else t.div_(T), -1)
+            log_s = F.log_softmax(s if T == 1 else s / T, -1)
             p_t = log_t.exp()
             div_sum += (((p_t * (log_t - log_s)).sum(-1)) * keep).sum()
-            grad = log_s.exp_().sub_(p_t).mul_((1 - w) * T)                       # [c, v]
+            target = labels[start:start + rows].clamp(min=0)
+            if w > 0 and T == 1:  # the label term reuses log_s: (1-w)(p_s - p_t) + w(p_s - onehot)
+                ce_sum += (-log_s.gather(1, target[:, None])[:, 0] * keep).sum()
+                grad = log_s.exp_().sub_(p_t, alpha=1 - w)                         # [c, v]
+                grad[torch.arange(grad.shape[0]), target] -= w
+            else:
+                grad = log_s.exp_().sub_(p_t).mul_((1 - w) * T)                   # [c, v]
+                if w > 0:
+                    rows_ce, soft = ce_rows_(s, target)                            # s is overwritten
+                    ce_sum += (rows_ce * keep).sum()
+                    grad.add_(soft, alpha=w)
             del log_t, p_t
-            if w > 0:
-                target = labels[start:start + rows].clamp(min=0)
-                rows_ce, soft = ce_rows_(s, target)                                # s is overwritten
-                ce_sum += (rows_ce * keep).sum()
-                grad.add_(soft, alpha=w)
             del s
             if grads.wanted:
                 grad.mul_((keep.float() * scale)[:, None])                         # d(mean)/d logits
