@@ -153,6 +153,8 @@ def main() -> int:
                          pack_weights=False)
             rows[label] = {"ppl": ppls(model), "seconds": t[label], "peak_rss_mb": mem.peak_bytes / 2**20}
             print(label, rows[label], flush=True)
+            if "sites" in model._slmkit_steps[-1]:  # AWQ: the scale search's choice at each site
+                rows[label]["sites"] = model._slmkit_steps[-1]["sites"]
             checkpoint()
             if name == "gptq" and i == 0:
                 packed_gptq = model

@@ -396,6 +396,28 @@ def test_awq_quantizes_every_target_onto_its_grid(model_type):
     assert (logits(model) - ref).pow(2).mean() < 0.3 * ref.pow(2).mean()
 
 
+@pytest.mark.parametrize("objective", ["linear", "layer"])
+def test_awq_records_what_its_scale_search_chose_at_every_site(objective):
+    """quantize() keeps AWQ's per-site choices in the step record (saved into slmkit.json): every
+    absorbable site of every layer, an exponent on the grid, and an error at most plain RTN's (r = 0
+    is a candidate); with outlier channels the scale helps somewhere."""
+    from slmkit.compress import quantize
+
+    model = with_outliers(tiny_model("llama", seed=0))
+    quantize(model, AWQConfig(bits=4, group_size=32, n_grid=5, duo_scaling=True, clip=False,
+                              scale_objective=objective), CALIB, pack_weights=False)
+    step = model._slmkit_steps[-1]
+    absorbable = [(i, g.site) for i in range(n_layers(model)) for g in scale_groups(model, i) if g.prev]
+    assert [(r["layer"], r["site"]) for r in step["sites"]] == absorbable
+    for r in step["sites"]:
+        assert r["ratio"] in [i / 5 for i in range(5)] and isinstance(r["duo"], bool)
+        assert r["error_vs_rtn"] <= 1.0
+    assert min(r["error_vs_rtn"] for r in step["sites"]) < 0.9
+    layer_sites = {r["site"] for r in step["sites"] if r["objective"] == "layer"}
+    assert layer_sites == (set() if objective == "linear" else {"attn_in", "mlp_in"})
+    assert not hasattr(model, "_slmkit_quantize_report")
+
+
 @pytest.mark.parametrize("model_type, skip_role", [("llama", "k"), ("opt", "q")])
 def test_awq_skip_list_keeps_skipped_linears_exact(model_type, skip_role):
     """A skipped linear is not quantized; when it shares its input with quantized ones its columns

@@ -195,7 +195,10 @@ def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
         pack(model, store)
     else:
         model._slmkit_quantized = store
-    model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), {"quantize": entry.name, "config": vars(cfg)}]
+    step = {"quantize": entry.name, "config": vars(cfg)}
+    step.update(getattr(model, "_slmkit_quantize_report", None) or {})  # e.g. AWQ's per-site choices
+    model.__dict__.pop("_slmkit_quantize_report", None)
+    model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), step]
     return model
 
 

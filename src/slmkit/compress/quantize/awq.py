@@ -380,6 +380,7 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
     if calib is None:
         raise SlmkitError("AWQ needs calibration data: token ids [n, length] (see slmkit.data.calibration_set)")
     store: dict[str, QuantizedWeight] = {}
+    sites: list[dict] = []                    # what the scale search chose where (`site_record`)
 
     def on_layer(index, layer, run):
         groups = scale_groups(model, index)
@@ -396,11 +397,14 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             w = torch.cat([t.weight().float() for t in targets])   # [sum of out, in]
             # the search uses the first target's grid (per-module overrides rarely split a site)
             if score is None or g.prev.target is not None:  # a single linear's own output: exact
-                s, _, _ = search_scale(stats.mean_abs, grams[g.site], w, *grid_for(cfg, targets[0]),
-                                       cfg.n_grid, cfg.duo_scaling, tie=g.prev.tie)
+                s, r, errors = search_scale(stats.mean_abs, grams[g.site], w, *grid_for(cfg, targets[0]),
+                                            cfg.n_grid, cfg.duo_scaling, tie=g.prev.tie)
+                objective = "linear"
             else:
-                s, _, _ = search_scale_layer(
+                s, r, errors = search_scale_layer(
                     targets, stats.mean_abs, score, *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling)
+                objective = "layer"
+            sites.append(site_record(index, g.site, objective, r, errors, cfg.n_grid))
             fold_scales(g, s)
             grams[g.site] = grams[g.site] / (s[:, None] * s[None, :])  # inputs are now x / s
         shrinks: dict[str, torch.Tensor] = {}                       # 3: clip search
@@ -425,4 +429,15 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             store[t.name] = qw
 
     sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="AWQ", dtype=cfg.calib_dtype)
+    model._slmkit_quantize_report = {"sites": sites}
     return store
+
+
+def site_record(layer: int, site: str, objective: str, ratio: float, errors: list[float],
+                n_grid: int) -> dict:
+    """What the scale search chose at one site: the exponent r, whether the weight-aware (duo)
+    candidate won, and the objective's error there relative to plain RTN's (r = 0; below 1 = the
+    scale helped on the calibration data)."""
+    best = min(range(len(errors)), key=errors.__getitem__)
+    return {"layer": layer, "site": site, "objective": objective, "ratio": ratio, "duo": best >= n_grid,
+            "error_vs_rtn": errors[best] / errors[0] if errors[0] > 0 else 1.0}
