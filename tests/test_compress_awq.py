@@ -6,7 +6,7 @@ import torch
 from slmkit.compress.api import apply_rtn
 from slmkit.compress.calibrate import sequential
 from slmkit.compress.quantize.awq import (AWQConfig, GatedErrors, apply_awq, clip_weight,
-                                          fake_quantize, guard_clip_by_layer, guard_gated_clip, output_mse, search_clip,
+                                          fake_quantize, floored, guard_clip_by_layer, guard_gated_clip, output_mse, search_clip,
                                           search_scale, search_scale_layer, weight_mean)
 from slmkit.compress.quantize.config import RTNConfig
 from slmkit.compress.quantize.rtn import rtn
@@ -193,6 +193,29 @@ def test_clip_floor_keeps_a_quiet_inputs_outlier_weights_unclipped():
     awake[:, 7] *= 25
     errs = [(awake @ (fake_quantize(w, 3, 32, False, s) - w).T).pow(2).mean() for s in (bare, floored)]
     assert errs[1] < errs[0]
+
+
+def test_scale_floor_spares_inputs_the_calibration_leaves_quiet():
+    """Half the channels are nearly silent in calibration: on the bare Gram the scale search
+    shrinks their weights onto a coarse grid for free; on the floored Gram it scales less, and
+    where those channels fire, the floored choice has the lower output error."""
+    x, w = outlier_inputs(seed=3), torch.randn(48, 96, generator=gen(7))
+    quiet = torch.arange(96) % 2 == 1
+    x[:, quiet] *= 1e-2
+    chosen = {}
+    for f in (0.0, 1.0):
+        gram = floored(x.T @ x / len(x), f)
+        chosen[f] = search_scale(x.abs().mean(0), gram, w, 3, 32, False, n_grid=20)[:2]
+    bare = x.T @ x
+    assert floored(bare, 0.0) is bare
+    assert chosen[1.0][1] < chosen[0.0][1]                   # a smaller exponent
+    awake = outlier_inputs(seed=4)
+
+    def err(s):
+        return (awake @ (fake_quantize(w * s, 3, 32, False) / s - w).T).pow(2).mean()
+    assert err(chosen[1.0][0]) < 0.9 * err(chosen[0.0][0])
+    with pytest.raises(SlmkitError, match="scale_floor"):
+        AWQConfig(scale_floor=-1).check()
 
 
 def test_clip_guard_keeps_no_row_whose_full_output_error_the_clip_raises():

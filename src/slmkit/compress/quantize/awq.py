@@ -82,6 +82,11 @@ class AWQConfig(RTNConfig):
         "help": "the clip search measures output errors on the Gram matrix plus clip_floor * "
                 "mean(diag) on its diagonal: above 0, weights of inputs the calibration text leaves "
                 "quiet are not clipped for free"})
+    scale_floor: float = field(default=0.0, metadata={
+        "help": "the linear scale objective measures output errors on the Gram matrix plus "
+                "scale_floor * mean(diag) on its diagonal: above 0, a scale that coarsens the "
+                "weights of inputs the calibration text leaves quiet is no longer free (GPTQ's "
+                "clip_floor, for the scale search; not used by the layer objective)"})
     clip_guard: bool = field(default=True, metadata={
         "help": "keep a clip only where it lowers the row's full output error and, in gated MLPs, "
                 "the intermediate channel's error (one extra pass per layer)"})
@@ -112,8 +117,10 @@ class AWQConfig(RTNConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SlmkitError(f"AWQ {name} must be an integer >= 1, not {value!r}")
-        if not (isinstance(self.clip_floor, (int, float)) and self.clip_floor >= 0):
-            raise SlmkitError(f"AWQ clip_floor must be a number >= 0, not {self.clip_floor!r}")
+        for name in ("clip_floor", "scale_floor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value >= 0):
+                raise SlmkitError(f"AWQ {name} must be a number >= 0, not {value!r}")
         if not 0 <= self.max_shrink < 1:
             raise SlmkitError(f"AWQ max_shrink must be in [0, 1) (0 = no clipping), not {self.max_shrink!r}")
 
@@ -166,6 +173,14 @@ def weight_mean(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
     wg = _grouped(w.float().abs(), group_size)                     # [out, G, g]
     normed = wg / (wg.amax(-1, keepdim=True) + 1e-6)
     return normed.reshape(w.shape[0], -1)[:, :w.shape[1]].mean(0)
+
+
+def floored(gram: torch.Tensor, floor: float) -> torch.Tensor:
+    """gram [in, in] + floor * mean(diag gram) * I: every input counts at least `floor` times an
+    average one (gram itself when floor is 0)."""
+    if not floor:
+        return gram
+    return gram + floor * torch.diagonal(gram).mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
 
 
 def row_output_errors(dw: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
@@ -262,8 +277,7 @@ def search_clip(w: torch.Tensor, gram: torch.Tensor, bits: int, group_size: int 
     are left unclipped (shrink 1)."""
     w = w.float()
     gram = gram.float()
-    if floor:
-        gram = gram + floor * torch.diag(gram).mean() * torch.eye(gram.shape[0])
+    gram = floored(gram, floor)
     blocks = _diagonal_blocks(gram, group_size)                    # [G, g, g]
     wg = _grouped(w, group_size)                                   # [out, G, g]
     factors = [1 - i / n_grid for i in range(max(1, int(max_shrink * n_grid)))]
@@ -397,8 +411,9 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             w = torch.cat([t.weight().float() for t in targets])   # [sum of out, in]
             # the search uses the first target's grid (per-module overrides rarely split a site)
             if score is None or g.prev.target is not None:  # a single linear's own output: exact
-                s, r, errors = search_scale(stats.mean_abs, grams[g.site], w, *grid_for(cfg, targets[0]),
-                                            cfg.n_grid, cfg.duo_scaling, tie=g.prev.tie)
+                s, r, errors = search_scale(stats.mean_abs, floored(grams[g.site], cfg.scale_floor), w,
+                                            *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling,
+                                            tie=g.prev.tie)
                 objective = "linear"
             else:
                 s, r, errors = search_scale_layer(
