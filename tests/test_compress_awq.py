@@ -441,6 +441,27 @@ def test_awq_records_what_its_scale_search_chose_at_every_site(objective):
     assert not hasattr(model, "_slmkit_quantize_report")
 
 
+def test_awq_scales_only_the_sites_asked_for():
+    """sites=[] without clip is plain RTN (same weights); sites=["attn_out"] searches o's input only."""
+    from slmkit.compress import quantize
+
+    def run(sites):
+        model = with_outliers(tiny_model("qwen2", seed=0))
+        quantize(model, AWQConfig(bits=4, group_size=32, n_grid=5, clip=False, sites=sites), CALIB,
+                 pack_weights=False)
+        return model
+    plain = with_outliers(tiny_model("qwen2", seed=0))
+    apply_rtn(plain, RTNConfig(bits=4, group_size=32))
+    none = run([])
+    for a, b in zip(all_targets(none), all_targets(plain)):
+        torch.testing.assert_close(a.weight(), b.weight(), rtol=1e-5, atol=1e-6)
+    assert none._slmkit_steps[-1]["sites"] == []
+    only_o = run(["attn_out"])
+    assert {r["site"] for r in only_o._slmkit_steps[-1]["sites"]} == {"attn_out"}
+    with pytest.raises(SlmkitError, match="sites"):
+        AWQConfig(sites=["attn", "mlp_in"]).check()
+
+
 @pytest.mark.parametrize("model_type, skip_role", [("llama", "k"), ("opt", "q")])
 def test_awq_skip_list_keeps_skipped_linears_exact(model_type, skip_role):
     """A skipped linear is not quantized; when it shares its input with quantized ones its columns

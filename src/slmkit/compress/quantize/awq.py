@@ -65,6 +65,7 @@ from slmkit.models.arch import get_arch
 if TYPE_CHECKING:
     from torch import nn
 
+SITES = ("attn_in", "attn_out", "mlp_in", "mlp_out")  # `slmkit.compress.smooth.scale_groups`' sites
 # q/k feed a softmax, where a linear output-error loss misjudges clipping (as in AutoAWQ)
 NO_CLIP_ROLES = ("q", "k", "qkv")
 
@@ -104,6 +105,9 @@ class AWQConfig(RTNConfig):
     duo_scaling: bool = field(default=False, metadata={
         "help": "also try scales mean|x|^r / mean|w_hat|^(1-r) (w_hat: weights over their group's "
                 "max |w|), as AutoAWQ; the search keeps whichever candidate has the lowest error"})
+    sites: list[str] = field(default_factory=lambda: list(SITES), metadata={
+        "help": "input sites whose scales are searched: attn_in (q/k/v), attn_out (o), mlp_in "
+                "(gate/up), mlp_out (down); the others keep s = 1 (plain RTN grids, still clipped)"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
     calib_dtype: CalibDtype = calib_dtype_field()
 
@@ -111,6 +115,9 @@ class AWQConfig(RTNConfig):
         check_bits(self.bits, self.group_size)
         if not isinstance(self.duo_scaling, bool):
             raise SlmkitError(f"AWQ duo_scaling must be true or false, not {self.duo_scaling!r}")
+        unknown = [x for x in self.sites if x not in SITES]
+        if unknown or isinstance(self.sites, str):
+            raise SlmkitError(f"AWQ sites must be a list from {list(SITES)}, not {self.sites!r}")
         if self.scale_objective not in ("linear", "layer"):
             raise SlmkitError(f"AWQ scale_objective must be 'linear' or 'layer', not {self.scale_objective!r}")
         for name in ("n_grid", "clip_grid", "batch_size", "probe_rows"):
@@ -406,7 +413,7 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
         for g in groups:  # 1-2: every scale first, so a linear absorbing one is quantized after it
             stats, targets = st.stats[g.site], [t for t in g.linears if t.name in quantized]
             grams[g.site] = stats.gram                             # [in, in]
-            if g.prev is None or not targets:
+            if g.prev is None or not targets or g.site not in cfg.sites:
                 continue
             w = torch.cat([t.weight().float() for t in targets])   # [sum of out, in]
             # the search uses the first target's grid (per-module overrides rarely split a site)
