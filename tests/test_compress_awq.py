@@ -460,6 +460,8 @@ def test_awq_scales_only_the_sites_asked_for():
     assert {r["site"] for r in only_o._slmkit_steps[-1]["sites"]} == {"attn_out"}
     with pytest.raises(SlmkitError, match="sites"):
         AWQConfig(sites=["attn", "mlp_in"]).check()
+    with pytest.raises(SlmkitError, match="sites"):
+        AWQConfig(sites="attn_out").check()
 
 
 @pytest.mark.parametrize("model_type, skip_role", [("llama", "k"), ("opt", "q")])

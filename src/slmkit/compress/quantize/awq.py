@@ -115,8 +115,7 @@ class AWQConfig(RTNConfig):
         check_bits(self.bits, self.group_size)
         if not isinstance(self.duo_scaling, bool):
             raise SlmkitError(f"AWQ duo_scaling must be true or false, not {self.duo_scaling!r}")
-        unknown = [x for x in self.sites if x not in SITES]
-        if unknown or isinstance(self.sites, str):
+        if not isinstance(self.sites, (list, tuple)) or any(x not in SITES for x in self.sites):
             raise SlmkitError(f"AWQ sites must be a list from {list(SITES)}, not {self.sites!r}")
         if self.scale_objective not in ("linear", "layer"):
             raise SlmkitError(f"AWQ scale_objective must be 'linear' or 'layer', not {self.scale_objective!r}")
