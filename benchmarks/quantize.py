@@ -84,9 +84,9 @@ def configs(args):
             "gptq-uniform": GPTQConfig(**gptq, clip_search=True, clip_floor=1e9),
             "awq": AWQConfig(**calibrated),
             "awq-noclip": AWQConfig(**calibrated, clip=False),  # ablation: the scale search alone
-            # the scale objective on a floored Gram (as GPTQ's clip_floor): quiet inputs still count
             "awq-noclip-o": AWQConfig(**calibrated, clip=False, sites=["attn_out"]),  # o scaled only
             "awq-noclip-no-o": AWQConfig(**calibrated, clip=False, sites=["attn_in", "mlp_in", "mlp_out"]),
+            # the scale objective on a floored Gram (as GPTQ's clip_floor): quiet inputs still count
             "awq-noclip-sfloor1": AWQConfig(**calibrated, clip=False, scale_floor=1.0),
             "awq-noclip-sfloor025": AWQConfig(**calibrated, clip=False, scale_floor=0.25),
             "awq-floor1": AWQConfig(**calibrated, clip_floor=1.0),  # clip errors on a floored Gram
