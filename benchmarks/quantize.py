@@ -86,6 +86,9 @@ def configs(args):
             "awq-noclip": AWQConfig(**calibrated, clip=False),  # ablation: the scale search alone
             "awq-noclip-o": AWQConfig(**calibrated, clip=False, sites=["attn_out"]),  # o scaled only
             "awq-noclip-no-o": AWQConfig(**calibrated, clip=False, sites=["attn_in", "mlp_in", "mlp_out"]),
+            # each output row's error weighted by its Fisher weight E[(dL/dy)^2]
+            "awq-noclip-fisher": AWQConfig(**calibrated, clip=False, output_weights="fisher"),
+            "awq-fisher": AWQConfig(**calibrated, output_weights="fisher"),
             # the scale objective on a floored Gram (as GPTQ's clip_floor): quiet inputs still count
             "awq-noclip-sfloor1": AWQConfig(**calibrated, clip=False, scale_floor=1.0),
             "awq-noclip-sfloor025": AWQConfig(**calibrated, clip=False, scale_floor=0.25),
@@ -100,7 +103,13 @@ def configs(args):
             "awq-layer-duo": AWQConfig(**calibrated, scale_objective="layer", duo_scaling=True),
             # closest to llm-compressor's AWQModifier: block-scored, weight-aware scales, no clip
             "awq-layer-duo-noclip": AWQConfig(**calibrated, scale_objective="layer", duo_scaling=True,
-                                              clip=False)}
+                                              clip=False),
+            "awq-layer-duo-noclip-no-o": AWQConfig(**calibrated, scale_objective="layer", duo_scaling=True,
+                                                   clip=False, sites=["attn_in", "mlp_in", "mlp_out"]),
+            # o and down scored by the decoder layer's output too
+            "awq-layerall-duo-noclip": AWQConfig(**calibrated, scale_objective="layer_all", duo_scaling=True,
+                                                 clip=False),
+            "awq-layerall-noclip": AWQConfig(**calibrated, scale_objective="layer_all", clip=False)}
 
 
 def peer_args(args, method: str) -> list[str]:

@@ -5,7 +5,7 @@ import torch
 
 from slmkit.compress.api import apply_rtn
 from slmkit.compress.calibrate import sequential
-from slmkit.compress.quantize.awq import (AWQConfig, GatedErrors, apply_awq, clip_weight,
+from slmkit.compress.quantize.awq import (SITES, AWQConfig, GatedErrors, apply_awq, awq_scales, clip_weight,
                                           fake_quantize, floored, guard_clip_by_layer, guard_gated_clip, output_mse, search_clip,
                                           search_scale, search_scale_layer, weight_mean)
 from slmkit.compress.quantize.config import RTNConfig
@@ -145,6 +145,26 @@ def test_search_scale_never_loses_to_rtn_and_wins_on_salient_channels():
     awq_err = (x @ (fake_quantize(w * s, 4, 32, False) / s).T - ref).pow(2).mean().item()
     assert awq_err == pytest.approx(min(errors), rel=1e-4) and awq_err < 0.6 * rtn_err
     assert s[[5, 50, 70]].min() > s.median()  # salient channels scaled up
+
+
+def test_search_scale_weighs_each_output_rows_error():
+    """With row_weights every candidate's error is the weighted mean of its rows' output errors,
+    and weight on a single row makes the search pick that row's best scale."""
+    x, w = outlier_inputs(), torch.randn(48, 96, generator=gen(3))
+    gram, weights = x.T @ x / len(x), torch.rand(48, generator=gen(4))
+    _, _, errors = search_scale(x.abs().mean(0), gram, w, 4, 32, False, n_grid=10, row_weights=weights)
+    for i, (r, s) in enumerate((i / 10, awq_scales(x.abs().mean(0), i / 10)) for i in range(10)):
+        rows = ((x @ (fake_quantize(w * s, 4, 32, False) / s).T - x @ w.T) ** 2).mean(0)
+        assert errors[i] == pytest.approx((rows * weights).mean().item(), rel=1e-4)
+    per_row = []
+    for row in (0, 7):
+        one = torch.zeros(48)
+        one[row] = 1.0
+        _, ratio, errs = search_scale(x.abs().mean(0), gram, w, 4, 32, False, n_grid=10, row_weights=one)
+        assert errs[round(ratio * 10)] == min(errs)
+        per_row.append(ratio)
+    _, uniform, _ = search_scale(x.abs().mean(0), gram, w, 4, 32, False, n_grid=10)
+    assert len({*per_row, uniform}) > 1  # different weights, different choices
 
 
 def test_weight_mean_normalises_by_each_groups_max():
@@ -353,7 +373,7 @@ def test_layer_guard_drops_clips_that_raise_the_layers_error():
 
 # ---- AWQ on models ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("objective", ["linear", "layer"])
+@pytest.mark.parametrize("objective", ["linear", "layer", "layer_all"])
 @pytest.mark.parametrize("model_type", sorted(TINY_CONFIGS))
 def test_awq_beats_rtn_with_activation_outliers(model_type, objective):
     """W4 g32, same grid: logits MSE vs the float model (held-out ids) lower with AWQ, with either
@@ -375,6 +395,26 @@ def rtn_and_awq_errors(make_model, awq_cfg: AWQConfig) -> tuple[float, float]:
 
     return (error(lambda m: apply_rtn(m, RTNConfig(bits=4, group_size=32))),
             error(lambda m: apply_awq(m, awq_cfg, CALIB)))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_awq_with_fisher_weights_beats_rtn_and_changes_the_search(model_type):
+    """output_weights="fisher": the scale search weighs output rows by their Fisher weights, so its
+    recorded errors differ from the plain objective's, and it still beats RTN on the logits."""
+    from slmkit.compress import quantize
+
+    cfg = AWQConfig(bits=4, group_size=32, output_weights="fisher", fisher_rows=2)
+    rtn_err, awq_err = rtn_and_awq_errors(lambda: with_outliers(tiny_model(model_type, seed=0)), cfg)
+    assert awq_err < 0.8 * rtn_err
+
+    def record(output_weights):
+        model = with_outliers(tiny_model(model_type, seed=0))
+        quantize(model, AWQConfig(bits=4, group_size=32, n_grid=5, clip=False, output_weights=output_weights,
+                                  fisher_rows=2), CALIB, pack_weights=False)
+        return [round(r["error_vs_rtn"], 6) for r in model._slmkit_steps[-1]["sites"]]
+    fisher, uniform = record("fisher"), record("uniform")
+    assert len(fisher) == len(uniform) and fisher != uniform
+    assert max(fisher) <= 1.0
 
 
 def test_tie_channels_averages_over_the_query_heads_sharing_a_kv_head():
@@ -419,7 +459,7 @@ def test_awq_quantizes_every_target_onto_its_grid(model_type):
     assert (logits(model) - ref).pow(2).mean() < 0.3 * ref.pow(2).mean()
 
 
-@pytest.mark.parametrize("objective", ["linear", "layer"])
+@pytest.mark.parametrize("objective", ["linear", "layer", "layer_all"])
 def test_awq_records_what_its_scale_search_chose_at_every_site(objective):
     """quantize() keeps AWQ's per-site choices in the step record (saved into slmkit.json): every
     absorbable site of every layer, an exponent on the grid, and an error at most plain RTN's (r = 0
@@ -437,7 +477,7 @@ def test_awq_records_what_its_scale_search_chose_at_every_site(objective):
         assert r["error_vs_rtn"] <= 1.0
     assert min(r["error_vs_rtn"] for r in step["sites"]) < 0.9
     layer_sites = {r["site"] for r in step["sites"] if r["objective"] == "layer"}
-    assert layer_sites == (set() if objective == "linear" else {"attn_in", "mlp_in"})
+    assert layer_sites == {"linear": set(), "layer": {"attn_in", "mlp_in"}, "layer_all": set(SITES)}[objective]
     assert not hasattr(model, "_slmkit_quantize_report")
 
 
@@ -493,7 +533,8 @@ def test_awq_skip_list_keeps_skipped_linears_exact(model_type, skip_role):
                                  dict(max_shrink=-0.1), dict(batch_size=0),
                                  dict(bits=9), dict(group_size=0), dict(n_grid=2.5),
                                  dict(duo_scaling="yes"), dict(scale_objective="block"),
-                                 dict(probe_rows=0), dict(clip_floor=-1.0)])
+                                 dict(probe_rows=0), dict(clip_floor=-1.0),
+                                 dict(output_weights="hessian"), dict(fisher_rows=0)])
 def test_awq_refuses_bad_configs(bad):
     with pytest.raises(SlmkitError):
         apply_awq(tiny_model("llama"), AWQConfig(**bad), SMALL)

@@ -11,7 +11,9 @@ error shrinks. Per input site of a decoder layer:
    With `scale_objective="layer"` the error at the sites fed by a norm (q/k/v, gate/up) is
    instead the whole decoder layer's output MSE on a few calibration sequences, each candidate's
    quantized weights in place (AutoAWQ scores these sites by the attention or the MLP output;
-   o and down, scored by their own output there too, keep the exact Gram objective);
+   o and down, scored by their own output there too, keep the exact Gram objective); with
+   "layer_all" o and down are scored by the layer's output too (o's error then passes through
+   the MLP's norm and nonlinearity before it is counted);
    With `duo_scaling`, candidates s = mean|x|^r / mean|w_hat|^(1-r) are tried too (w_hat: the
    weights divided by their group's max |w|, averaged over output rows), as AutoAWQ and
    llm-compressor do;
@@ -58,7 +60,8 @@ from slmkit.compress.quantize.rtn import (
     rtn,
 )
 from slmkit.compress.smooth import fold_scales, group_stats, scale_groups, tie_channels
-from slmkit.compress.targets import Target, layer_targets
+from slmkit.compress.sensitivity import output_fisher
+from slmkit.compress.targets import Target, all_targets, layer_targets
 from slmkit.errors import SlmkitError
 from slmkit.models.arch import get_arch
 
@@ -95,16 +98,24 @@ class AWQConfig(RTNConfig):
         "help": "then keep each linear's clip (gate's and up's together) only where it lowers the "
                 "decoder layer's output error on `probe_rows` calibration sequences, tried in "
                 "forward order from plain grids (float32; one layer pass per clipped linear)"})
-    scale_objective: Literal["linear", "layer"] = field(default="linear", metadata={
+    scale_objective: Literal["linear", "layer", "layer_all"] = field(default="linear", metadata={
         "help": "what the scale search minimises: linear = the site's linears' output MSE over every "
                 "calibration token (from the Gram matrix); layer = at the sites fed by a norm (q/k/v, "
                 "gate/up), the decoder layer's output MSE on `probe_rows` calibration sequences "
-                "(float32, one layer pass per grid point); o and down keep their own output MSE"})
+                "(float32, one layer pass per grid point); o and down keep their own output MSE; "
+                "layer_all = the layer's output MSE at every site, o and down too"})
     probe_rows: int = field(default=4, metadata={
         "help": "calibration sequences the layer objective and the layer guard run per trial"})
     duo_scaling: bool = field(default=False, metadata={
         "help": "also try scales mean|x|^r / mean|w_hat|^(1-r) (w_hat: weights over their group's "
                 "max |w|), as AutoAWQ; the search keeps whichever candidate has the lowest error"})
+    output_weights: Literal["uniform", "fisher"] = field(default="uniform", metadata={
+        "help": "how the linear scale objective weighs the output channels: uniform = plain output "
+                "MSE; fisher = each channel's squared error times its diagonal Fisher weight "
+                "E[(dL/dy)^2] from `fisher_rows` calibration sequences (one forward and backward "
+                "pass of the float model each, `slmkit.compress.sensitivity`)"})
+    fisher_rows: int = field(default=8, metadata={
+        "help": "calibration sequences the Fisher weights are estimated on (output_weights=fisher)"})
     sites: list[str] = field(default_factory=lambda: list(SITES), metadata={
         "help": "input sites whose scales are searched: attn_in (q/k/v), attn_out (o), mlp_in "
                 "(gate/up), mlp_out (down); the others keep s = 1 (plain RTN grids, still clipped)"})
@@ -117,9 +128,12 @@ class AWQConfig(RTNConfig):
             raise SlmkitError(f"AWQ duo_scaling must be true or false, not {self.duo_scaling!r}")
         if not isinstance(self.sites, (list, tuple)) or any(x not in SITES for x in self.sites):
             raise SlmkitError(f"AWQ sites must be a list from {list(SITES)}, not {self.sites!r}")
-        if self.scale_objective not in ("linear", "layer"):
-            raise SlmkitError(f"AWQ scale_objective must be 'linear' or 'layer', not {self.scale_objective!r}")
-        for name in ("n_grid", "clip_grid", "batch_size", "probe_rows"):
+        if self.output_weights not in ("uniform", "fisher"):
+            raise SlmkitError(f"AWQ output_weights must be 'uniform' or 'fisher', not {self.output_weights!r}")
+        if self.scale_objective not in ("linear", "layer", "layer_all"):
+            raise SlmkitError("AWQ scale_objective must be 'linear', 'layer' or 'layer_all', "
+                              f"not {self.scale_objective!r}")
+        for name in ("n_grid", "clip_grid", "batch_size", "probe_rows", "fisher_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SlmkitError(f"AWQ {name} must be an integer >= 1, not {value!r}")
@@ -195,9 +209,11 @@ def row_output_errors(dw: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
     return ((dw @ gram) * dw).sum(-1)
 
 
-def output_mse(dw: torch.Tensor, gram: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens and outputs of (x dw^T)^2: tr(dw gram dw^T) / out (a 0-dim tensor)."""
-    return row_output_errors(dw, gram).mean()
+def output_mse(dw: torch.Tensor, gram: torch.Tensor, row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over tokens and outputs of (x dw^T)^2: tr(dw gram dw^T) / out (a 0-dim tensor); with
+    `row_weights` [out] (e.g. Fisher weights), each output row's error is multiplied by its weight."""
+    rows = row_output_errors(dw, gram)
+    return (rows if row_weights is None else rows * row_weights).mean()
 
 
 def scale_candidates(x_mean: torch.Tensor, w: torch.Tensor, group_size: int | None, n_grid: int = 20,
@@ -215,20 +231,21 @@ def scale_candidates(x_mean: torch.Tensor, w: torch.Tensor, group_size: int | No
 @torch.no_grad()
 def search_scale(x_mean: torch.Tensor, gram: torch.Tensor | None, w: torch.Tensor, bits: int,
                  group_size: int | None, symmetric: bool, n_grid: int = 20, duo_scaling: bool = False,
-                 error=None, tie: torch.Tensor | None = None) -> tuple[torch.Tensor, float, list[float]]:
+                 error=None, tie: torch.Tensor | None = None,
+                 row_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, float, list[float]]:
     """Best AWQ scale for linears w [out, in] (rows of every linear reading x, concatenated)
     given the inputs' per-channel mean |x| [in]. The objective is the linears' output MSE from
     the inputs' Gram matrix X^T X / n [in, in], or `error(wq)` when given: the error of the
     dequantized candidate weights wq [out, in] (fake_quantize(w s) / s; e.g. a decoder layer's
     output error with them in place, `search_scale_layer`).
-    `tie`: see `scale_candidates`.
+    `tie`: see `scale_candidates`. `row_weights` [out]: weigh each output row's error (`output_mse`).
     Returns (s [in], the chosen ratio r, the error at each grid point r = i / n_grid; with
     `duo_scaling`, the n_grid duo candidates' errors follow the plain ones)."""
     w = w.float()
     if error is None:
         gram = gram.float()
         def error(wq):
-            return output_mse(wq - w, gram).item()
+            return output_mse(wq - w, gram, row_weights).item()
     errors: list[float] = []
     best = (math.inf, 0.0, torch.ones_like(x_mean, dtype=torch.float32))
     for r, s in scale_candidates(x_mean, w, group_size, n_grid, duo_scaling, tie):
@@ -242,12 +259,14 @@ def search_scale(x_mean: torch.Tensor, gram: torch.Tensor | None, w: torch.Tenso
 @torch.no_grad()
 def search_scale_layer(targets: list[Target], x_mean: torch.Tensor, score, bits: int,
                        group_size: int | None, symmetric: bool, n_grid: int = 20,
-                       duo_scaling: bool = False) -> tuple[torch.Tensor, float, list[float]]:
+                       duo_scaling: bool = False,
+                       tie: torch.Tensor | None = None) -> tuple[torch.Tensor, float, list[float]]:
     """`search_scale` scored by the whole decoder layer (AutoAWQ scores a site by the output of
     the block it feeds): each candidate's dequantized weights go into the site's linears and
     `score()` (a `LayerPass.probe`) runs the layer. Changing a linear's error by the same MSE
     matters more where the following ops amplify it (a gated MLP's few huge channels, attention's
-    softmax), which a single linear's output error does not see. The weights are restored."""
+    softmax), which a single linear's output error does not see. The weights are restored.
+    `tie`: see `scale_candidates` (o's input under grouped-query attention)."""
     originals = [t.weight().clone() for t in targets]
     sizes = [o.shape[0] for o in originals]
 
@@ -257,7 +276,7 @@ def search_scale_layer(targets: list[Target], x_mean: torch.Tensor, score, bits:
         return score()
     try:
         return search_scale(x_mean, None, torch.cat(originals), bits, group_size, symmetric, n_grid,
-                            duo_scaling, error)
+                            duo_scaling, error, tie)
     finally:
         for t, o in zip(targets, originals):
             t.set_weight(o)
@@ -401,6 +420,8 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
         raise SlmkitError("AWQ needs calibration data: token ids [n, length] (see slmkit.data.calibration_set)")
     store: dict[str, QuantizedWeight] = {}
     sites: list[dict] = []                    # what the scale search chose where (`site_record`)
+    fisher = (output_fisher(model, calib[:cfg.fisher_rows], all_targets(model, tuple(cfg.skip)))
+              if cfg.output_weights == "fisher" else {})
 
     def on_layer(index, layer, run):
         groups = scale_groups(model, index)
@@ -408,7 +429,7 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
         with group_stats(groups, gram=True) as st:
             run()
         grams = {}
-        score = run.probe(cfg.probe_rows) if cfg.scale_objective == "layer" else None
+        score = run.probe(cfg.probe_rows) if cfg.scale_objective != "linear" else None
         for g in groups:  # 1-2: every scale first, so a linear absorbing one is quantized after it
             stats, targets = st.stats[g.site], [t for t in g.linears if t.name in quantized]
             grams[g.site] = stats.gram                             # [in, in]
@@ -416,14 +437,16 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
                 continue
             w = torch.cat([t.weight().float() for t in targets])   # [sum of out, in]
             # the search uses the first target's grid (per-module overrides rarely split a site)
-            if score is None or g.prev.target is not None:  # a single linear's own output: exact
+            # o and down (absorbed by a linear) keep their own output's error unless layer_all
+            if score is None or (g.prev.target is not None and cfg.scale_objective == "layer"):
+                row_weights = torch.cat([fisher[t.name] for t in targets]) if fisher else None
                 s, r, errors = search_scale(stats.mean_abs, floored(grams[g.site], cfg.scale_floor), w,
                                             *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling,
-                                            tie=g.prev.tie)
+                                            tie=g.prev.tie, row_weights=row_weights)
                 objective = "linear"
             else:
-                s, r, errors = search_scale_layer(
-                    targets, stats.mean_abs, score, *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling)
+                s, r, errors = search_scale_layer(targets, stats.mean_abs, score, *grid_for(cfg, targets[0]),
+                                                  cfg.n_grid, cfg.duo_scaling, g.prev.tie)
                 objective = "layer"
             sites.append(site_record(index, g.site, objective, r, errors, cfg.n_grid))
             fold_scales(g, s)

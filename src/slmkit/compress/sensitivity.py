@@ -1,0 +1,71 @@
+"""How much each output channel of each linear matters to the model's loss: a diagonal Fisher
+estimate, E[(dL/dy_c)^2] over tokens for output channel c of a linear y = x W^T, where L is the
+next-token cross-entropy on calibration sequences (the empirical Fisher, as SqueezeLLM uses).
+
+A layer-wise objective such as "the linear's output MSE" weighs an error in every output channel
+the same. The model does not: on Qwen2.5-Coder-0.5B, AWQ's scales at o_proj cut o's output MSE
+2-5x on every text and still made perplexity worse, because the rows they made worse (150-200
+of 896, up to 4.5x) include the residual stream's massive dimensions (benchmarks/RESULTS.md).
+Weighting each row's error by its Fisher weight turns the output MSE into a second-order
+estimate of the loss increase, (y_hat - y)^T diag(F) (y_hat - y) / 2, with the usual separable
+approximation E_t[g_tc^2 e_tc^2] ~ E_t[g_tc^2] E_t[e_tc^2].
+
+`output_fisher` runs one forward and backward pass of the (float) model per calibration
+sequence with no parameter gradients, only the outputs of the target linears keep theirs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from slmkit.errors import SlmkitError
+from slmkit.progress import progress_bar
+
+if TYPE_CHECKING:
+    import torch
+
+    from slmkit.compress.targets import Target
+
+
+def output_fisher(model, calib: "torch.Tensor", targets: list["Target"]) -> dict[str, "torch.Tensor"]:
+    """Per target name, E[(dL/dy)^2] [out] over the tokens of `calib` [n, length] (float32, the
+    model's own dtype for the passes), L the summed next-token cross-entropy of each sequence."""
+    import torch
+    import torch.nn.functional as F
+
+    if calib.ndim != 2 or calib.shape[0] < 1 or calib.shape[1] < 2:
+        raise SlmkitError(f"Fisher weights need calibration ids [n >= 1, length >= 2], got {tuple(calib.shape)}")
+    sums = {t.name: torch.zeros(t.weight().shape[0]) for t in targets}
+    tokens = 0
+    hooks = []
+
+    def keep_grad(name):
+        def accumulate(g):                     # returns None: the gradient itself flows on unchanged
+            sums[name].add_(g.detach().float().pow(2).reshape(-1, g.shape[-1]).sum(0))
+
+        def hook(module, args, out):
+            out.register_hook(accumulate)
+        return hook
+
+    embeddings = model.get_input_embeddings()
+    hooks.append(embeddings.register_forward_hook(lambda m, a, out: out.detach().requires_grad_()))
+    hooks += [t.module.register_forward_hook(keep_grad(t.name)) for t in targets]
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        with torch.enable_grad(), progress_bar("Fisher weights", calib.shape[0], unit="rows") as advance:
+            for row in calib.split(1):
+                logits = model(input_ids=row, use_cache=False).logits[0, :-1].float()
+                F.cross_entropy(logits, row[0, 1:], reduction="sum").backward()
+                tokens += row.shape[1]
+                advance(1)
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return {name: s / tokens for name, s in sums.items()}
