@@ -52,9 +52,14 @@ def parse_args():
                     help="recovery: w of the kd_ce run (KD mixed with CE, Hinton's recipe); a comma "
                          "list (0.7,0.9) makes one run per weight, named kd_ce<w>")
     ap.add_argument("--recovery-runs", default="kd,ce,ce_equal_time",
-                    help="recovery runs to do, from kd, kd_ce, ce, ce_equal_time (ce_equal_time "
-                         "needs ce and a KD run: it gets as many CE steps as fit in the slowest "
-                         "KD run's training time)")
+                    help="recovery runs to do, from kd, kd_ce, kd_cached, ce, ce_equal_time "
+                         "(ce_equal_time needs ce and a KD run: it gets as many CE steps as fit in "
+                         "the slowest KD run's training time). kd_cached: no teacher forward; on the "
+                         "self-generated rows the target mixes in the teacher's top-k distributions "
+                         "recorded while it wrote them (needs `self` in --recovery-data)")
+    ap.add_argument("--soft-weight", type=float, default=0.5,
+                    help="kd_cached: target = (1 - w) onehot(label) + w x the teacher's top-k")
+    ap.add_argument("--soft-topk", type=int, default=64, help="kd_cached: teacher tokens kept per position")
     ap.add_argument("--recovery-data", default="pydoc-all",
                     help="recovery training rows: 'pydoc-all' (every 512-token chunk of the pydoc "
                          "calibration part, in order, repeated as needed: 120 rows, so 48 x 4 "
@@ -347,7 +352,7 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
     from _common import RESULTS
 
     from slmkit.compress import DepthPruneConfig, WidthPruneConfig, prune
-    from slmkit.data import build_calibration
+    from slmkit.data import build_calibration, build_calibration_with_targets
     from slmkit.distill import Distill, DistillConfig
     from slmkit.train import Batches, CausalLM, TrainConfig, train
 
@@ -362,11 +367,20 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
     rows["dense_probe_ppl"] = probe(base)
     print("pruned", rows["pruned"], flush=True)
     n_rows = args.recovery_steps * args.batch_size
+    wanted = [r.strip() for r in args.recovery_runs.split(",") if r.strip()]
+    soft = None
     if args.recovery_data == "pydoc-all":
         ids = _rows(tok, n_rows, args.seq_len)
+    elif "kd_cached" in wanted:  # the same rows, and the teacher's top-k kept while it wrote them
+        ids, *soft, _ = build_calibration_with_targets(base, tok, args.recovery_data, n=n_rows,
+                                                       length=args.seq_len, seed=1, topk=args.soft_topk)
     else:  # sampled from the unpruned model (the teacher) where the spec says `self`
         ids = build_calibration(base, tok, args.recovery_data, n=n_rows, length=args.seq_len, seed=1)
     rows["data"] = {"spec": args.recovery_data, "rows": int(ids.shape[0]), "length": int(ids.shape[1])}
+    if soft is not None:
+        rows["data"]["soft"] = {"topk": args.soft_topk, "weight": args.soft_weight,
+                                "rows_with_targets": int((soft[1].sum((1, 2)) > 0).sum()),
+                                "mean_topk_mass": float(soft[1].sum(-1)[soft[1].sum(-1) > 0].mean())}
     print("recovery rows", rows["data"], flush=True)
     teacher = copy.deepcopy(base)
     logs = RESULTS / f"distill{args.tag}_runs"
@@ -379,14 +393,16 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
     runs = [(name, lambda cfg=cfg: Distill(teacher, cfg), args.recovery_steps)
             for name, cfg in objectives.items()]
     runs += [("ce", lambda: CausalLM(), args.recovery_steps), ("ce_equal_time", lambda: CausalLM(), None)]
-    wanted = [r.strip() for r in args.recovery_runs.split(",") if r.strip()]
+    runs.insert(len(objectives), ("kd_cached", lambda: CausalLM(soft_weight=args.soft_weight), args.recovery_steps))
     if "kd_ce" in wanted and len(mixes) > 1:  # kd_ce stands for every weight of the list
         at = wanted.index("kd_ce")
         wanted[at:at + 1] = [name for name in objectives if name.startswith("kd_ce")]
     unknown = set(wanted) - {r[0] for r in runs}
     if unknown:
         raise SystemExit(f"--recovery-runs: unknown {sorted(unknown)}; known: {[r[0] for r in runs]}")
-    kd_runs = [r for r in objectives if r in wanted]
+    if "kd_cached" in wanted and (soft is None or not (soft[1] > 0).any()):
+        raise SystemExit("--recovery-runs kd_cached needs self-generated rows: --recovery-data with 'self'")
+    kd_runs = [r for r in [*objectives, "kd_cached"] if r in wanted]
     if "ce_equal_time" in wanted and ("ce" not in wanted or not kd_runs):
         raise SystemExit("--recovery-runs: ce_equal_time needs ce and kd or kd_ce in the same run")
     rows["kd_objectives"] = {name: vars(cfg) for name, cfg in objectives.items()}
@@ -405,7 +421,8 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
                 curve.append({"step": step, "train_seconds": clock[0], "probe_ppl": probe(student)})
 
         cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr)
-        summary = train(student, objective(), Batches(ids), cfg, logs / name, callback=point)
+        data = Batches(ids, soft_ids=soft[0], soft_probs=soft[1]) if name == "kd_cached" else Batches(ids)
+        summary = train(student, objective(), data, cfg, logs / name, callback=point)
         (logs / name / "checkpoint.pt").unlink(missing_ok=True)  # 1.2 GB; the log and curve stay
         p = ppls(student)
         gap = {k: (rows["pruned"]["ppl"][k] - p[k]) / (rows["pruned"]["ppl"][k] - dense_ppl[k]) for k in p}
@@ -432,6 +449,8 @@ def main() -> int:
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     if "recovery" in parts:
         _mixes(args.kd_ce_mix)  # a bad list fails here, not after the pruning
+        if "kd_cached" in args.recovery_runs and "self" not in args.recovery_data:
+            raise SystemExit("--recovery-runs kd_cached needs self-generated rows: --recovery-data with 'self'")
     payload: dict = {"args": vars(args)}
     console = Console(width=140)
     if "throughput" in parts:

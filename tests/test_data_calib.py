@@ -15,11 +15,13 @@ from slmkit.data.calib import (
     allocate_rows,
     build_calibration,
     build_calibration_with_provenance,
+    build_calibration_with_targets,
 )
 from slmkit.data.selfgen import (
     _special_ids,
     generate_calibration_text,
     generate_calibration_text_with_provenance,
+    generate_with_teacher_targets,
     model_fingerprint,
 )
 from slmkit.errors import SlmkitError
@@ -321,6 +323,58 @@ def test_selfgen_without_bos_ends_a_loop_with_the_separator(tiny_tok):
     seps = [i for i, t in enumerate(ids[0].tolist()) if t == sep]
     assert seps == [7, 15, 23, 31, 39]  # a window of 8 T2 ends with the separator instead
     assert (ids[0][[i for i in range(40) if i not in seps]] == T2).all()
+
+
+def test_teacher_targets_are_the_models_own_next_token_distributions(tiny_tok, tmp_path):
+    """generate_with_teacher_targets writes the same tokens as plain self-generation and, at each
+    position, the model's top-k next-token distribution at temperature 1 (what a full forward of
+    the row gives), whatever the sampling temperature; cached apart from plain rows."""
+    model = tiny_model("llama", seed=4)
+    kw = {"seed": 3, "batch_size": 2, "temperature": (1.5, 1.0), "cache_dir": tmp_path}
+    plain = generate_calibration_text(model, tiny_tok, 3, 20, **kw)
+    ids, soft_ids, soft_probs, rec = generate_with_teacher_targets(model, tiny_tok, 3, 20, 5, **kw)
+    assert torch.equal(ids, plain) and rec["teacher_topk"] == 5 and rec["cache"] == "miss"
+    assert soft_ids.shape == soft_probs.shape == (3, 20, 5) and soft_ids.dtype == torch.int32
+    with torch.no_grad():
+        probs = torch.softmax(model(ids).logits.float(), -1)
+    top = probs.topk(5, dim=-1)
+    torch.testing.assert_close(soft_probs[:, :-1], top.values[:, :-1], rtol=1e-4, atol=1e-6)
+    assert torch.equal(soft_ids[:, :-1].long(), top.indices[:, :-1])
+    assert (soft_probs[:, -1] == 0).all()                 # nothing predicts past the row
+    again = generate_with_teacher_targets(model, tiny_tok, 3, 20, 5, **kw)
+    assert again[3]["cache"] == "hit" and all(torch.equal(a, b) for a, b in zip(again[:3], (ids, soft_ids, soft_probs)))
+    assert generate_calibration_text_with_provenance(model, tiny_tok, 3, 20, **kw)[1]["cache"] == "hit"
+    with pytest.raises(SlmkitError, match="topk"):
+        generate_with_teacher_targets(model, tiny_tok, 3, 20, 0, **kw)
+
+
+def test_teacher_targets_are_zero_where_a_token_was_forced(tiny_tok):
+    """After EOS the sampler forces BOS, and a loop restart forces BOS: those positions carry no
+    soft target (the model did not predict the forced token)."""
+    eos, bos = tiny_tok.eos_token_id, tiny_tok.bos_token_id
+    ids, _, probs, _ = generate_with_teacher_targets(biased_model({eos: 30.0}), tiny_tok, 2, 9, 3, cache=False)
+    assert (ids[:, 0::2] == bos).all()
+    assert (probs[:, 1::2].sum(-1) == 0).all()           # the prediction of each forced BOS
+    assert (probs[:, 0:-1:2].sum(-1) > 0.99).all()       # BOS -> EOS was sampled
+    ids, _, probs, _ = generate_with_teacher_targets(biased_model({T2: 30.0}), tiny_tok, 1, 30, 2,
+                                                     cache=False, loop_window=10, loop_distinct=2)
+    forced = [i - 1 for i, t in enumerate(ids[0].tolist()) if t == bos and i > 0]
+    assert forced == [9, 19] and (probs[0, forced].sum(-1) == 0).all()
+    assert (probs[0, [i for i in range(29) if i not in forced]].sum(-1) > 0.99).all()
+
+
+def test_calibration_with_targets_keeps_the_rows_and_zeroes_text_rows(tiny_tok, tmp_path, two_texts):
+    a, _ = two_texts
+    model = biased_model({T1: 10.0, T2: 10.0 + math.log(3)})
+    spec, kw = f"self@1,{a}@1", {"n": 6, "length": 12, "cache_dir": tmp_path}
+    ids, prov = build_calibration_with_provenance(model, tiny_tok, spec, **kw)
+    ids2, soft_ids, soft_probs, prov2 = build_calibration_with_targets(model, tiny_tok, spec, topk=4, **kw)
+    assert torch.equal(ids, ids2) and prov["sha256"] == prov2["sha256"]
+    self_rows = (ids[:, 1:] == T1) | (ids[:, 1:] == T2)
+    is_self = self_rows.all(1)
+    assert int(is_self.sum()) == 3
+    assert (soft_probs[~is_self] == 0).all()
+    assert (soft_probs[is_self, :-1, 0] > 0.7).all() and set(soft_ids[is_self, :-1, 0].unique().tolist()) == {T2}
 
 
 def test_selfgen_errors(tiny_tok):

@@ -96,3 +96,68 @@ def test_fused_loss_under_bf16_autocast_is_close_to_the_plain_one():
     assert torch.allclose(out[True][0], out[False][0], rtol=2e-2)
     cos = torch.nn.functional.cosine_similarity(out[True][1].flatten(), out[False][1].flatten(), dim=0)
     assert cos > 0.99
+
+
+def _dense_soft_target(labels, soft_ids, soft_probs, w, vocab):
+    """The mixed target distribution [n, vocab] written out densely (the reference)."""
+    target = torch.zeros(labels.shape[0], vocab)
+    for i, label in enumerate(labels.clamp(min=0).tolist()):
+        mass = soft_probs[i].sum()
+        a = w if mass > 0 else 0.0
+        target[i, label] += 1 - a
+        if mass > 0:
+            target[i].index_add_(0, soft_ids[i], a * soft_probs[i] / mass)
+    return target
+
+
+@pytest.mark.parametrize("rows", [1, 4, 64])
+def test_soft_targets_match_a_dense_mixed_target_loss_and_gradients(rows):
+    """With soft targets (a teacher's top-k, some rows without any), the fused loss and gradients
+    are the cross-entropy against (1 - w) onehot + w renormalised top-k, written densely."""
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(12, 50, bias=True)
+    hidden = torch.randn(19, 12, generator=g, requires_grad=True)
+    labels = torch.randint(0, 50, (19,), generator=g)
+    labels[[2, 11]] = IGNORE
+    soft_ids = torch.stack([torch.randperm(50, generator=g)[:5] for _ in range(19)])
+    soft_ids[3, 0] = labels[3]                           # the label among the teacher's top-k
+    soft_probs = torch.rand(19, 5, generator=g) * 0.15   # top-k mass below 1: renormalised
+    soft_probs[[0, 6, 7]] = 0                            # positions without soft targets
+    target = _dense_soft_target(labels, soft_ids, soft_probs, 0.7, 50)
+    keep = labels != IGNORE
+    ref = (-(target * torch.log_softmax(head(hidden), -1)).sum(-1) * keep).sum() / keep.sum()
+    ref.backward()
+    want = [hidden.grad.clone(), head.weight.grad.clone(), head.bias.grad.clone()]
+    hidden.grad = None
+    head.zero_grad()
+    mine = linear_cross_entropy(hidden, head, labels, rows=rows, soft=(soft_ids, soft_probs), soft_weight=0.7)
+    (mine * 2).backward()
+    torch.testing.assert_close(mine, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip([hidden.grad, head.weight.grad, head.bias.grad], want):
+        torch.testing.assert_close(a, 2 * b, atol=1e-5, rtol=1e-5)
+    # soft_weight 0, or no soft targets, is plain cross-entropy
+    plain = linear_cross_entropy(hidden, head, labels, rows=rows)
+    assert torch.equal(linear_cross_entropy(hidden, head, labels, rows=rows, soft=(soft_ids, soft_probs)), plain)
+    assert not torch.allclose(mine, plain)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_causal_lm_with_soft_targets_fused_and_plain_agree(fused):
+    """CausalLM(soft_weight) scores a batch's soft targets the same way on both paths (the plain
+    one by `shifted_soft_ce`), and differs from plain CE only where they exist."""
+    model = tiny_model("llama", seed=0)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, 200, (2, 10), generator=g)
+    soft_ids = torch.randint(0, 200, (2, 10, 4), generator=g)
+    soft_probs = torch.rand(2, 10, 4, generator=g) * 0.2
+    batch = {"input_ids": ids, "labels": ids.clone(), "soft_ids": soft_ids, "soft_probs": soft_probs}
+    dense = torch.stack([_dense_soft_target(ids[b, 1:], soft_ids[b, :-1], soft_probs[b, :-1], 0.5,
+                                            model.config.vocab_size) for b in range(2)])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[:, :-1].float(), -1)
+    want = -(dense * logp).sum(-1).mean()
+    loss, _ = CausalLM(fused=fused, soft_weight=0.5).loss(model, batch)
+    torch.testing.assert_close(loss, want, atol=1e-5, rtol=1e-5)
+    no_soft = {**batch, "soft_probs": torch.zeros_like(soft_probs)}
+    torch.testing.assert_close(CausalLM(fused=fused, soft_weight=0.5).loss(model, no_soft)[0],
+                               CausalLM(fused=fused).loss(model, batch)[0], atol=1e-5, rtol=1e-5)

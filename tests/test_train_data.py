@@ -109,3 +109,22 @@ def test_lora_trains_merges_and_reloads_as_a_plain_checkpoint(start, tiny_tok, t
     plain = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     with torch.no_grad():
         assert torch.allclose(plain(ids[:2]).logits, ref, atol=1e-5)
+
+
+def test_batches_carry_soft_targets_with_their_rows_and_refuse_bad_shapes():
+    ids = torch.arange(6 * 5).reshape(6, 5)
+    soft_ids = ids[..., None] * 10 + torch.arange(3)           # row r, position i -> 10 * ids + j
+    soft_probs = torch.rand(6, 5, 3)
+    data = Batches(ids, soft_ids=soft_ids, soft_probs=soft_probs)
+    for index in range(4):
+        b = data.batch(index, 2, seed=3)
+        assert torch.equal(b["soft_ids"][..., 0], b["input_ids"] * 10)
+        rows = [int(r[0]) // 5 for r in b["input_ids"]]
+        assert torch.equal(b["soft_probs"], soft_probs[rows])
+    assert data.head(2).soft_ids.shape == (2, 5, 3)
+    with pytest.raises(SlmkitError, match="both"):
+        Batches(ids, soft_ids=soft_ids)
+    with pytest.raises(SlmkitError, match=r"\[n, length, k\]"):
+        Batches(ids, soft_ids=soft_ids[:, :4], soft_probs=soft_probs[:, :4])
+    with pytest.raises(SlmkitError, match="soft_weight"):
+        CausalLM(soft_weight=1.5)

@@ -147,6 +147,26 @@ def build_calibration_with_provenance(
                       "text": {name, docs, chars, sha256}            (text sources)
                       "generation": {fingerprint, parameters, cache} (self)}, ...]}
     """
+    ids, _, provenance = _build(model, tokenizer, spec, n, length, seed, field=field, split=split,
+                                selfgen=selfgen, cache_dir=cache_dir)
+    return ids, provenance
+
+
+def build_calibration_with_targets(
+        model, tokenizer, spec: str | CalibSpec, n: int = 128, length: int = 512,
+        seed: int = 0, *, topk: int = 32, field: str = "text", split: str = "train",
+        selfgen: dict | None = None, cache_dir: str | Path | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """`build_calibration_with_provenance` (same rows, same order), also returning soft targets
+    (soft_ids int32 [n, length, topk], soft_probs [n, length, topk]) for `slmkit.train.Batches`:
+    the model's own next-token distributions, recorded while it wrote the `self` rows
+    (`slmkit.data.selfgen.generate_with_teacher_targets`), and zeros on every text row."""
+    return _build(model, tokenizer, spec, n, length, seed, field=field, split=split,
+                  selfgen=selfgen, cache_dir=cache_dir, topk=topk)
+
+
+def _build(model, tokenizer, spec, n, length, seed, *, field, split, selfgen, cache_dir, topk=0):
+    """-> (ids, soft_ids, soft_probs, provenance) with topk, else (ids, None, provenance)."""
     import torch
 
     from slmkit.data.chunk import calibration_set
@@ -179,18 +199,28 @@ def build_calibration_with_provenance(
         except SlmkitError as e:
             raise SlmkitError(f"calibration source {src.source!r} ({k} of {n} rows of {length} "
                               f"tokens): {e}") from None
+    soft: dict[int, tuple[torch.Tensor, torch.Tensor]] = {
+        i: (torch.zeros(*p.shape, topk, dtype=torch.int32), torch.zeros(*p.shape, topk)) for i, p in parts.items()}
     for i, (src, k) in enumerate(zip(parsed.sources, rows)):
         if src.source == SELF and k > 0:
-            from slmkit.data.selfgen import generate_calibration_text_with_provenance
+            from slmkit.data.selfgen import generate_calibration_text_with_provenance, generate_with_teacher_targets
 
-            parts[i], records[i]["generation"] = generate_calibration_text_with_provenance(
-                model, tokenizer, k, length, seed=seed, cache_dir=cache_dir, **(selfgen or {}))
+            kwargs = {"seed": seed, "cache_dir": cache_dir, **(selfgen or {})}
+            if topk:
+                parts[i], *soft[i], records[i]["generation"] = generate_with_teacher_targets(
+                    model, tokenizer, k, length, topk, **kwargs)
+            else:
+                parts[i], records[i]["generation"] = generate_calibration_text_with_provenance(
+                    model, tokenizer, k, length, **kwargs)
 
-    ids = torch.cat([parts[i] for i in sorted(parts)])
-    ids = ids[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    ids = torch.cat([parts[i] for i in sorted(parts)])[order]
     provenance = {"spec": str(parsed), "n": n, "length": length, "seed": seed,
                   "sha256": _tensor_sha256(ids), "sources": records}
-    return ids, provenance
+    if not topk:
+        return ids, None, provenance
+    return (ids, torch.cat([soft[i][0] for i in sorted(parts)])[order],
+            torch.cat([soft[i][1] for i in sorted(parts)])[order], provenance)
 
 
 def build_calibration(model, tokenizer, spec: str | CalibSpec, n: int = 128,

@@ -140,9 +140,14 @@ def _looping(out: list, nxt: torch.Tensor, since_start: torch.Tensor, window: in
 def _generate_batch(model, b: int, length: int, bos: int | None, eos: set[int], vocab: int,
                     temps: tuple[float, float], steps: int, top_p: float,
                     gen: torch.Generator, advance, min_p: float = 0.0,
-                    loop: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, int]:
+                    loop: tuple[int, int] = (0, 0), topk: int = 0):
     """Sample `b` rows of exactly `length` tokens with a KV cache ->
-    (LongTensor [b, length], how many documents the loop guard ended)."""
+    (LongTensor [b, length], how many documents the loop guard ended, soft targets or None).
+
+    With `topk`, soft targets (ids int32 [b, length, topk], probs float32 [b, length, topk]) hold at
+    position i the model's own top-k next-token distribution (temperature 1, before any sampling
+    filter) for the token at i + 1; zero probs where that token was forced (BOS after EOS, a loop
+    restart) rather than sampled, and at the last position."""
     import torch
 
     device = next(model.parameters()).device
@@ -160,9 +165,14 @@ def _generate_batch(model, b: int, length: int, bos: int | None, eos: set[int], 
     restarts = 0
     advance(len(out) * b)
     cache = None
+    soft_ids = torch.zeros(b, length, topk, dtype=torch.int32)
+    soft_probs = torch.zeros(b, length, topk)
     while len(out) < length:
         res = model(input_ids=last[:, None].to(device), use_cache=True, **cache_kwargs(model, cache))
         cache = output_cache(res)
+        if topk and out:                                 # the prediction made at position len(out) - 1
+            top = torch.softmax(res.logits[:, -1, :].float().cpu(), -1).topk(topk, dim=-1)
+            soft_ids[:, len(out) - 1], soft_probs[:, len(out) - 1] = top.indices.int(), top.values
         after_eos = torch.isin(last, eos_t)
         if not force_bos:                                # EOS is the separator: a new document
             since_start = torch.where(after_eos, 0, since_start)
@@ -176,13 +186,17 @@ def _generate_batch(model, b: int, length: int, bos: int | None, eos: set[int], 
             nxt = torch.where(looping, torch.full_like(nxt, restart), nxt)
             if force_bos:
                 since_start = torch.where(looping, 0, since_start)
+        forced = looping if restart is not None else torch.zeros_like(after_eos)
         if force_bos:                                    # EOS -> a fresh BOS, schedule restarts
             nxt = torch.where(after_eos, torch.full_like(nxt, bos), nxt)
             since_start = torch.where(after_eos, 0, since_start)
+            forced = forced | after_eos
+        if topk and out:
+            soft_probs[forced, len(out) - 1] = 0.0
         out.append(nxt)
         last = nxt
         advance(b)
-    return torch.stack(out, dim=1), restarts
+    return torch.stack(out, dim=1), restarts, ((soft_ids, soft_probs) if topk else None)
 
 
 # ---- cache -----------------------------------------------------------------------------------
@@ -194,7 +208,7 @@ def _cache_root(cache_dir) -> Path:
     return slmkit_cache() / "selfgen"
 
 
-def _load_cached(path: Path, n: int, length: int):
+def _load_cached(path: Path, n: int, length: int, topk: int = 0):
     import torch
 
     if not path.is_file():
@@ -202,19 +216,27 @@ def _load_cached(path: Path, n: int, length: int):
     try:
         blob = torch.load(path, weights_only=True)
         ids, saved = blob["ids"], json.loads(blob.get("record", "{}"))
+        soft = (blob["soft_ids"], blob["soft_probs"]) if topk else None
     except Exception:  # noqa: BLE001  torch.load of a truncated/foreign file raises anything
         return None    # regenerate and overwrite it
-    return (ids, saved) if tuple(ids.shape) == (n, length) and ids.dtype == torch.long else None
+    if tuple(ids.shape) != (n, length) or ids.dtype != torch.long:
+        return None
+    if topk and not all(tuple(t.shape) == (n, length, topk) for t in soft):
+        return None
+    return ids, saved, soft
 
 
-def _save_atomic(path: Path, ids: torch.Tensor, record: dict) -> None:
+def _save_atomic(path: Path, ids: torch.Tensor, record: dict, soft=None) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    blob = {"ids": ids, "record": json.dumps(record, sort_keys=True)}
+    if soft is not None:
+        blob["soft_ids"], blob["soft_probs"] = soft
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"ids": ids, "record": json.dumps(record, sort_keys=True)}, f)
+            torch.save(blob, f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -222,15 +244,37 @@ def _save_atomic(path: Path, ids: torch.Tensor, record: dict) -> None:
 
 
 # ---- public API ------------------------------------------------------------------------------
-def generate_calibration_text_with_provenance(
+def generate_calibration_text_with_provenance(model, tokenizer, n: int, length: int,
+                                              **kwargs) -> tuple[torch.Tensor, dict]:
+    """`generate_calibration_text`, also returning the record of how the rows were made
+    (fingerprint, parameters, cache path and whether it was a cache hit) for `slmkit.json`."""
+    ids, _, record = _self_generate(model, tokenizer, n, length, **kwargs)
+    return ids, record
+
+
+def generate_with_teacher_targets(model, tokenizer, n: int, length: int, topk: int = 32,
+                                  **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """`generate_calibration_text_with_provenance`, also keeping what the model predicted while it
+    wrote: (ids [n, length], soft_ids int32 [n, length, topk], soft_probs [n, length, topk], record).
+    Position i holds the model's top-`topk` next-token distribution (temperature 1, before the
+    sampling filters) for the token at i + 1, zero where that token was forced (BOS after EOS, a
+    loop restart) and at the last position. The same seed writes the same tokens as without
+    targets; they are cached separately. A student trained on these rows can learn the full
+    distributions at no teacher cost (`slmkit.train.CausalLM(soft_weight=...)`)."""
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+        raise SlmkitError(f"topk must be an integer >= 1, got {topk!r}")
+    ids, soft, record = _self_generate(model, tokenizer, n, length, topk=topk, **kwargs)
+    return ids, soft[0], soft[1], record
+
+
+def _self_generate(
         model, tokenizer, n: int, length: int, *, seed: int = 0,
         temperature: float | tuple[float, float] = TEMPERATURE,
         temperature_steps: int = TEMPERATURE_STEPS, top_p: float = TOP_P, min_p: float = MIN_P,
         loop_window: int = LOOP_WINDOW, loop_distinct: int = LOOP_DISTINCT,
         batch_size: int = BATCH_SIZE, cache_dir: str | Path | None = None,
-        cache: bool = True) -> tuple[torch.Tensor, dict]:
-    """`generate_calibration_text`, also returning the record of how the rows were made
-    (fingerprint, parameters, cache path and whether it was a cache hit) for `slmkit.json`."""
+        cache: bool = True, topk: int = 0):
+    """-> (ids, (soft_ids, soft_probs) or None when topk is 0, record)."""
     import torch
 
     from slmkit.eval.scoring import check_length
@@ -261,15 +305,17 @@ def generate_calibration_text_with_provenance(
         "batch_size": batch_size,
         "bos_token_id": bos, "eos_token_ids": sorted(eos),
     }
+    if topk:                     # only then: the cache keys of plain rows stay what they were
+        record["teacher_topk"] = topk
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
     path = _cache_root(cache_dir) / f"{key}.pt"
-    if cache and (hit := _load_cached(path, n, length)) is not None:
-        ids, saved = hit
-        return ids, {**record, "loop_restarts": saved.get("loop_restarts"), "cache": "hit",
-                     "cache_path": str(path)}
+    if cache and (hit := _load_cached(path, n, length, topk)) is not None:
+        ids, saved, soft = hit
+        return ids, soft, {**record, "loop_restarts": saved.get("loop_restarts"), "cache": "hit",
+                           "cache_path": str(path)}
 
     gen = torch.Generator().manual_seed(seed)
-    batches, restarts = [], 0
+    batches, softs, restarts = [], [], 0
     was_training = model.training
     model.eval()
     try:
@@ -277,18 +323,21 @@ def generate_calibration_text_with_provenance(
                                                   n * length) as advance:
             for start in range(0, n, batch_size):
                 b = min(batch_size, n - start)
-                rows, k = _generate_batch(model, b, length, bos, eos, vocab, temps,
-                                          temperature_steps, float(top_p), gen, advance,
-                                          float(min_p), (loop_window, loop_distinct))
+                rows, k, soft = _generate_batch(model, b, length, bos, eos, vocab, temps,
+                                                temperature_steps, float(top_p), gen, advance,
+                                                float(min_p), (loop_window, loop_distinct), topk)
                 batches.append(rows)
+                softs.append(soft)
                 restarts += k
     finally:
         model.train(was_training)
     ids = torch.cat(batches).clone()  # a normal tensor, not an inference-mode one
+    soft = (torch.cat([s[0] for s in softs]).clone(), torch.cat([s[1] for s in softs]).clone()) if topk else None
     record["loop_restarts"] = restarts
     if cache:
-        _save_atomic(path, ids, record)
-    return ids, {**record, "cache": "miss" if cache else "off", "cache_path": str(path) if cache else None}
+        _save_atomic(path, ids, record, soft)
+    return ids, soft, {**record, "cache": "miss" if cache else "off",
+                       "cache_path": str(path) if cache else None}
 
 
 def generate_calibration_text(model, tokenizer, n: int, length: int, *, seed: int = 0,

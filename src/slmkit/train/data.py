@@ -18,11 +18,18 @@ IGNORE = -100  # label of a position that is not scored (prompt tokens, padding)
 @dataclass
 class Batches:
     """Rows of token ids [n, length], optional labels [n, length] (IGNORE = not scored; default:
-    the ids themselves, i.e. plain language modelling) and attention mask [n, length]."""
+    the ids themselves, i.e. plain language modelling) and attention mask [n, length].
+
+    Optional soft targets, soft_ids [n, length, k] and soft_probs [n, length, k]: at position i,
+    a teacher's top-k next-token ids and probabilities for the token at i + 1 (all-zero probs: the
+    row or position has none), e.g. recorded while the teacher wrote the row
+    (`slmkit.data.selfgen`); `CausalLM(soft_weight=...)` mixes them into its targets."""
 
     ids: "torch.Tensor"
     labels: "torch.Tensor | None" = None
     attention_mask: "torch.Tensor | None" = None
+    soft_ids: "torch.Tensor | None" = None
+    soft_probs: "torch.Tensor | None" = None
 
     def __post_init__(self) -> None:
         if self.ids.ndim != 2 or self.ids.shape[0] < 1 or self.ids.shape[1] < 2:
@@ -31,6 +38,14 @@ class Batches:
             t = getattr(self, name)
             if t is not None and t.shape != self.ids.shape:
                 raise SlmkitError(f"training {name} {tuple(t.shape)} must match ids {tuple(self.ids.shape)}")
+        if (self.soft_ids is None) != (self.soft_probs is None):
+            raise SlmkitError("soft targets need both soft_ids and soft_probs")
+        if self.soft_ids is not None and not (
+                self.soft_ids.shape == self.soft_probs.shape and self.soft_ids.ndim == 3
+                and self.soft_ids.shape[:2] == self.ids.shape):
+            raise SlmkitError(f"soft_ids {tuple(self.soft_ids.shape)} and soft_probs "
+                              f"{tuple(self.soft_probs.shape)} must both be [n, length, k] with "
+                              f"[n, length] = {tuple(self.ids.shape)}")
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -38,7 +53,8 @@ class Batches:
     def head(self, n: int) -> "Batches":
         """The first `n` rows."""
         cut = lambda t: None if t is None else t[:n]  # noqa: E731
-        return Batches(self.ids[:n], cut(self.labels), cut(self.attention_mask))
+        return Batches(self.ids[:n], cut(self.labels), cut(self.attention_mask), cut(self.soft_ids),
+                       cut(self.soft_probs))
 
     def per_epoch(self, size: int, world: int = 1) -> int:
         """Micro-batches per epoch (each process takes `size` rows of every micro-batch)."""
@@ -61,6 +77,8 @@ class Batches:
         out["labels"] = self.labels[rows] if self.labels is not None else out["input_ids"]
         if self.attention_mask is not None:
             out["attention_mask"] = self.attention_mask[rows]
+        if self.soft_ids is not None:
+            out["soft_ids"], out["soft_probs"] = self.soft_ids[rows], self.soft_probs[rows]
         return out
 
     def tokens(self, batch: dict) -> int:

@@ -79,6 +79,27 @@ def ce_rows_(logits: torch.Tensor, target: torch.Tensor,
     return loss, soft
 
 
+def soft_ce_rows_(logits: torch.Tensor, target: torch.Tensor, soft_ids: torch.Tensor,
+                  soft_probs: torch.Tensor, soft_weight: float,
+                  grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`ce_rows_` against a mixed target: on a row whose soft_probs [c, k] are not all zero, the
+    target distribution is (1 - soft_weight) onehot(target) + soft_weight q, with q the soft_probs
+    renormalised over their ids soft_ids [c, k] (a teacher's top-k distribution); other rows keep
+    onehot(target). Loss lse - sum_j target_j logits_j, gradient softmax(logits) - target."""
+    mass = soft_probs.float().sum(-1, keepdim=True)                        # [c, 1]
+    alpha = torch.where(mass > 0, soft_weight, 0.0)                        # [c, 1]
+    q = soft_probs.float() * (alpha / mass.clamp(min=1e-12))               # [c, k], rows sum to alpha
+    lse = logits.logsumexp(-1)
+    picked = logits.gather(1, target[:, None])[:, 0]
+    loss = lse - (1 - alpha[:, 0]) * picked - (q * logits.gather(1, soft_ids)).sum(-1)
+    if not grad:
+        return loss, None
+    soft = logits.sub_(lse[:, None]).exp_()                                # softmax, in place
+    soft[torch.arange(soft.shape[0]), target] -= 1 - alpha[:, 0]
+    soft.scatter_add_(1, soft_ids, -q)
+    return loss, soft
+
+
 class HeadGrads:
     """Gradients of a loss on head(hidden) with respect to hidden [n, h], the head's weight [v, h]
     and bias [v], accumulated chunk by chunk from each chunk's d loss / d logits."""
@@ -130,8 +151,9 @@ class ChunkedHeadLoss(torch.autograd.Function):
 
 class _LinearCrossEntropy(ChunkedHeadLoss):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, rows):
-        # hidden [n, h], weight [v, h], bias [v] or None, labels [n] (IGNORE = not scored)
+    def forward(ctx, hidden, weight, bias, labels, rows, soft_ids, soft_probs, soft_weight):
+        # hidden [n, h], weight [v, h], bias [v] or None, labels [n] (IGNORE = not scored),
+        # soft_ids / soft_probs [n, k] or None (see `soft_ce_rows_`)
         scale, chunks = scored_chunks(labels, rows)
         grads = HeadGrads(ctx, hidden, weight, bias)
         total = torch.zeros((), dtype=torch.float32)
@@ -139,26 +161,39 @@ class _LinearCrossEntropy(ChunkedHeadLoss):
             h = hidden[start:start + rows]
             target = labels[start:start + rows].clamp(min=0)
             logits = F.linear(h, weight, bias).float()                    # [c, v]
-            rows_loss, grad = ce_rows_(logits, target, grads.wanted)
+            if soft_ids is None:
+                rows_loss, grad = ce_rows_(logits, target, grads.wanted)
+            else:
+                rows_loss, grad = soft_ce_rows_(logits, target, soft_ids[start:start + rows],
+                                                soft_probs[start:start + rows], soft_weight, grads.wanted)
             total += (rows_loss * keep).sum()
             if grad is None:
                 continue
             grad.mul_((keep.float() * scale)[:, None])                    # d(mean loss)/d logits
             grads.add(start, h, grad)
-        grads.save(ctx, extra_inputs=2)
+        grads.save(ctx, extra_inputs=5)
         return total * scale
 
 
 def linear_cross_entropy(hidden: torch.Tensor, head: "nn.Linear", labels: torch.Tensor,
-                         rows: int | None = None) -> torch.Tensor:
+                         rows: int | None = None, soft: "tuple[torch.Tensor, torch.Tensor] | None" = None,
+                         soft_weight: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of head(hidden) [n, vocab] against labels [n] (IGNORE rows not scored;
     0 when none is scored), without materialising the logits beyond `rows` rows at a time
-    (default: 128 MB of float32 logits). Gradients reach hidden, head.weight and head.bias."""
+    (default: 128 MB of float32 logits). Gradients reach hidden, head.weight and head.bias.
+    `soft` = (ids [n, k], probs [n, k]): where a position's probs are not all zero, its target is
+    (1 - soft_weight) onehot(label) + soft_weight x the renormalised probs (`soft_ce_rows_`)."""
     if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
         raise ValueError(f"hidden [n, h] and labels [n] expected, got {tuple(hidden.shape)} "
                          f"and {tuple(labels.shape)}")
+    if soft is not None and not (soft[0].shape == soft[1].shape and soft[0].shape[:1] == labels.shape):
+        raise ValueError(f"soft ids and probs [n, k] expected for {labels.shape[0]} positions, got "
+                         f"{tuple(soft[0].shape)} and {tuple(soft[1].shape)}")
     rows = rows or chunk_rows(head.weight.shape[0])
-    return _LinearCrossEntropy.apply(hidden, head.weight, head.bias, labels, rows)
+    soft_ids, soft_probs = (None, None) if soft is None or not soft_weight else soft
+    return _LinearCrossEntropy.apply(hidden, head.weight, head.bias, labels, rows,
+                                     None if soft_ids is None else soft_ids.long(), soft_probs,
+                                     float(soft_weight))
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
