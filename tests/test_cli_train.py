@@ -73,6 +73,26 @@ def test_distill_black_box_caches_teacher_answers(tiny_dir, tmp_path, capsys):
     assert read_manifest(out / "model")["steps"][-1]["distill"] == "blackbox"
 
 
+def test_distill_from_cached_teacher_distributions(tiny_dir, tmp_path, capsys, monkeypatch):
+    """--objective cached: the teacher writes rows (kept in the self-generation cache with its top-k
+    distributions), text rows are mixed in, the student trains on both with CE-cost steps."""
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "cached"
+    args = ["distill", "--teacher", str(tiny_dir("llama")), "--student", str(tiny_dir("llama")),
+            "--objective", "cached", "--teacher-rows", "6", "--soft-topk", "8", str(out),
+            "--data", "default:calib", *TRAIN]
+    assert main(args) == 0, capsys.readouterr().err
+    step = read_manifest(out / "model")["steps"][-1]
+    assert step["distill"] == "cached" and step["soft_weight"] == 0.5
+    assert step["teacher_rows"]["n"] == 6 and step["teacher_rows"]["teacher_topk"] == 8
+    assert len(list((tmp_path / "cache" / "selfgen").glob("*.pt"))) == 1
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3]
+    code = main(["distill", "--teacher", str(tiny_dir("llama")), "--student", str(tiny_dir("llama")),
+                 "--objective", "cached", "--teacher-rows", "0", str(tmp_path / "bad"), *TRAIN])
+    assert code != 0 and "--teacher-rows" in capsys.readouterr().err
+
+
 def test_distill_refuses_missing_data(tiny_dir, tmp_path, capsys):
     code = main(["distill", "--teacher", str(tiny_dir("llama")), "--student", str(tiny_dir("llama")),
                  str(tmp_path / "x"), *TRAIN])

@@ -8,7 +8,11 @@ response scored). `--eval-data` is held-out text for the periodic eval loss.
 distill objectives: kl (forward KL), rkl, jsd, skl (skew KL) on the logits; hidden adds a
 hidden-state term (MSE, evenly mapped layers, a learned projection when widths differ) to forward
 KL; blackbox: the teacher answers the `--prompts` jsonl (cached next to OUT, resumable), answers
-are filtered and the student is fine-tuned on them (any two tokenizers).
+are filtered and the student is fine-tuned on them (any two tokenizers); cached: the teacher
+writes `--teacher-rows` rows itself and keeps its top-`--soft-topk` next-token distributions as
+it writes them, then the student trains on (1 - w) onehot + w x those distributions
+(`--soft-weight`) at the cost of plain cross-entropy, no teacher forward per step; `--data` rows,
+if given, are mixed in with cross-entropy only (one tokenizer).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 from slmkit.cli.args import add_config_args, config_from_args
 from slmkit.errors import SlmkitError
 
-OBJECTIVES = ("kl", "rkl", "jsd", "skl", "hidden", "blackbox")
+OBJECTIVES = ("kl", "rkl", "jsd", "skl", "hidden", "blackbox", "cached")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -58,6 +62,11 @@ def add_parser(sub):
     ds.add_argument("--teacher-tokens", type=int, default=256, help="blackbox: tokens per answer")
     ds.add_argument("--check", default=None, help="blackbox: keep answers whose final answer "
                     "matches the record's (gsm8k, exact)")
+    ds.add_argument("--teacher-rows", type=int, default=128, help="cached: rows of --seq-len tokens "
+                    "the teacher writes (sampled as self-generated calibration text; cached)")
+    ds.add_argument("--soft-topk", type=int, default=64, help="cached: teacher tokens kept per position")
+    ds.add_argument("--soft-weight", type=float, default=0.5,
+                    help="cached: weight of the teacher's distribution in the target (default 0.5)")
     _common(ds)
     add_config_args(ds, DistillConfig, "kd", "distillation options", prefixed_flags=False,
                     skip={"loss", "layer_map", "hidden_weight"})
@@ -125,6 +134,8 @@ def _distill(ns) -> int:
     teacher, t_tok = load(ns.teacher, ns.dtype)
     if ns.objective == "blackbox":
         return _blackbox(ns, student, s_tok, teacher, t_tok)
+    if ns.objective == "cached":
+        return _cached(ns, student, s_tok, teacher, t_tok)
     loss = {"kl": "fkl", "hidden": "fkl"}.get(ns.objective, ns.objective)
     kd = config_from_args(ns, DistillConfig, "kd", loss=loss,
                           hidden_weight=1.0 if ns.objective == "hidden" else 0.0)
@@ -157,4 +168,37 @@ def _blackbox(ns, student, s_tok, teacher, t_tok) -> int:
     data = sft_batches(s_tok, kept, ns.seq_len)
     _fit_and_save(ns, student, s_tok, CausalLM(), data, None,
                   {"distill": "blackbox", "teacher": ns.teacher, "answers": counts})
+    return 0
+
+
+def _cached(ns, student, s_tok, teacher, t_tok) -> int:
+    """Distillation from the teacher's cached top-k distributions over rows it wrote itself."""
+    import torch
+
+    from slmkit.data.selfgen import generate_with_teacher_targets
+    from slmkit.distill.objectives import check_same_tokenizer
+    from slmkit.train import Batches, CausalLM
+
+    check_same_tokenizer(s_tok, t_tok)
+    if ns.sft:
+        raise SlmkitError("--objective cached trains on rows the teacher writes; --sft does not apply "
+                          "(use --objective blackbox for prompt/response data)")
+    if ns.teacher_rows < 1:
+        raise SlmkitError(f"--teacher-rows must be >= 1, not {ns.teacher_rows}")
+    ids, soft_ids, soft_probs, gen = generate_with_teacher_targets(teacher, t_tok, ns.teacher_rows,
+                                                                   ns.seq_len, ns.soft_topk)
+    if ns.data:
+        text, held = _batches(ns, s_tok)
+        k = soft_ids.shape[-1]
+        ids = torch.cat([ids, text.ids])
+        soft_ids = torch.cat([soft_ids, torch.zeros(*text.ids.shape, k, dtype=soft_ids.dtype)])
+        soft_probs = torch.cat([soft_probs, torch.zeros(*text.ids.shape, k)])
+    else:
+        held = _batches(ns, s_tok)[1] if ns.eval_data else None
+    data = Batches(ids, soft_ids=soft_ids, soft_probs=soft_probs)
+    del teacher
+    _fit_and_save(ns, student, s_tok, CausalLM(soft_weight=ns.soft_weight), data, held,
+                  {"distill": "cached", "teacher": ns.teacher, "soft_weight": ns.soft_weight,
+                   "teacher_rows": {k: v for k, v in gen.items() if k != "cache_path"},
+                   "data": ns.data})
     return 0
