@@ -346,6 +346,8 @@ def test_teacher_targets_are_the_models_own_next_token_distributions(tiny_tok, t
     assert generate_calibration_text_with_provenance(model, tiny_tok, 3, 20, **kw)[1]["cache"] == "hit"
     with pytest.raises(SlmkitError, match="topk"):
         generate_with_teacher_targets(model, tiny_tok, 3, 20, 0, **kw)
+    with pytest.raises(SlmkitError, match="larger than the model's vocabulary"):
+        generate_with_teacher_targets(model, tiny_tok, 3, 20, 10 ** 6, **kw)
 
 
 def test_teacher_targets_are_zero_where_a_token_was_forced(tiny_tok):

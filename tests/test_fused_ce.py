@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from slmkit.errors import SlmkitError
 from slmkit.models import ARCHS
 from slmkit.models.tiny import tiny_model
 from slmkit.train import IGNORE, CausalLM, shifted_ce
@@ -135,6 +136,8 @@ def test_soft_targets_match_a_dense_mixed_target_loss_and_gradients(rows):
     torch.testing.assert_close(mine, ref, atol=1e-5, rtol=1e-5)
     for a, b in zip([hidden.grad, head.weight.grad, head.bias.grad], want):
         torch.testing.assert_close(a, 2 * b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(SlmkitError, match="outside the model's 50-token head"):
+        linear_cross_entropy(hidden, head, labels, soft=(soft_ids + 50, soft_probs), soft_weight=0.7)
     # soft_weight 0, or no soft targets, is plain cross-entropy
     plain = linear_cross_entropy(hidden, head, labels, rows=rows)
     assert torch.equal(linear_cross_entropy(hidden, head, labels, rows=rows, soft=(soft_ids, soft_probs)), plain)

@@ -296,6 +296,8 @@ def _self_generate(
         raise SlmkitError(f"batch_size must be >= 1, got {batch_size}")
     bos, eos = _special_ids(model, tokenizer)
     vocab = getattr(model.config, "vocab_size", None) or len(tokenizer)
+    if topk > vocab:
+        raise SlmkitError(f"topk {topk} is larger than the model's vocabulary ({vocab} tokens)")
     record = {
         "kind": "self-generated", "algorithm": ALGORITHM, "model_fingerprint": model_fingerprint(model),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),

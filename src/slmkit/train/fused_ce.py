@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from slmkit.errors import SlmkitError
 from slmkit.train.data import IGNORE
 
 if TYPE_CHECKING:
@@ -77,6 +78,13 @@ def ce_rows_(logits: torch.Tensor, target: torch.Tensor,
     soft = logits.sub_(lse[:, None]).exp_()                                # softmax, in place
     soft[torch.arange(soft.shape[0]), target] -= 1.0
     return loss, soft
+
+
+def check_soft_ids(soft_ids: torch.Tensor, vocab: int) -> None:
+    """Refuse soft-target ids a `vocab`-token head cannot score (before a gather fails deep in torch)."""
+    if soft_ids.numel() and int(soft_ids.max()) >= vocab:
+        raise SlmkitError(f"soft target token id {int(soft_ids.max())} is outside the model's "
+                          f"{vocab}-token head: were the targets made by a model with another vocabulary?")
 
 
 def soft_ce_rows_(logits: torch.Tensor, target: torch.Tensor, soft_ids: torch.Tensor,
@@ -189,6 +197,8 @@ def linear_cross_entropy(hidden: torch.Tensor, head: "nn.Linear", labels: torch.
     if soft is not None and not (soft[0].shape == soft[1].shape and soft[0].shape[:1] == labels.shape):
         raise ValueError(f"soft ids and probs [n, k] expected for {labels.shape[0]} positions, got "
                          f"{tuple(soft[0].shape)} and {tuple(soft[1].shape)}")
+    if soft is not None:
+        check_soft_ids(soft[0], head.weight.shape[0])
     rows = rows or chunk_rows(head.weight.shape[0])
     soft_ids, soft_probs = (None, None) if soft is None or not soft_weight else soft
     return _LinearCrossEntropy.apply(hidden, head.weight, head.bias, labels, rows,

@@ -40,8 +40,9 @@ def shifted_soft_ce(logits: "torch.Tensor", labels: "torch.Tensor", soft_ids: "t
     onehot(label) + soft_weight x its renormalised probs (the plain path of `soft_ce_rows_`)."""
     import torch
 
-    from slmkit.train.fused_ce import shift_labels
+    from slmkit.train.fused_ce import check_soft_ids, shift_labels
 
+    check_soft_ids(soft_ids, logits.shape[-1])
     target = shift_labels(labels).flatten()
     keep = target != IGNORE
     logp = torch.log_softmax(logits.flatten(0, 1).float(), -1)
