@@ -87,6 +87,14 @@ def check_soft_ids(soft_ids: torch.Tensor, vocab: int) -> None:
                           f"{vocab}-token head: were the targets made by a model with another vocabulary?")
 
 
+def soft_mix(soft_probs: torch.Tensor, soft_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(alpha [c, 1], q [c, k]) for soft_probs [c, k]: alpha is soft_weight where a row has soft
+    targets (probs not all zero) and 0 elsewhere; q is the probs renormalised to sum to alpha."""
+    mass = soft_probs.float().sum(-1, keepdim=True)
+    alpha = torch.where(mass > 0, float(soft_weight), 0.0)
+    return alpha, soft_probs.float() * (alpha / mass.clamp(min=1e-12))
+
+
 def soft_ce_rows_(logits: torch.Tensor, target: torch.Tensor, soft_ids: torch.Tensor,
                   soft_probs: torch.Tensor, soft_weight: float,
                   grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -94,9 +102,7 @@ def soft_ce_rows_(logits: torch.Tensor, target: torch.Tensor, soft_ids: torch.Te
     target distribution is (1 - soft_weight) onehot(target) + soft_weight q, with q the soft_probs
     renormalised over their ids soft_ids [c, k] (a teacher's top-k distribution); other rows keep
     onehot(target). Loss lse - sum_j target_j logits_j, gradient softmax(logits) - target."""
-    mass = soft_probs.float().sum(-1, keepdim=True)                        # [c, 1]
-    alpha = torch.where(mass > 0, soft_weight, 0.0)                        # [c, 1]
-    q = soft_probs.float() * (alpha / mass.clamp(min=1e-12))               # [c, k], rows sum to alpha
+    alpha, q = soft_mix(soft_probs, soft_weight)
     lse = logits.logsumexp(-1)
     picked = logits.gather(1, target[:, None])[:, 0]
     loss = lse - (1 - alpha[:, 0]) * picked - (q * logits.gather(1, soft_ids)).sum(-1)

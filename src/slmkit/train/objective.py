@@ -40,16 +40,13 @@ def shifted_soft_ce(logits: "torch.Tensor", labels: "torch.Tensor", soft_ids: "t
     onehot(label) + soft_weight x its renormalised probs (the plain path of `soft_ce_rows_`)."""
     import torch
 
-    from slmkit.train.fused_ce import check_soft_ids, shift_labels
+    from slmkit.train.fused_ce import check_soft_ids, shift_labels, soft_mix
 
     check_soft_ids(soft_ids, logits.shape[-1])
     target = shift_labels(labels).flatten()
     keep = target != IGNORE
     logp = torch.log_softmax(logits.flatten(0, 1).float(), -1)
-    probs = soft_probs.flatten(0, 1).float()
-    mass = probs.sum(-1, keepdim=True)
-    alpha = torch.where(mass > 0, float(soft_weight), 0.0)
-    q = probs * (alpha / mass.clamp(min=1e-12))
+    alpha, q = soft_mix(soft_probs.flatten(0, 1), soft_weight)
     rows = -(1 - alpha[:, 0]) * logp.gather(1, target.clamp(min=0)[:, None])[:, 0] \
         - (q * logp.gather(1, soft_ids.flatten(0, 1).long())).sum(-1)
     return (rows * keep).sum() / keep.sum().clamp(min=1)
