@@ -77,6 +77,8 @@ def configs(args):
     return {"rtn": RTNConfig(**common),
             "gptq": GPTQConfig(**gptq, clip_search=args.gptq_clip_search),
             "gptq-noclip": GPTQConfig(**gptq, clip_search=False),  # ablation: plain min/max grids
+            # the default with bf16 calibration passes (float32 statistics), whatever --calib-dtype says
+            "gptq-bf16": GPTQConfig(**{**gptq, "calib_dtype": "bfloat16"}, clip_search=args.gptq_clip_search),
             # per row, the better of the clip-searched and the plain-grid runs
             "gptq-guard": GPTQConfig(**gptq, clip_search=True, clip_guard=True),
             # the clip search weighted by diag H alone (default before session 17), or all columns equal
