@@ -91,6 +91,13 @@ def test_distill_from_cached_teacher_distributions(tiny_dir, tmp_path, capsys, m
     code = main(["distill", "--teacher", str(tiny_dir("llama")), "--student", str(tiny_dir("llama")),
                  "--objective", "cached", "--teacher-rows", "0", str(tmp_path / "bad"), *TRAIN])
     assert code != 0 and "--teacher-rows" in capsys.readouterr().err
+    # teacher rows alone, with held-out text for the eval loss (no --data needed)
+    alone = tmp_path / "alone"
+    assert main(["distill", "--teacher", str(tiny_dir("llama")), "--student", str(tiny_dir("llama")),
+                 "--objective", "cached", "--teacher-rows", "6", "--soft-topk", "8", str(alone),
+                 "--eval-data", "default:eval", *TRAIN]) == 0, capsys.readouterr().err
+    log = [json.loads(x) for x in (alone / "train_log.jsonl").read_text().splitlines()]
+    assert "eval_loss" in log[-1]
 
 
 def test_distill_refuses_missing_data(tiny_dir, tmp_path, capsys):

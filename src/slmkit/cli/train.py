@@ -74,13 +74,19 @@ def add_parser(sub):
 
 
 def _batches(ns, tok):
-    from slmkit.data.sources import load_text
-    from slmkit.train.sft import lm_batches, training_batches
+    from slmkit.train.sft import training_batches
 
     data = training_batches(tok, data=ns.data, sft=ns.sft, seq_len=ns.seq_len, max_rows=ns.max_rows,
                             prompt_key=ns.prompt_field, response_key=ns.response_field)
-    held = lm_batches(tok, load_text(ns.eval_data), ns.seq_len) if ns.eval_data else None
-    return data, held
+    return data, _held(ns, tok)
+
+
+def _held(ns, tok):
+    """The `--eval-data` rows, or None."""
+    from slmkit.data.sources import load_text
+    from slmkit.train.sft import lm_batches
+
+    return lm_batches(tok, load_text(ns.eval_data), ns.seq_len) if ns.eval_data else None
 
 
 def _fit_and_save(ns, model, tok, objective, data, held, report: dict) -> None:
@@ -187,14 +193,13 @@ def _cached(ns, student, s_tok, teacher, t_tok) -> int:
         raise SlmkitError(f"--teacher-rows must be >= 1, not {ns.teacher_rows}")
     ids, soft_ids, soft_probs, gen = generate_with_teacher_targets(teacher, t_tok, ns.teacher_rows,
                                                                    ns.seq_len, ns.soft_topk)
+    held = _held(ns, s_tok)
     if ns.data:
-        text, held = _batches(ns, s_tok)
+        text = _batches(ns, s_tok)[0]
         k = soft_ids.shape[-1]
         ids = torch.cat([ids, text.ids])
         soft_ids = torch.cat([soft_ids, torch.zeros(*text.ids.shape, k, dtype=soft_ids.dtype)])
-        soft_probs = torch.cat([soft_probs, torch.zeros(*text.ids.shape, k)])
-    else:
-        held = _batches(ns, s_tok)[1] if ns.eval_data else None
+        soft_probs = torch.cat([soft_probs, torch.zeros(*text.ids.shape, k, dtype=soft_probs.dtype)])
     data = Batches(ids, soft_ids=soft_ids, soft_probs=soft_probs)
     del teacher
     _fit_and_save(ns, student, s_tok, CausalLM(soft_weight=ns.soft_weight), data, held,
