@@ -111,7 +111,11 @@ def configs(args):
             # o and down scored by the decoder layer's output too
             "awq-layerall-duo-noclip": AWQConfig(**calibrated, scale_objective="layer_all", duo_scaling=True,
                                                  clip=False),
-            "awq-layerall-noclip": AWQConfig(**calibrated, scale_objective="layer_all", clip=False)}
+            "awq-layerall-noclip": AWQConfig(**calibrated, scale_objective="layer_all", clip=False),
+            # each site scored by the predicted loss change: first order from the calibration
+            # text's gradient plus the Fisher-weighted output error / 2
+            "awq-loss": AWQConfig(**calibrated, scale_objective="loss"),
+            "awq-loss-noclip": AWQConfig(**calibrated, scale_objective="loss", clip=False)}
 
 
 def peer_args(args, method: str) -> list[str]:

@@ -6,7 +6,8 @@ import torch
 from slmkit.compress.api import apply_rtn
 from slmkit.compress.calibrate import sequential
 from slmkit.compress.quantize.awq import (SITES, AWQConfig, GatedErrors, apply_awq, awq_scales, clip_weight,
-                                          fake_quantize, floored, guard_clip_by_layer, guard_gated_clip, output_mse, search_clip,
+                                          fake_quantize, floored, guard_clip_by_layer, guard_gated_clip, loss_change, output_mse,
+                                          search_clip,
                                           search_scale, search_scale_layer, weight_mean)
 from slmkit.compress.quantize.config import RTNConfig
 from slmkit.compress.quantize.rtn import rtn
@@ -417,6 +418,66 @@ def test_awq_with_fisher_weights_beats_rtn_and_changes_the_search(model_type):
     assert max(fisher) <= 1.0
 
 
+def test_loss_change_predicts_the_loss_change_of_a_small_weight_change():
+    """loss_change(w, gram, grad, fisher)(w + dw) is the model's mean-loss change when one linear
+    moves by a small dw (first order dominates there: the prediction flips sign with dw), from the
+    gradient and Fisher weights of `loss_sensitivity` and the linear's input Gram matrix."""
+    from slmkit.compress.sensitivity import loss_sensitivity
+
+    model = tiny_model("llama", seed=3)
+    target = all_targets(model)[5]
+    sens = loss_sensitivity(model, CALIB, [target], weight_grads=True)
+    with ActivationStats({"x": target.module}, gram=True) as st, torch.no_grad():
+        model(CALIB)
+    w = target.weight().clone()
+    error = loss_change(w, st.stats["x"].gram, sens.grads[target.name], sens.fisher[target.name])
+
+    def loss():
+        with torch.no_grad():
+            return model(CALIB, labels=CALIB).loss.item()
+    base = loss()
+    dw = 0.02 * w.abs().mean() * torch.randn(w.shape, generator=gen(1))
+    for sign in (1, -1):
+        target.set_weight(w + sign * dw)
+        actual = loss() - base
+        predicted = error(w + sign * dw)
+        assert abs(predicted - actual) < 0.1 * abs(actual) and abs(actual) > 1e-5
+    target.set_weight(w)
+    assert error(w) == 0.0
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_awq_loss_objective_lowers_the_loss_on_its_gradient_rows(model_type):
+    """scale_objective="loss": every site records its predicted loss change, at most plain RTN's
+    (r = 0 is a candidate); on the calibration rows the gradient came from, the quantized model's
+    loss is lower than RTN's and than the linear objective's (which never sees the first-order
+    term) and its choices differ; the model gets no gradients or requires_grad flags out of it."""
+    from slmkit.compress import quantize
+
+    def loss(model):
+        with torch.no_grad():
+            return model(CALIB, labels=CALIB).loss.item()
+
+    def quantized(cfg, calib=CALIB):
+        model = with_outliers(tiny_model(model_type, seed=0))
+        flags = [p.requires_grad for p in model.parameters()]
+        quantize(model, cfg, calib, pack_weights=False)
+        assert [p.requires_grad for p in model.parameters()] == flags
+        assert all(p.grad is None for p in model.parameters())
+        return model
+
+    common = dict(bits=4, group_size=32, n_grid=5, clip=False)
+    by_loss = quantized(AWQConfig(**common, scale_objective="loss", gradient_rows=8))
+    by_rtn = quantized(RTNConfig(bits=4, group_size=32), None)
+    by_mse = quantized(AWQConfig(**common))
+    assert loss(by_loss) < min(loss(by_rtn), loss(by_mse)) - 1e-3
+    sites = by_loss._slmkit_steps[-1]["sites"]
+    assert len(sites) == len(by_mse._slmkit_steps[-1]["sites"])
+    assert all(r["objective"] == "loss" and r["predicted_dl"] <= r["predicted_dl_rtn"] for r in sites)
+    assert any(r["ratio"] > 0 for r in sites)
+    assert [r["ratio"] for r in sites] != [r["ratio"] for r in by_mse._slmkit_steps[-1]["sites"]]
+
+
 def test_tie_channels_averages_over_the_query_heads_sharing_a_kv_head():
     model = tiny_model("llama")  # 4 query heads of 16 dims, 2 kv heads
     tie = scale_groups(model, 0)[1].prev.tie
@@ -534,7 +595,8 @@ def test_awq_skip_list_keeps_skipped_linears_exact(model_type, skip_role):
                                  dict(bits=9), dict(group_size=0), dict(n_grid=2.5),
                                  dict(duo_scaling="yes"), dict(scale_objective="block"),
                                  dict(probe_rows=0), dict(clip_floor=-1.0),
-                                 dict(output_weights="hessian"), dict(fisher_rows=0)])
+                                 dict(output_weights="hessian"), dict(fisher_rows=0),
+                                 dict(gradient_rows=0), dict(scale_objective="Loss")])
 def test_awq_refuses_bad_configs(bad):
     with pytest.raises(SlmkitError):
         apply_awq(tiny_model("llama"), AWQConfig(**bad), SMALL)

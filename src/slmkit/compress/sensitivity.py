@@ -1,6 +1,7 @@
 """How much each output channel of each linear matters to the model's loss: a diagonal Fisher
 estimate, E[(dL/dy_c)^2] over tokens for output channel c of a linear y = x W^T, where L is the
-next-token cross-entropy on calibration sequences (the empirical Fisher, as SqueezeLLM uses).
+next-token cross-entropy on calibration sequences (the empirical Fisher, as SqueezeLLM uses);
+and, optionally, the gradient of the mean token loss with respect to each linear's weight.
 
 A layer-wise objective such as "the linear's output MSE" weighs an error in every output channel
 the same. The model does not: on Qwen2.5-Coder-0.5B, AWQ's scales at o_proj cut o's output MSE
@@ -10,12 +11,19 @@ Weighting each row's error by its Fisher weight turns the output MSE into a seco
 estimate of the loss increase, (y_hat - y)^T diag(F) (y_hat - y) / 2, with the usual separable
 approximation E_t[g_tc^2 e_tc^2] ~ E_t[g_tc^2] E_t[e_tc^2].
 
-`output_fisher` runs one forward and backward pass of the (float) model per calibration
-sequence with no parameter gradients, only the outputs of the target linears keep theirs.
+That estimate leaves out the first-order term <dW, dL/dW>: zero in expectation only where the
+model has converged on the text. On Qwen2.5-Coder-0.5B at 4 bits it is as large as the
+second-order term at most sites and decides whether a quantization step helps or hurts a text
+(benchmarks/diag/awq_first_order.py); the weight gradients give it (`loss_sensitivity`).
+
+`loss_sensitivity` runs one forward and backward pass of the (float) model per calibration
+sequence; only the target weights (with `weight_grads`) and the target linears' outputs take
+gradients.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from slmkit.errors import SlmkitError
@@ -27,9 +35,24 @@ if TYPE_CHECKING:
     from slmkit.compress.targets import Target
 
 
+@dataclass
+class Sensitivity:
+    fisher: dict[str, "torch.Tensor"]   # per target name, E[(dL/dy)^2] [out] over calibration tokens
+    grads: dict[str, "torch.Tensor"]    # per target name, d(mean token loss)/dW [out, in] (float32),
+    #                                     empty unless asked for
+
+
 def output_fisher(model, calib: "torch.Tensor", targets: list["Target"]) -> dict[str, "torch.Tensor"]:
     """Per target name, E[(dL/dy)^2] [out] over the tokens of `calib` [n, length] (float32, the
     model's own dtype for the passes), L the summed next-token cross-entropy of each sequence."""
+    return loss_sensitivity(model, calib, targets).fisher
+
+
+def loss_sensitivity(model, calib: "torch.Tensor", targets: list["Target"], *,
+                     weight_grads: bool = False) -> Sensitivity:
+    """`output_fisher`'s weights and, with `weight_grads`, each target's weight gradient of the
+    mean next-token loss over `calib` [n, length] (as [out, in], whatever the module's layout;
+    one float32 tensor the size of each weight). The model is left as it was."""
     import torch
     import torch.nn.functional as F
 
@@ -51,21 +74,34 @@ def output_fisher(model, calib: "torch.Tensor", targets: list["Target"]) -> dict
     hooks.append(embeddings.register_forward_hook(lambda m, a, out: out.detach().requires_grad_()))
     hooks += [t.module.register_forward_hook(keep_grad(t.name)) for t in targets]
     was_training = model.training
-    flags = [p.requires_grad for p in model.parameters()]
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    old_grads = [p.grad for p in params]
     try:
         model.eval()
-        for p in model.parameters():
+        for p in params:
             p.requires_grad_(False)
-        with torch.enable_grad(), progress_bar("Fisher weights", calib.shape[0], unit="rows") as advance:
+            p.grad = None
+        if weight_grads:
+            for t in targets:
+                t.module.weight.requires_grad_(True)
+        with torch.enable_grad(), progress_bar("Loss sensitivity", calib.shape[0], unit="rows") as advance:
             for row in calib.split(1):
                 logits = model(input_ids=row, use_cache=False).logits[0, :-1].float()
                 F.cross_entropy(logits, row[0, 1:], reduction="sum").backward()
                 tokens += row.shape[1]
                 advance(1)
+        predicted = calib.shape[0] * (calib.shape[1] - 1)
+        grads = {}
+        if weight_grads:
+            for t in targets:
+                g = t.module.weight.grad.float() / predicted
+                grads[t.name] = g.T.contiguous() if t.conv1d else g
     finally:
         for h in hooks:
             h.remove()
-        for p, flag in zip(model.parameters(), flags):
+        for p, flag, old in zip(params, flags, old_grads):
             p.requires_grad_(flag)
+            p.grad = old
         model.train(was_training)
-    return {name: s / tokens for name, s in sums.items()}
+    return Sensitivity({name: s / tokens for name, s in sums.items()}, grads)

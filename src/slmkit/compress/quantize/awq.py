@@ -14,6 +14,10 @@ error shrinks. Per input site of a decoder layer:
    o and down, scored by their own output there too, keep the exact Gram objective); with
    "layer_all" o and down are scored by the layer's output too (o's error then passes through
    the MLP's norm and nonlinearity before it is counted);
+   With `scale_objective="loss"` every site is scored by the predicted change of the model's
+   loss, first order <dW, dL/dW> plus the Fisher-weighted output error / 2, from the float model's
+   gradients on calibration text: on Qwen2.5-Coder-0.5B the first-order term, which no output
+   error sees, is as large as the second-order one and decides whether a scale helps a text;
    With `duo_scaling`, candidates s = mean|x|^r / mean|w_hat|^(1-r) are tried too (w_hat: the
    weights divided by their group's max |w|, averaged over output rows), as AutoAWQ and
    llm-compressor do;
@@ -60,7 +64,7 @@ from slmkit.compress.quantize.rtn import (
     rtn,
 )
 from slmkit.compress.smooth import fold_scales, group_stats, scale_groups, tie_channels
-from slmkit.compress.sensitivity import output_fisher
+from slmkit.compress.sensitivity import loss_sensitivity, output_fisher
 from slmkit.compress.targets import Target, all_targets, layer_targets
 from slmkit.errors import SlmkitError
 from slmkit.models.arch import get_arch
@@ -98,12 +102,16 @@ class AWQConfig(RTNConfig):
         "help": "then keep each linear's clip (gate's and up's together) only where it lowers the "
                 "decoder layer's output error on `probe_rows` calibration sequences, tried in "
                 "forward order from plain grids (float32; one layer pass per clipped linear)"})
-    scale_objective: Literal["linear", "layer", "layer_all"] = field(default="linear", metadata={
+    scale_objective: Literal["linear", "layer", "layer_all", "loss"] = field(default="linear", metadata={
         "help": "what the scale search minimises: linear = the site's linears' output MSE over every "
                 "calibration token (from the Gram matrix); layer = at the sites fed by a norm (q/k/v, "
                 "gate/up), the decoder layer's output MSE on `probe_rows` calibration sequences "
                 "(float32, one layer pass per grid point); o and down keep their own output MSE; "
-                "layer_all = the layer's output MSE at every site, o and down too"})
+                "layer_all = the layer's output MSE at every site, o and down too; loss = the "
+                "predicted change of the model's loss, <dW, dL/dW> + the Fisher-weighted output MSE "
+                "/ 2, from the float model's gradients on `gradient_rows` calibration sequences (one "
+                "forward and backward pass each; r = 0, plain RTN, wins unless a scale is predicted "
+                "to lower it)"})
     probe_rows: int = field(default=4, metadata={
         "help": "calibration sequences the layer objective and the layer guard run per trial"})
     duo_scaling: bool = field(default=False, metadata={
@@ -116,6 +124,10 @@ class AWQConfig(RTNConfig):
                 "pass of the float model each, `slmkit.compress.sensitivity`)"})
     fisher_rows: int = field(default=8, metadata={
         "help": "calibration sequences the Fisher weights are estimated on (output_weights=fisher)"})
+    gradient_rows: int = field(default=64, metadata={
+        "help": "calibration sequences the loss objective's gradients and Fisher weights come from "
+                "(scale_objective=loss): the first-order term's sign changes between draws of 16; "
+                "rows the model wrote itself add noise to it (their expected gradient is zero)"})
     sites: list[str] = field(default_factory=lambda: list(SITES), metadata={
         "help": "input sites whose scales are searched: attn_in (q/k/v), attn_out (o), mlp_in "
                 "(gate/up), mlp_out (down); the others keep s = 1 (plain RTN grids, still clipped)"})
@@ -130,10 +142,10 @@ class AWQConfig(RTNConfig):
             raise SlmkitError(f"AWQ sites must be a list from {list(SITES)}, not {self.sites!r}")
         if self.output_weights not in ("uniform", "fisher"):
             raise SlmkitError(f"AWQ output_weights must be 'uniform' or 'fisher', not {self.output_weights!r}")
-        if self.scale_objective not in ("linear", "layer", "layer_all"):
-            raise SlmkitError("AWQ scale_objective must be 'linear', 'layer' or 'layer_all', "
+        if self.scale_objective not in ("linear", "layer", "layer_all", "loss"):
+            raise SlmkitError("AWQ scale_objective must be 'linear', 'layer', 'layer_all' or 'loss', "
                               f"not {self.scale_objective!r}")
-        for name in ("n_grid", "clip_grid", "batch_size", "probe_rows", "fisher_rows"):
+        for name in ("n_grid", "clip_grid", "batch_size", "probe_rows", "fisher_rows", "gradient_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SlmkitError(f"AWQ {name} must be an integer >= 1, not {value!r}")
@@ -214,6 +226,20 @@ def output_mse(dw: torch.Tensor, gram: torch.Tensor, row_weights: torch.Tensor |
     `row_weights` [out] (e.g. Fisher weights), each output row's error is multiplied by its weight."""
     rows = row_output_errors(dw, gram)
     return (rows if row_weights is None else rows * row_weights).mean()
+
+
+def loss_change(w: torch.Tensor, gram: torch.Tensor, grad: torch.Tensor, fisher: torch.Tensor):
+    """-> error(wq): the predicted change of the mean token loss when linears w [out, in] become
+    wq, to second order: <wq - w, grad> + sum_c fisher_c * mean_t (x_t dw_c)^2 / 2, from the
+    weights' loss gradient grad [out, in], the outputs' diagonal Fisher weights [out] and the
+    inputs' Gram matrix X^T X / n [in, in] (`slmkit.compress.sensitivity`). Unlike an output
+    error it can be negative: a rounding may lower the loss on the text the gradient came from."""
+    w, gram, grad, fisher = w.float(), gram.float(), grad.float(), fisher.float()
+
+    def error(wq: torch.Tensor) -> float:
+        dw = wq - w
+        return float((dw * grad).sum() + 0.5 * (row_output_errors(dw, gram) * fisher).sum())
+    return error
 
 
 def scale_candidates(x_mean: torch.Tensor, w: torch.Tensor, group_size: int | None, n_grid: int = 20,
@@ -420,8 +446,13 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
         raise SlmkitError("AWQ needs calibration data: token ids [n, length] (see slmkit.data.calibration_set)")
     store: dict[str, QuantizedWeight] = {}
     sites: list[dict] = []                    # what the scale search chose where (`site_record`)
-    fisher = (output_fisher(model, calib[:cfg.fisher_rows], all_targets(model, tuple(cfg.skip)))
-              if cfg.output_weights == "fisher" else {})
+    fisher, grads = {}, {}
+    if cfg.scale_objective == "loss":
+        sens = loss_sensitivity(model, calib[:cfg.gradient_rows], all_targets(model, tuple(cfg.skip)),
+                                weight_grads=True)
+        fisher, grads = sens.fisher, sens.grads
+    elif cfg.output_weights == "fisher":
+        fisher = output_fisher(model, calib[:cfg.fisher_rows], all_targets(model, tuple(cfg.skip)))
 
     def on_layer(index, layer, run):
         groups = scale_groups(model, index)
@@ -429,7 +460,7 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
         with group_stats(groups, gram=True) as st:
             run()
         grams = {}
-        score = run.probe(cfg.probe_rows) if cfg.scale_objective != "linear" else None
+        score = run.probe(cfg.probe_rows) if cfg.scale_objective in ("layer", "layer_all") else None
         for g in groups:  # 1-2: every scale first, so a linear absorbing one is quantized after it
             stats, targets = st.stats[g.site], [t for t in g.linears if t.name in quantized]
             grams[g.site] = stats.gram                             # [in, in]
@@ -438,7 +469,13 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             w = torch.cat([t.weight().float() for t in targets])   # [sum of out, in]
             # the search uses the first target's grid (per-module overrides rarely split a site)
             # o and down (absorbed by a linear) keep their own output's error unless layer_all
-            if score is None or (g.prev.target is not None and cfg.scale_objective == "layer"):
+            if cfg.scale_objective == "loss":
+                error = loss_change(w, grams[g.site], torch.cat([grads.pop(t.name) for t in targets]),
+                                    torch.cat([fisher[t.name] for t in targets]))
+                s, r, errors = search_scale(stats.mean_abs, None, w, *grid_for(cfg, targets[0]), cfg.n_grid,
+                                            cfg.duo_scaling, error, g.prev.tie)
+                objective = "loss"
+            elif score is None or (g.prev.target is not None and cfg.scale_objective == "layer"):
                 row_weights = torch.cat([fisher[t.name] for t in targets]) if fisher else None
                 s, r, errors = search_scale(stats.mean_abs, floored(grams[g.site], cfg.scale_floor), w,
                                             *grid_for(cfg, targets[0]), cfg.n_grid, cfg.duo_scaling,
@@ -451,6 +488,8 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             sites.append(site_record(index, g.site, objective, r, errors, cfg.n_grid))
             fold_scales(g, s)
             grams[g.site] = grams[g.site] / (s[:, None] * s[None, :])  # inputs are now x / s
+        for name in quantized:                                      # sites left unscaled
+            grads.pop(name, None)
         shrinks: dict[str, torch.Tensor] = {}                       # 3: clip search
         site_targets = [(g, t) for g in groups for t in g.linears if t.name in quantized]
         if cfg.clip and cfg.max_shrink > 0:
@@ -483,5 +522,7 @@ def site_record(layer: int, site: str, objective: str, ratio: float, errors: lis
     candidate won, and the objective's error there relative to plain RTN's (r = 0; below 1 = the
     scale helped on the calibration data)."""
     best = min(range(len(errors)), key=errors.__getitem__)
-    return {"layer": layer, "site": site, "objective": objective, "ratio": ratio, "duo": best >= n_grid,
-            "error_vs_rtn": errors[best] / errors[0] if errors[0] > 0 else 1.0}
+    record = {"layer": layer, "site": site, "objective": objective, "ratio": ratio, "duo": best >= n_grid}
+    if objective == "loss":  # a signed loss change: a ratio to RTN's would mean nothing
+        return record | {"predicted_dl": errors[best], "predicted_dl_rtn": errors[0]}
+    return record | {"error_vs_rtn": errors[best] / errors[0] if errors[0] > 0 else 1.0}
