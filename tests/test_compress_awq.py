@@ -605,3 +605,50 @@ def test_awq_refuses_bad_configs(bad):
 def test_awq_needs_calibration():
     with pytest.raises(SlmkitError, match="calibration"):
         apply_awq(tiny_model("llama"), AWQConfig(), None)
+
+
+def test_rescale_sensitivity_keeps_predicted_loss_changes_after_a_fold():
+    """After fold_scales, rescaled gradients and Fisher weights predict the same loss change for
+    the same function change: a weight change dW of the float linears equals dW * s (columns) in
+    the folded ones, and v's rows (o's absorber, tied under GQA) carry o's scale too."""
+    from slmkit.compress.quantize.awq import rescale_sensitivity, row_loss_changes
+    from slmkit.compress.sensitivity import loss_sensitivity
+
+    model = tiny_model("llama", seed=0)   # grouped-query attention: o's scales are tied
+    targets = layer_targets(model, 0)
+    sens = loss_sensitivity(model, CALIB[:2], targets, weight_grads=True)
+    grads, fisher = dict(sens.grads), dict(sens.fisher)
+    group = next(g for g in scale_groups(model, 0) if g.site == "attn_out")
+    v = next(t for t in targets if t.role == "v")
+    o = next(t for t in targets if t.role == "o")
+    gram_v, gram_o = torch.eye(v.weight().shape[1]), torch.eye(o.weight().shape[1])
+    dv = 0.01 * torch.randn(v.weight().shape, generator=gen(2))
+    do = 0.01 * torch.randn(o.weight().shape, generator=gen(3))
+    before = (row_loss_changes(dv, gram_v, grads[v.name], fisher[v.name]).sum()
+              + row_loss_changes(do, gram_o, grads[o.name], fisher[o.name]).sum())
+    s = tie_channels(torch.rand(group.in_features, generator=gen(4)) + 0.5, group.prev.tie)
+    per_row = torch.zeros(v.weight().shape[0]).scatter_(0, group.prev.tie, s)
+    fold_scales(group, s)
+    rescale_sensitivity(group, s, grads, fisher)
+    # the same function change in folded units: v's rows over s, o's columns times s (o's inputs
+    # are x / s: its Gram over s s^T, as apply_awq keeps it)
+    after = (row_loss_changes(dv / per_row[:, None], gram_v, grads[v.name], fisher[v.name]).sum()
+             + row_loss_changes(do * s[None, :], gram_o / (s[:, None] * s[None, :]), grads[o.name],
+                                fisher[o.name]).sum())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-9)
+    assert not torch.equal(grads[o.name], sens.grads[o.name])
+
+
+def test_guard_clip_by_loss_unclips_rows_whose_predicted_loss_it_raises():
+    """A row keeps its clip only where the clip lowers its predicted loss change: with a gradient that
+    rewards the clipped rounding on row 0 and punishes it on row 1, only row 0 stays clipped."""
+    from slmkit.compress.quantize.awq import guard_clip_by_loss
+
+    w = torch.randn(2, 64, generator=gen(5))
+    w[:, 0] = 8.0                                     # an outlier a clip will cut
+    shrink = torch.full((2, 2), 0.5)
+    dw = fake_quantize(w, 4, 32, False, shrink) - fake_quantize(w, 4, 32, False)
+    grad = torch.stack([-dw[0], dw[1]]) * 100          # row 0 gains from the clip, row 1 loses
+    gram, fisher = torch.eye(64) * 1e-6, torch.zeros(2)
+    assert guard_clip_by_loss(w, shrink, gram, grad, fisher, 4, 32, False) == 1
+    assert torch.equal(shrink, torch.tensor([[0.5, 0.5], [1.0, 1.0]]))

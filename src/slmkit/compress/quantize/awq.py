@@ -23,7 +23,7 @@ error shrinks. Per input site of a decoder layer:
    llm-compressor do;
 2. fold s into the previous op (exact in float);
 3. clip search, per linear (not q/k/qkv): shrink each (row, group)'s range by a factor
-   1 - i/clip_grid > 1 - max_shrink to minimise that group's output error, then two guards:
+   1 - i/clip_grid > 1 - max_shrink to minimise that group's output error, then guards:
    a. per row, the clip is kept only where it lowers the row's *full* output error (the per-group
       search ignores the cross-group terms, and on Qwen2.5 about a fifth of the rows come out
       worse than unclipped);
@@ -36,6 +36,8 @@ error shrinks. Per input site of a decoder layer:
    c. per linear, in forward order from plain grids, the clip is kept only where it lowers the
       whole decoder layer's output error on `probe_rows` calibration sequences (`layer_guard`):
       on Qwen2.5-Coder-0.5B clips that pass a and b still cost perplexity in domain as well as out;
+   with the loss objective, before c, each row's clip is kept only where it lowers the row's
+   predicted loss change (first order included; `guard_clip_by_loss`);
 4. RTN on the clipped weight.
 
 Output errors come from each site's Gram matrix X^T X / n (collected once per layer), not from
@@ -237,9 +239,43 @@ def loss_change(w: torch.Tensor, gram: torch.Tensor, grad: torch.Tensor, fisher:
     w, gram, grad, fisher = w.float(), gram.float(), grad.float(), fisher.float()
 
     def error(wq: torch.Tensor) -> float:
-        dw = wq - w
-        return float((dw * grad).sum() + 0.5 * (row_output_errors(dw, gram) * fisher).sum())
+        return float(row_loss_changes(wq - w, gram, grad, fisher).sum())
     return error
+
+
+def row_loss_changes(dw: torch.Tensor, gram: torch.Tensor, grad: torch.Tensor, fisher: torch.Tensor) -> torch.Tensor:
+    """`loss_change`'s prediction split by output row [out] (both of its terms are sums over rows)."""
+    return (dw * grad).sum(-1) + 0.5 * row_output_errors(dw, gram) * fisher
+
+
+def rescale_sensitivity(group, s: torch.Tensor, grads: dict, fisher: dict) -> None:
+    """After `fold_scales(group, s)`: the loss gradients and Fisher weights of the linears it changed,
+    in their new units (columns times s: gradient / s; an absorbing linear's rows over s: gradient
+    and output times s, Fisher times s^2), so predicted loss changes stay exact to the same order."""
+    for t in group.linears:
+        if t.name in grads:
+            grads[t.name] = grads[t.name] / s[None, :]
+    prev = group.prev
+    if prev.target is None or prev.target.name not in grads:
+        return
+    per_row = s if prev.tie is None else torch.zeros(int(prev.tie.max()) + 1).scatter_(0, prev.tie, s)
+    rows = prev.rows or slice(None)
+    grads[prev.target.name][rows] *= per_row[:, None]
+    fisher[prev.target.name] = fisher[prev.target.name].clone()
+    fisher[prev.target.name][rows] *= per_row ** 2
+
+
+@torch.no_grad()
+def guard_clip_by_loss(w: torch.Tensor, shrink: torch.Tensor, gram: torch.Tensor, grad: torch.Tensor,
+                       fisher: torch.Tensor, bits: int, group_size: int | None, symmetric: bool) -> int:
+    """Undo the clip of each row of w [out, in] (shrink [out, n_groups], in place) whose predicted
+    loss change (`row_loss_changes`) it does not lower; returns the number of rows unclipped."""
+    w = w.float()
+    clipped = row_loss_changes(fake_quantize(w, bits, group_size, symmetric, shrink) - w, gram, grad, fisher)
+    plain = row_loss_changes(fake_quantize(w, bits, group_size, symmetric) - w, gram, grad, fisher)
+    worse = clipped >= plain
+    shrink[worse] = 1.0
+    return int(worse.sum())
 
 
 def scale_candidates(x_mean: torch.Tensor, w: torch.Tensor, group_size: int | None, n_grid: int = 20,
@@ -470,7 +506,7 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             # the search uses the first target's grid (per-module overrides rarely split a site)
             # o and down (absorbed by a linear) keep their own output's error unless layer_all
             if cfg.scale_objective == "loss":
-                error = loss_change(w, grams[g.site], torch.cat([grads.pop(t.name) for t in targets]),
+                error = loss_change(w, grams[g.site], torch.cat([grads[t.name] for t in targets]),
                                     torch.cat([fisher[t.name] for t in targets]))
                 s, r, errors = search_scale(stats.mean_abs, None, w, *grid_for(cfg, targets[0]), cfg.n_grid,
                                             cfg.duo_scaling, error, g.prev.tie)
@@ -488,8 +524,8 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             sites.append(site_record(index, g.site, objective, r, errors, cfg.n_grid))
             fold_scales(g, s)
             grams[g.site] = grams[g.site] / (s[:, None] * s[None, :])  # inputs are now x / s
-        for name in quantized:                                      # sites left unscaled
-            grads.pop(name, None)
+            if grads:
+                rescale_sensitivity(g, s, grads, fisher)
         shrinks: dict[str, torch.Tensor] = {}                       # 3: clip search
         site_targets = [(g, t) for g in groups for t in g.linears if t.name in quantized]
         if cfg.clip and cfg.max_shrink > 0:
@@ -503,6 +539,11 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             if cfg.clip_guard and "gate" in roles and "up" in roles:
                 guard_gated_clip(get_arch(model).gated_mlp_act(layer), roles["gate"], roles["up"],
                                  shrinks, cfg, run)
+            if grads:  # the loss objective: keep a row's clip only where it lowers the predicted loss
+                for g, t in site_targets:
+                    if t.name in shrinks:
+                        guard_clip_by_loss(t.weight(), shrinks[t.name], grams[g.site], grads[t.name],
+                                           fisher[t.name], *grid_for(cfg, t))
             if cfg.layer_guard and shrinks:
                 guard_clip_by_layer([t for _, t in site_targets], shrinks, cfg, run.probe(cfg.probe_rows))
         for g, t in site_targets:                                   # 4
@@ -510,6 +551,8 @@ def apply_awq(model: "nn.Module", cfg: AWQConfig, calib: torch.Tensor | None) ->
             qw = rtn(clip_weight(t.weight().float(), shrinks.get(t.name), group_size), bits, group_size, symmetric)
             t.set_weight(qw.dequantize())
             store[t.name] = qw
+        for name in quantized:                                      # this layer's gradients are done
+            grads.pop(name, None)
 
     sequential(model, calib, on_layer, batch_size=cfg.batch_size, description="AWQ", dtype=cfg.calib_dtype)
     model._slmkit_quantize_report = {"sites": sites}
