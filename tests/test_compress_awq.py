@@ -380,7 +380,7 @@ def test_awq_beats_rtn_with_activation_outliers(model_type, objective):
     """W4 g32, same grid: logits MSE vs the float model (held-out ids) lower with AWQ, with either
     scale objective."""
     rtn_err, awq_err = rtn_and_awq_errors(lambda: with_outliers(tiny_model(model_type, seed=0)),
-                                          AWQConfig(bits=4, group_size=32, scale_objective=objective))
+                                          AWQConfig(bits=4, group_size=32, scale_objective=objective, clip=True))
     print(f"{model_type} ({objective}): logits MSE rtn {rtn_err:.3g} awq {awq_err:.3g} ratio {awq_err / rtn_err:.2f}")
     assert awq_err < 0.8 * rtn_err
 
@@ -404,13 +404,15 @@ def test_awq_with_fisher_weights_beats_rtn_and_changes_the_search(model_type):
     recorded errors differ from the plain objective's, and it still beats RTN on the logits."""
     from slmkit.compress import quantize
 
-    cfg = AWQConfig(bits=4, group_size=32, output_weights="fisher", fisher_rows=2)
+    cfg = AWQConfig(bits=4, group_size=32, clip=True, scale_objective="linear", output_weights="fisher",
+                    fisher_rows=2)
     rtn_err, awq_err = rtn_and_awq_errors(lambda: with_outliers(tiny_model(model_type, seed=0)), cfg)
     assert awq_err < 0.8 * rtn_err
 
     def record(output_weights):
         model = with_outliers(tiny_model(model_type, seed=0))
-        quantize(model, AWQConfig(bits=4, group_size=32, n_grid=5, clip=False, output_weights=output_weights,
+        quantize(model, AWQConfig(bits=4, group_size=32, n_grid=5, clip=False, scale_objective="linear",
+                                  output_weights=output_weights,
                                   fisher_rows=2), CALIB, pack_weights=False)
         return [round(r["error_vs_rtn"], 6) for r in model._slmkit_steps[-1]["sites"]]
     fisher, uniform = record("fisher"), record("uniform")
@@ -469,7 +471,7 @@ def test_awq_loss_objective_lowers_the_loss_on_its_gradient_rows(model_type):
     common = dict(bits=4, group_size=32, n_grid=5, clip=False)
     by_loss = quantized(AWQConfig(**common, scale_objective="loss", gradient_rows=8))
     by_rtn = quantized(RTNConfig(bits=4, group_size=32), None)
-    by_mse = quantized(AWQConfig(**common))
+    by_mse = quantized(AWQConfig(**common, scale_objective="linear"))
     assert loss(by_loss) < min(loss(by_rtn), loss(by_mse)) - 1e-3
     sites = by_loss._slmkit_steps[-1]["sites"]
     assert len(sites) == len(by_mse._slmkit_steps[-1]["sites"])
@@ -500,7 +502,7 @@ def test_awq_scales_o_under_grouped_query_attention(model_type):
         return model
 
     rtn_err, awq_err = rtn_and_awq_errors(lambda: v_outliers(tiny_model(model_type, seed=0)),
-                                          AWQConfig(bits=4, group_size=32))
+                                          AWQConfig(bits=4, group_size=32, scale_objective="linear", clip=True))
     print(f"{model_type}: logits MSE rtn {rtn_err:.3g} awq {awq_err:.3g} ratio {awq_err / rtn_err:.2f}")
     assert awq_err < 0.5 * rtn_err
 
@@ -571,7 +573,7 @@ def test_awq_skip_list_keeps_skipped_linears_exact(model_type, skip_role):
     are scaled, but its outputs stay those of the float model."""
     original, model = tiny_model(model_type, seed=3), tiny_model(model_type, seed=3)
     down_before = [t.weight().clone() for t in all_targets(model) if t.role == "down"]
-    store = apply_awq(model, AWQConfig(bits=4, group_size=16, skip=[skip_role, "down"]), SMALL)
+    store = apply_awq(model, AWQConfig(bits=4, group_size=16, skip=[skip_role, "down"], scale_objective="linear"), SMALL)
     assert {t.role for t in all_targets(model) if t.name in store} == \
         {t.role for t in all_targets(model)} - {skip_role, "down"}
     # nothing else reads down's input, so down is untouched
@@ -596,7 +598,8 @@ def test_awq_skip_list_keeps_skipped_linears_exact(model_type, skip_role):
                                  dict(duo_scaling="yes"), dict(scale_objective="block"),
                                  dict(probe_rows=0), dict(clip_floor=-1.0),
                                  dict(output_weights="hessian"), dict(fisher_rows=0),
-                                 dict(gradient_rows=0), dict(scale_objective="Loss")])
+                                 dict(gradient_rows=0), dict(scale_objective="Loss"),
+                                 dict(output_weights="fisher")])
 def test_awq_refuses_bad_configs(bad):
     with pytest.raises(SlmkitError):
         apply_awq(tiny_model("llama"), AWQConfig(**bad), SMALL)

@@ -83,8 +83,9 @@ NO_CLIP_ROLES = ("q", "k", "qkv")
 class AWQConfig(RTNConfig):
     n_grid: int = field(default=20, metadata={
         "help": "points of the scale-exponent grid r = 0, 1/n, ..., (n-1)/n (s = mean|x|^r)"})
-    clip: bool = field(default=True, metadata={
-        "help": "search a per-group clipping range after scaling (not for q/k/qkv)"})
+    clip: bool = field(default=False, metadata={
+        "help": "search a per-group clipping range after scaling (not for q/k/qkv); off by default: "
+                "on Qwen2.5-Coder-0.5B every guarded clip cost perplexity on both texts"})
     clip_grid: int = field(default=20, metadata={"help": "clip factors 1 - i/clip_grid are tried"})
     max_shrink: float = field(default=0.5, metadata={
         "help": "largest fraction of a group's range clipping may cut, in [0, 1)"})
@@ -104,7 +105,7 @@ class AWQConfig(RTNConfig):
         "help": "then keep each linear's clip (gate's and up's together) only where it lowers the "
                 "decoder layer's output error on `probe_rows` calibration sequences, tried in "
                 "forward order from plain grids (float32; one layer pass per clipped linear)"})
-    scale_objective: Literal["linear", "layer", "layer_all", "loss"] = field(default="linear", metadata={
+    scale_objective: Literal["linear", "layer", "layer_all", "loss"] = field(default="loss", metadata={
         "help": "what the scale search minimises: linear = the site's linears' output MSE over every "
                 "calibration token (from the Gram matrix); layer = at the sites fed by a norm (q/k/v, "
                 "gate/up), the decoder layer's output MSE on `probe_rows` calibration sequences "
@@ -144,6 +145,10 @@ class AWQConfig(RTNConfig):
             raise SlmkitError(f"AWQ sites must be a list from {list(SITES)}, not {self.sites!r}")
         if self.output_weights not in ("uniform", "fisher"):
             raise SlmkitError(f"AWQ output_weights must be 'uniform' or 'fisher', not {self.output_weights!r}")
+        if self.output_weights == "fisher" and self.scale_objective != "linear":
+            raise SlmkitError("AWQ output_weights='fisher' weighs the linear objective's rows; set "
+                              f"scale_objective='linear' (it is {self.scale_objective!r}; the loss "
+                              "objective has Fisher weights of its own)")
         if self.scale_objective not in ("linear", "layer", "layer_all", "loss"):
             raise SlmkitError("AWQ scale_objective must be 'linear', 'layer', 'layer_all' or 'loss', "
                               f"not {self.scale_objective!r}")
