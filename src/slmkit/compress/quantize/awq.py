@@ -572,7 +572,8 @@ def site_record(layer: int, site: str, objective: str, ratio: float, errors: lis
                 n_grid: int) -> dict:
     """What the scale search chose at one site: the exponent r, whether the weight-aware (duo)
     candidate won, and the objective's error there relative to plain RTN's (r = 0; below 1 = the
-    scale helped on the calibration data)."""
+    scale helped on the calibration data); for the loss objective, the predicted loss changes of
+    the choice and of RTN (`predicted_dl`, `predicted_dl_rtn`; signed, in nats per token)."""
     best = min(range(len(errors)), key=errors.__getitem__)
     record = {"layer": layer, "site": site, "objective": objective, "ratio": ratio, "duo": best >= n_grid}
     if objective == "loss":  # a signed loss change: a ratio to RTN's would mean nothing
