@@ -6,9 +6,8 @@ import torch
 from slmkit.compress.api import apply_rtn
 from slmkit.compress.calibrate import sequential
 from slmkit.compress.quantize.awq import (SITES, AWQConfig, GatedErrors, apply_awq, awq_scales, clip_weight,
-                                          fake_quantize, floored, guard_clip_by_layer, guard_gated_clip, loss_change, output_mse,
-                                          search_clip,
-                                          search_scale, search_scale_layer, weight_mean)
+                                          fake_quantize, floored, guard_clip_by_layer, guard_gated_clip, output_mse,
+                                          search_clip, search_scale, search_scale_layer, weight_mean)
 from slmkit.compress.quantize.config import RTNConfig
 from slmkit.compress.quantize.rtn import rtn
 from slmkit.compress.smooth import (ActivationStats, ScaleGroup, fold_scales,
@@ -420,66 +419,6 @@ def test_awq_with_fisher_weights_beats_rtn_and_changes_the_search(model_type):
     assert max(fisher) <= 1.0
 
 
-def test_loss_change_predicts_the_loss_change_of_a_small_weight_change():
-    """loss_change(w, gram, grad, fisher)(w + dw) is the model's mean-loss change when one linear
-    moves by a small dw (first order dominates there: the prediction flips sign with dw), from the
-    gradient and Fisher weights of `loss_sensitivity` and the linear's input Gram matrix."""
-    from slmkit.compress.sensitivity import loss_sensitivity
-
-    model = tiny_model("llama", seed=3)
-    target = all_targets(model)[5]
-    sens = loss_sensitivity(model, CALIB, [target], weight_grads=True)
-    with ActivationStats({"x": target.module}, gram=True) as st, torch.no_grad():
-        model(CALIB)
-    w = target.weight().clone()
-    error = loss_change(w, st.stats["x"].gram, sens.grads[target.name], sens.fisher[target.name])
-
-    def loss():
-        with torch.no_grad():
-            return model(CALIB, labels=CALIB).loss.item()
-    base = loss()
-    dw = 0.02 * w.abs().mean() * torch.randn(w.shape, generator=gen(1))
-    for sign in (1, -1):
-        target.set_weight(w + sign * dw)
-        actual = loss() - base
-        predicted = error(w + sign * dw)
-        assert abs(predicted - actual) < 0.1 * abs(actual) and abs(actual) > 1e-5
-    target.set_weight(w)
-    assert error(w) == 0.0
-
-
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-def test_awq_loss_objective_lowers_the_loss_on_its_gradient_rows(model_type):
-    """scale_objective="loss": every site records its predicted loss change, at most plain RTN's
-    (r = 0 is a candidate); on the calibration rows the gradient came from, the quantized model's
-    loss is lower than RTN's and than the linear objective's (which never sees the first-order
-    term) and its choices differ; the model gets no gradients or requires_grad flags out of it."""
-    from slmkit.compress import quantize
-
-    def loss(model):
-        with torch.no_grad():
-            return model(CALIB, labels=CALIB).loss.item()
-
-    def quantized(cfg, calib=CALIB):
-        model = with_outliers(tiny_model(model_type, seed=0))
-        flags = [p.requires_grad for p in model.parameters()]
-        quantize(model, cfg, calib, pack_weights=False)
-        assert [p.requires_grad for p in model.parameters()] == flags
-        assert all(p.grad is None for p in model.parameters())
-        return model
-
-    common = dict(bits=4, group_size=32, n_grid=5, clip=False)
-    by_loss = quantized(AWQConfig(**common, scale_objective="loss", gradient_rows=8))
-    by_rtn = quantized(RTNConfig(bits=4, group_size=32), None)
-    by_mse = quantized(AWQConfig(**common, scale_objective="linear"))
-    assert loss(by_loss) < min(loss(by_rtn), loss(by_mse)) - 1e-3
-    sites = by_loss._slmkit_steps[-1]["sites"]
-    assert len(sites) == len(by_mse._slmkit_steps[-1]["sites"])
-    assert all(r["objective"] == "loss" and r["predicted_dl"] <= r["predicted_dl_rtn"] for r in sites)
-    assert any(r["ratio"] > 0 for r in sites)
-    assert [r["ratio"] for r in sites] != [r["ratio"] for r in by_mse._slmkit_steps[-1]["sites"]]
-
-
 def test_tie_channels_averages_over_the_query_heads_sharing_a_kv_head():
     model = tiny_model("llama")  # 4 query heads of 16 dims, 2 kv heads
     tie = scale_groups(model, 0)[1].prev.tie
@@ -608,50 +547,3 @@ def test_awq_refuses_bad_configs(bad):
 def test_awq_needs_calibration():
     with pytest.raises(SlmkitError, match="calibration"):
         apply_awq(tiny_model("llama"), AWQConfig(), None)
-
-
-def test_rescale_sensitivity_keeps_predicted_loss_changes_after_a_fold():
-    """After fold_scales, rescaled gradients and Fisher weights predict the same loss change for
-    the same function change: a weight change dW of the float linears equals dW * s (columns) in
-    the folded ones, and v's rows (o's absorber, tied under GQA) carry o's scale too."""
-    from slmkit.compress.quantize.awq import rescale_sensitivity, row_loss_changes
-    from slmkit.compress.sensitivity import loss_sensitivity
-
-    model = tiny_model("llama", seed=0)   # grouped-query attention: o's scales are tied
-    targets = layer_targets(model, 0)
-    sens = loss_sensitivity(model, CALIB[:2], targets, weight_grads=True)
-    grads, fisher = dict(sens.grads), dict(sens.fisher)
-    group = next(g for g in scale_groups(model, 0) if g.site == "attn_out")
-    v = next(t for t in targets if t.role == "v")
-    o = next(t for t in targets if t.role == "o")
-    gram_v, gram_o = torch.eye(v.weight().shape[1]), torch.eye(o.weight().shape[1])
-    dv = 0.01 * torch.randn(v.weight().shape, generator=gen(2))
-    do = 0.01 * torch.randn(o.weight().shape, generator=gen(3))
-    before = (row_loss_changes(dv, gram_v, grads[v.name], fisher[v.name]).sum()
-              + row_loss_changes(do, gram_o, grads[o.name], fisher[o.name]).sum())
-    s = tie_channels(torch.rand(group.in_features, generator=gen(4)) + 0.5, group.prev.tie)
-    per_row = torch.zeros(v.weight().shape[0]).scatter_(0, group.prev.tie, s)
-    fold_scales(group, s)
-    rescale_sensitivity(group, s, grads, fisher)
-    # the same function change in folded units: v's rows over s, o's columns times s (o's inputs
-    # are x / s: its Gram over s s^T, as apply_awq keeps it)
-    after = (row_loss_changes(dv / per_row[:, None], gram_v, grads[v.name], fisher[v.name]).sum()
-             + row_loss_changes(do * s[None, :], gram_o / (s[:, None] * s[None, :]), grads[o.name],
-                                fisher[o.name]).sum())
-    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-9)
-    assert not torch.equal(grads[o.name], sens.grads[o.name])
-
-
-def test_guard_clip_by_loss_unclips_rows_whose_predicted_loss_it_raises():
-    """A row keeps its clip only where the clip lowers its predicted loss change: with a gradient that
-    rewards the clipped rounding on row 0 and punishes it on row 1, only row 0 stays clipped."""
-    from slmkit.compress.quantize.awq import guard_clip_by_loss
-
-    w = torch.randn(2, 64, generator=gen(5))
-    w[:, 0] = 8.0                                     # an outlier a clip will cut
-    shrink = torch.full((2, 2), 0.5)
-    dw = fake_quantize(w, 4, 32, False, shrink) - fake_quantize(w, 4, 32, False)
-    grad = torch.stack([-dw[0], dw[1]]) * 100          # row 0 gains from the clip, row 1 loses
-    gram, fisher = torch.eye(64) * 1e-6, torch.zeros(2)
-    assert guard_clip_by_loss(w, shrink, gram, grad, fisher, 4, 32, False) == 1
-    assert torch.equal(shrink, torch.tensor([[0.5, 0.5], [1.0, 1.0]]))

@@ -192,6 +192,14 @@ def tie_channels(v: torch.Tensor, tie: torch.Tensor | None) -> torch.Tensor:
 
 
 @torch.no_grad()
+def absorber_scales(prev: Absorber, s: torch.Tensor) -> torch.Tensor:
+    """The site's scales s [in] per absorber channel: s itself, or under a tie (grouped-query
+    attention) the scale each tied channel takes (one value per channel, assumed equal across it)."""
+    if prev.tie is None:
+        return s
+    return torch.zeros(int(prev.tie.max()) + 1).scatter_(0, prev.tie, s)
+
+
 def fold_scales(group: ScaleGroup, s: torch.Tensor) -> None:
     """Multiply the input columns of every linear in `group` by s [in] and make the absorber emit
     x / s: the float model computes the same function (up to rounding)."""
@@ -206,7 +214,7 @@ def fold_scales(group: ScaleGroup, s: torch.Tensor) -> None:
     if tie is None:
         absorb(group.prev, s)
     else:
-        per_row = torch.zeros(int(tie.max()) + 1).scatter_(0, tie, s)
+        per_row = absorber_scales(group.prev, s)
         if not torch.allclose(per_row[tie], s, rtol=1e-5, atol=0):
             raise SlmkitError(
                 f"scales for {group.site} must be equal across the query heads that share a kv head "

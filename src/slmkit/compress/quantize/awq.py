@@ -69,7 +69,7 @@ from slmkit.compress.quantize.rtn import (
     quantize_column,
     rtn,
 )
-from slmkit.compress.smooth import fold_scales, group_stats, scale_groups, tie_channels
+from slmkit.compress.smooth import absorber_scales, fold_scales, group_stats, scale_groups, tie_channels
 from slmkit.compress.sensitivity import loss_sensitivity, output_fisher
 from slmkit.compress.targets import Target, all_targets, layer_targets
 from slmkit.errors import SlmkitError
@@ -267,7 +267,7 @@ def rescale_sensitivity(group, s: torch.Tensor, grads: dict, fisher: dict) -> No
     prev = group.prev
     if prev.target is None or prev.target.name not in grads:
         return
-    per_row = s if prev.tie is None else torch.zeros(int(prev.tie.max()) + 1).scatter_(0, prev.tie, s)
+    per_row = absorber_scales(prev, s)
     rows = prev.rows or slice(None)
     grads[prev.target.name][rows] *= per_row[:, None]
     fisher[prev.target.name] = fisher[prev.target.name].clone()
