@@ -30,6 +30,7 @@ demo: setup
 	$(VENV)/bin/slmkit shrink default
 
 test: setup
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 clean:

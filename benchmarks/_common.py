@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
+FETCH_MODELS = "python ../shared/models/get_models.py --out models all"
+
+
+def model_arg(value: str) -> str:
+    """A model option (argparse type): "default" (the embedded SmolLM2), a hub id or a local folder.
+    A folder under a `models/` directory that does not exist stops the run, naming the command that
+    fetches it."""
+    path = Path(value)
+    if "models" in path.parts[:-1] and not path.exists():
+        raise SystemExit(f"{value}: no such folder; from the clone's root, fetch the models with "
+                         f"`{FETCH_MODELS}` (benchmarks/README.md)")
+    return value
 
 
 def machine() -> dict:
-    from slmkit.models.dtype import cpu_flags, describe_policy
+    from slmkit.models.dtype import describe_policy
+    from slmkit.runtime.cpu import cpu_flags
 
     model = "?"
     try:
@@ -43,8 +58,9 @@ def write_result(topic: str, payload: dict) -> Path:
     from slmkit.models.manifest import versions
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    payload = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": machine(),
-               "versions": versions(), **payload}
+    argv = [Path(sys.executable).name, *sys.argv]
+    payload = {"command": shlex.join(argv), "argv": argv, "date": datetime.date.today().isoformat(),
+               "machine": machine(), "versions": versions(), **payload}
     out = RESULTS / f"{topic}.json"
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")

@@ -7,8 +7,8 @@ The threshold is chosen on half of the items (even positions) as the cheapest on
 so the reported share is not fitted to the items it is reported on. The whole curve
 (accuracy vs fraction sent to the large model, every threshold) is plotted.
 
-    python benchmarks/cascade.py --small /work/models/qwen2.5-coder-0.5b-instruct \\
-        --large /work/models/qwen2.5-coder-1.5b-instruct [--data ../shared/data/wordnet_mc_dev.jsonl]
+    python benchmarks/cascade.py --small models/qwen2.5-coder-0.5b-instruct \\
+        --large models/qwen2.5-coder-1.5b-instruct [--data ../shared/data/wordnet_mc_dev.jsonl]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import AUSTEN, RESULTS, write_result  # noqa: E402
+from _common import AUSTEN, RESULTS, model_arg, write_result  # noqa: E402
 
 MC = AUSTEN.parent / "wordnet_mc_dev.jsonl"
 
@@ -83,8 +83,8 @@ def plot(points, small_acc, large_acc, path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", required=True)
-    ap.add_argument("--large", required=True)
+    ap.add_argument("--small", type=model_arg, required=True)
+    ap.add_argument("--large", type=model_arg, required=True)
     ap.add_argument("--data", default=str(MC))
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--keep", type=float, default=0.95)

@@ -2,8 +2,8 @@
 speculative decoding with (a) the plain small draft, (b) drafts slmkit makes (the draft quantized
 to int4 by slmkit, prompt-lookup n-gram drafting), greedy, side by side in one run.
 
-    python benchmarks/collab.py --target /work/models/qwen2.5-coder-1.5b-instruct \\
-        --draft /work/models/qwen2.5-coder-0.5b-instruct [--prompts 20] [--new-tokens 128] \\
+    python benchmarks/collab.py --target models/qwen2.5-coder-1.5b-instruct \\
+        --draft models/qwen2.5-coder-0.5b-instruct [--prompts 20] [--new-tokens 128] \\
         [--dtype float32] [--tag _qwen]
     python benchmarks/collab.py --target default --drafts self-int4,self-depth,lookup --tag _smollm2
 
@@ -29,14 +29,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import AUSTEN, write_result  # noqa: E402
+from _common import AUSTEN, model_arg, write_result  # noqa: E402
 
 FAQ = AUSTEN.parent / "python_faq_qa.jsonl"
 
 
 def prompts(tok, n: int) -> list[list[int]]:
     from slmkit.data.sources import read_jsonl
-    from slmkit.eval.generation import build_prompt
+    from slmkit.generate.greedy import build_prompt
 
     qa = read_jsonl(FAQ)
     prose = AUSTEN.read_text(encoding="utf-8").split("\n\n")
@@ -94,8 +94,8 @@ def top2_gap(lm, ids: list[int], out: list[int], ref: list[int]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", required=True)
-    ap.add_argument("--draft", default=None, help="a smaller model with the target's tokenizer")
+    ap.add_argument("--target", type=model_arg, required=True)
+    ap.add_argument("--draft", type=model_arg, default=None, help="a smaller model with the target's tokenizer")
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--k", type=int, default=4)
@@ -147,7 +147,6 @@ def main() -> int:
         elif d == "self-depth":
             from slmkit.compress import DepthPruneConfig, prune
             from slmkit.data import build_calibration
-
             from slmkit.models import get_arch
 
             m = copy.deepcopy(target_m).float()

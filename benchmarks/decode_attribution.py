@@ -5,7 +5,7 @@ process (5 rounds of `--steps` decode steps after a 128-token prompt, medians).
     python benchmarks/decode_attribution.py --model RUN/03-quantize/model [--source default] [--tag _smollm2]
 
 Rows: the source in bf16; the checkpoint with separate q/k/v and gate/up kernel calls and aten's
-int8 head; + slmkit's native int8 head; + fused siblings (`quantize/fuse.py`), which is what
+int8 head; + slmkit's native int8 head; + fused siblings (`runtime/fuse.py`), which is what
 `slmkit.models.load` gives.
 """
 
@@ -22,22 +22,22 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import write_result  # noqa: E402
+from _common import model_arg, write_result  # noqa: E402
 
 
 def load_variant(path: str, fuse: bool, native_int8: bool):
     from slmkit.models import load
 
-    checkpoint = importlib.import_module("slmkit.compress.quantize.checkpoint")
-    original = checkpoint.fuse_shared_inputs
+    fuse = importlib.import_module("slmkit.runtime.fuse")
+    original = fuse.fuse_shared_inputs
     if not fuse:
-        checkpoint.fuse_shared_inputs = lambda model: 0
+        fuse.fuse_shared_inputs = lambda sites: 0
     try:
         model, _ = load(path, "float32")
     finally:
-        checkpoint.fuse_shared_inputs = original
+        fuse.fuse_shared_inputs = original
     if not native_int8:
-        from slmkit.compress.quantize.kernels import Int8Linear
+        from slmkit.runtime.kernels import Int8Linear
 
         for m in model.modules():
             if type(m) is Int8Linear:
@@ -62,7 +62,7 @@ def decode_tok_s(model, ids, steps: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="an integer-kernel slmkit checkpoint folder")
+    ap.add_argument("--model", type=model_arg, required=True, help="an integer-kernel slmkit checkpoint folder")
     ap.add_argument("--source", default="default", help="the bf16 original to compare with")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=64)

@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import write_result  # noqa: E402
+from _common import model_arg, write_result  # noqa: E402
 
 
 def decode_ms(model, ids, tokens: int, after_prompt=lambda: None) -> float:
@@ -76,7 +76,7 @@ def breakdown(model, ids, tokens: int) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", type=model_arg, default="default")
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--tokens", type=int, default=64)
@@ -88,9 +88,9 @@ def main() -> int:
     from rich.table import Table
 
     from slmkit.compress.api import quantize
-    from slmkit.compress.quantize import native
     from slmkit.compress.quantize.config import RTNConfig
     from slmkit.models import load
+    from slmkit.runtime import native
 
     base, tok = load(args.model, "bfloat16")
     ids = torch.randint(100, 1000, (1, args.prompt), generator=torch.Generator().manual_seed(0))

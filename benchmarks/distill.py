@@ -28,13 +28,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import eval_texts, ppl_function, write_result  # noqa: E402
+from _common import eval_texts, model_arg, ppl_function, write_result  # noqa: E402
 
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", default="lowrank,throughput")
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", type=model_arg, default="default")
     ap.add_argument("--eval-tokens", type=int, default=25600)
     ap.add_argument("--window", type=int, default=2048)
     ap.add_argument("--lowrank-keep", type=float, default=0.8, help="fraction of linear params kept")

@@ -24,7 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import timed, write_result  # noqa: E402
+from _common import model_arg, timed, write_result  # noqa: E402
 
 MC_FILE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wordnet_mc_dev.jsonl"
 
@@ -75,7 +75,7 @@ def argmax(xs):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", type=model_arg, default="default")
     ap.add_argument("--dtype", default="auto", help="auto = the prefill dtype for this CPU")
     ap.add_argument("--max-length", type=int, default=2048)
     ap.add_argument("--docs", type=int, default=None, help="use only the first N eval documents")

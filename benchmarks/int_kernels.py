@@ -57,9 +57,9 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from slmkit.compress.quantize import native
-    from slmkit.compress.quantize.kernels import make_linear
-    from slmkit.compress.quantize.rtn import rtn
+    from slmkit.runtime import native
+    from slmkit.runtime.kernels import make_linear
+    from slmkit.runtime.qweight import rtn
 
     def torch_int4(qw):  # PyTorch's int4 kernel, as used where the native one does not build
         os.environ["SLMKIT_NATIVE"] = "0"

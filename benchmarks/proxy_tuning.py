@@ -9,8 +9,8 @@ model's (checked and printed), otherwise the ratio means nothing. Default task: 
 (their `<<a*b=c>>` calculator notes and `#### N` endings are a format the untuned models do not
 produce).
 
-    python benchmarks/proxy_tuning.py --small /work/models/qwen2.5-coder-0.5b-instruct \\
-        --large /work/models/qwen2.5-coder-1.5b-instruct [--train-n 100] [--test-n 50]
+    python benchmarks/proxy_tuning.py --small models/qwen2.5-coder-0.5b-instruct \\
+        --large models/qwen2.5-coder-1.5b-instruct [--train-n 100] [--test-n 50]
 
 Alpha: proxy tuning's strength is scored as a sweep (`--alphas`) from the same three forward
 passes per item. The headline is alpha = 1 (the paper's setting); the sweep's best alpha is
@@ -39,15 +39,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import AUSTEN, write_result  # noqa: E402
+from _common import AUSTEN, model_arg, write_result  # noqa: E402
 
 GSM8K = AUSTEN.parent / "gsm8k_train250.jsonl"
 
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--small", required=True)
-    ap.add_argument("--large", required=True)
+    ap.add_argument("--small", type=model_arg, required=True)
+    ap.add_argument("--large", type=model_arg, required=True)
     ap.add_argument("--data", default=str(GSM8K), help="jsonl with question/answer records")
     ap.add_argument("--prompt-key", default="question")
     ap.add_argument("--response-key", default="answer")

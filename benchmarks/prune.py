@@ -20,13 +20,13 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import RESULTS, eval_texts, ppl_function, run_llmc, timed, write_result  # noqa: E402
+from _common import RESULTS, eval_texts, model_arg, ppl_function, run_llmc, timed, write_result  # noqa: E402
 from slmkit.compress.prune.config import MASK_SCOPES  # noqa: E402
 
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", type=model_arg, default="default")
     ap.add_argument("--methods", default="magnitude,wanda,sparsegpt",
                     help="slmkit's unstructured methods ('none': only the peer and/or structured rows)")
     ap.add_argument("--patterns", default="0.5,2:4", help="sparsities and/or N:M patterns")

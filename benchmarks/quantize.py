@@ -25,12 +25,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import RESULTS, eval_texts, ppl_function, run_llmc, timed, write_result  # noqa: E402
+from _common import RESULTS, eval_texts, model_arg, ppl_function, run_llmc, timed, write_result  # noqa: E402
 
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", type=model_arg, default="default")
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--symmetric", action="store_true", help="symmetric grids (the peer's W4A16)")

@@ -20,12 +20,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import write_result  # noqa: E402
+from _common import model_arg, write_result  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", type=model_arg, default="default")
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--prompt", type=int, default=512, help="prompt tokens for prefill")
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -42,9 +42,8 @@ def main() -> int:
     from slmkit.data import calibration_set, embedded_text
     from slmkit.eval.speed import SpeedConfig, speed
     from slmkit.models import load
-
-    from slmkit.compress.quantize import native
     from slmkit.models.dtype import auto_dtype_name, resolve_dtype
+    from slmkit.runtime import native
 
     base, tok = load(args.model, "float32")
     pre = auto_dtype_name("prefill")

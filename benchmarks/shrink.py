@@ -23,14 +23,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import write_result  # noqa: E402
+from _common import model_arg, write_result  # noqa: E402
 
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", default="default,quantize-only")
     ap.add_argument("--runs", default="runs/bench", help="folder for one run per recipe")
-    ap.add_argument("--model", default=None, help="override the recipes' model")
+    ap.add_argument("--model", type=model_arg, default=None, help="override the recipes' model")
     ap.add_argument("--speed-rounds", type=int, default=5, help="side-by-side speed rounds (0: skip)")
     ap.add_argument("--tag", default="")
     return ap.parse_args()

@@ -22,12 +22,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import PEER_PY, ROOT, write_result  # noqa: E402
+from _common import PEER_PY, ROOT, model_arg, write_result  # noqa: E402
 
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default")
+    ap.add_argument("--model", type=model_arg, default="default")
     ap.add_argument("--patterns", default="0.5,2:4")
     ap.add_argument("--damp", type=float, default=0.01)
     ap.add_argument("--block-size", type=int, default=128)

@@ -3,8 +3,8 @@ module hooks, for slmkit's loop under several draft-stop policies and for transf
 generation, prompt by prompt (one JSON line each). A diagnostic beside benchmarks/collab.py,
 which gives the acceptance table.
 
-    python benchmarks/spec_probe.py --target /work/models/qwen2.5-coder-1.5b-instruct \\
-        --draft /work/models/qwen2.5-coder-0.5b-instruct --dtype bfloat16 --prompts 4 \\
+    python benchmarks/spec_probe.py --target models/qwen2.5-coder-1.5b-instruct \\
+        --draft models/qwen2.5-coder-0.5b-instruct --dtype bfloat16 --prompts 4 \\
         --policies k4,joint0.5,conf0.6,hf
 
 Policies: `k4` (k = 4 adaptive up to 12, no stop: slmkit's default), `confP` (k = 20, stop after
@@ -27,6 +27,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _common import model_arg  # noqa: E402
 from collab import prompts  # noqa: E402
 
 
@@ -67,8 +68,8 @@ def policy(name: str) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", required=True)
-    ap.add_argument("--draft", required=True)
+    ap.add_argument("--target", type=model_arg, required=True)
+    ap.add_argument("--draft", type=model_arg, required=True)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=128)

@@ -18,12 +18,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import write_result  # noqa: E402
+from _common import model_arg, write_result  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+", help="model folders, hub ids or 'default'; the first is the reference")
+    ap.add_argument("models", nargs="+", type=model_arg, help="model folders, hub ids or 'default'; the first is the reference")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--new", type=int, default=128)

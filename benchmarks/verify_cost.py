@@ -4,7 +4,7 @@ PyTorch's plain nn.Linear and through slmkit's few-token linears (slmkit.models.
 native dense_gemm kernel where it applies), over a 200-token KV cache, best of --repeats,
 token counts and paths interleaved.
 
-    python benchmarks/verify_cost.py --model /work/models/qwen2.5-coder-1.5b-instruct \
+    python benchmarks/verify_cost.py --model models/qwen2.5-coder-1.5b-instruct \
         --dtypes float32,bfloat16 --tag _qwen15b
 """
 
@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import write_result  # noqa: E402
+from _common import model_arg, write_result  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True)
+    ap.add_argument("--model", type=model_arg, required=True)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--tokens", default="1,2,5,8")
     ap.add_argument("--repeats", type=int, default=5)
@@ -37,9 +37,9 @@ def main() -> int:
     from transformers import DynamicCache
 
     from slmkit.models import load
-    from slmkit.models.dtype import cpu_flags, has_native_bf16
     from slmkit.models.kvcache import cache_kwargs
     from slmkit.models.narrow import narrow_linears
+    from slmkit.runtime.cpu import cpu_flags, has_native_bf16
 
     counts = [int(n) for n in args.tokens.split(",")]
     gen = torch.Generator().manual_seed(0)

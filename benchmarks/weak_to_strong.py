@@ -7,7 +7,7 @@ Training rows are the exact strings the multiple-choice scorer reads ("Question:
 plus " choice"), with the loss on the answer tokens only, so fine-tuning and evaluation agree.
 The models may have different tokenizers: the labels are text.
 
-    python benchmarks/weak_to_strong.py --weak default --strong /work/models/qwen2.5-coder-0.5b-instruct
+    python benchmarks/weak_to_strong.py --weak default --strong models/qwen2.5-coder-0.5b-instruct
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _common import AUSTEN, write_result  # noqa: E402
+from _common import AUSTEN, model_arg, write_result  # noqa: E402
 
 MC = AUSTEN.parent / "wordnet_mc_dev.jsonl"
 
 
 def parse_args():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weak", required=True)
-    ap.add_argument("--strong", required=True)
+    ap.add_argument("--weak", type=model_arg, required=True)
+    ap.add_argument("--strong", type=model_arg, required=True)
     ap.add_argument("--data", default=str(MC))
     ap.add_argument("--test-every", type=int, default=3, help="every Nth item is held out")
     ap.add_argument("--epochs", type=int, default=2)

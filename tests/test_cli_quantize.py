@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from slmkit.cli.main import main
-from slmkit.compress.quantize.kernels import Int4Linear, Int8Linear
 from slmkit.models import load, read_manifest
+from slmkit.runtime.kernels import Int4Linear, Int8Linear
 
 
 def test_quantize_gptq_with_override_writes_a_reloadable_checkpoint(tiny_dir, tmp_path, capsys):

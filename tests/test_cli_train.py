@@ -124,9 +124,9 @@ def test_lowrank_cli_saves_factors_that_slmkit_reloads(tiny_dir, tmp_path, capsy
 
 
 def test_lowrank_model_recovers_by_distillation_and_stays_factored(tiny_dir, tmp_path, capsys):
-    from slmkit.compress.lowrank.svd import LowRankLinear
     from slmkit.data import embedded_text
     from slmkit.data.chunk import chunk, token_stream
+    from slmkit.runtime.lowrank import LowRankLinear
 
     dense = tiny_dir("llama")
     factored = tmp_path / "lr"

@@ -1,12 +1,25 @@
 """Speculative decoding on tiny models: greedy output equals the target's, sampled output follows
-the target's distribution (chi-square), caches roll back, drafters behave."""
+the target's distribution (chi-square), caches roll back, drafters behave; the rejection rule
+itself on hand-made target and draft distributions far apart."""
 
 import pytest
 import torch
 
 from slmkit.collab import LocalLM, ModelDrafter, PromptLookupDrafter, speculative_generate
+from slmkit.collab.speculative import _verify
 from slmkit.errors import SlmkitError
 from slmkit.models.tiny import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Token-by-token decoding and thousands of verifications on tiny rows: on a shared 2-core
+    machine a second intra-op thread mostly waits for the other core (a 2-row softmax took ~8 ms
+    instead of ~30 us; this file took 5 minutes instead of 40 s)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def greedy_reference(lm: LocalLM, prompt: list[int], n: int) -> list[int]:
@@ -139,3 +152,66 @@ def test_eos_stops_generation(pair):
     eos = ref[4]
     out, _ = speculative_generate(target, ModelDrafter(draft), prompt, 10, eos_token_id=eos)
     assert out == ref[: ref.index(eos) + 1]
+
+
+# ---- the rejection rule on hand-made distributions (no models) ---------------------------------
+P = torch.tensor([0.50, 0.30, 0.10, 0.07, 0.03])   # the target's next-token distribution
+Q = torch.tensor([0.05, 0.10, 0.15, 0.30, 0.40])   # a draft far from it: sum min(P, Q) = 0.35
+P_NEXT = torch.tensor([0.10, 0.05, 0.15, 0.40, 0.30])  # the target's distribution one token later
+
+
+def verify_many(q: torch.Tensor | None, n: int, temperature: float, seed: int):
+    """n single-draft rounds: the draft is drawn from q (or fixed at token 0 when q is None, a
+    deterministic drafter) -> (accepted count, counts of the first emitted token [vocab], counts of
+    the bonus token after an accepted draft [vocab])."""
+    gen = torch.Generator().manual_seed(seed)
+    # p_logits are logits at `temperature`: softmax(p_logits / temperature) = P, P_NEXT
+    p_logits = torch.stack([P.log(), P_NEXT.log()]) * temperature
+    drafts = torch.multinomial(q, n, replacement=True, generator=gen).tolist() if q is not None else [0] * n
+    first, bonus, accepted = torch.zeros(len(P)), torch.zeros(len(P)), 0
+    for d in drafts:
+        n_ok, token = _verify(p_logits, [d], None if q is None else q[None], temperature, gen)
+        assert n_ok in (0, 1)
+        accepted += n_ok
+        first[d if n_ok else token] += 1
+        if n_ok:
+            bonus[token] += 1
+    return accepted, first, bonus
+
+
+def assert_follows(counts: torch.Tensor, probs: torch.Tensor, what: str):
+    from scipy.stats import chisquare
+
+    pvalue = chisquare(counts.numpy(), (probs * counts.sum()).numpy()).pvalue
+    freq = [round(v, 3) for v in (counts / counts.sum()).tolist()]
+    want = [round(v, 3) for v in probs.tolist()]
+    assert pvalue > 1e-4, f"{what}: frequencies {freq} vs {want} (chi-square p = {pvalue:.1e})"
+
+
+def assert_rate(accepted: int, n: int, expect: float, what: str):
+    sigma = (expect * (1 - expect) / n) ** 0.5
+    assert abs(accepted / n - expect) < 4.5 * sigma, \
+        f"{what}: acceptance {accepted / n:.4f}, expected {expect:.4f} +- {4.5 * sigma:.4f}"
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_verify_emits_the_target_distribution_from_a_distant_draft(temperature):
+    """Leviathan et al.: keeping d with probability min(1, p(d)/q(d)) and otherwise drawing from
+    norm(max(0, p - q)) emits exactly p, and accepts with probability sum_x min(p(x), q(x)).
+    p and q are far apart, so an inverted ratio (q/p accepts 0.89 of drafts here) or a resample
+    from p instead of the residual (emits 0.375 for token 0 instead of 0.5) is far outside the
+    sampling noise of 6000 rounds."""
+    n = 6000
+    accepted, first, bonus = verify_many(Q, n, temperature, seed=1)
+    assert_rate(accepted, n, float(torch.minimum(P, Q).sum()), "draft from Q")
+    assert_follows(first, P, "first emitted token")
+    assert_follows(bonus, P_NEXT, "token after an accepted draft")
+
+
+def test_verify_with_a_deterministic_draft_keeps_it_with_the_target_probability():
+    """A one-hot q (prompt lookup) on token 0: kept with probability p(0), and a rejection draws
+    from p without token 0; the emitted token still follows p."""
+    n = 4000
+    accepted, first, _ = verify_many(None, n, 1.0, seed=2)
+    assert_rate(accepted, n, float(P[0]), "one-hot draft of token 0")
+    assert_follows(first, P, "first emitted token")

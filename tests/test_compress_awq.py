@@ -2,22 +2,41 @@
 
 import pytest
 import torch
+from smooth_models import CALIB, logits, n_layers, with_outliers
 
 from slmkit.compress.api import apply_rtn
 from slmkit.compress.calibrate import sequential
-from slmkit.compress.quantize.awq import (SITES, AWQConfig, GatedErrors, apply_awq, awq_scales, clip_weight,
-                                          fake_quantize, floored, guard_clip_by_layer, guard_gated_clip, output_mse,
-                                          search_clip, search_scale, search_scale_layer, weight_mean)
+from slmkit.compress.quantize.awq import (
+    SITES,
+    AWQConfig,
+    GatedErrors,
+    apply_awq,
+    awq_scales,
+    clip_weight,
+    fake_quantize,
+    floored,
+    guard_clip_by_layer,
+    guard_gated_clip,
+    output_mse,
+    search_clip,
+    search_scale,
+    search_scale_layer,
+    weight_mean,
+)
 from slmkit.compress.quantize.config import RTNConfig
-from slmkit.compress.quantize.rtn import rtn
-from slmkit.compress.smooth import (ActivationStats, ScaleGroup, fold_scales,
-                                    norm_kind, scale_groups, tie_channels)
+from slmkit.compress.smooth import (
+    ActivationStats,
+    ScaleGroup,
+    fold_scales,
+    norm_kind,
+    scale_groups,
+    tie_channels,
+)
 from slmkit.compress.targets import all_targets, layer_targets
 from slmkit.errors import SlmkitError
 from slmkit.models import get_arch
 from slmkit.models.tiny import TINY_CONFIGS, tiny_model
-
-from smooth_models import CALIB, logits, n_layers, with_outliers
+from slmkit.runtime.qweight import rtn
 
 SMALL = CALIB[:4, :32]
 

@@ -199,7 +199,7 @@ def test_statistics_are_float32_math_under_bf16_passes():
 
 
 def test_auto_precision_follows_the_cpu_and_skips_non_float32_models():
-    from slmkit.models.dtype import has_native_bf16
+    from slmkit.runtime.cpu import has_native_bf16
 
     model = tiny_model("llama", seed=0)
     assert calibration_autocast(model, "auto")._enabled == has_native_bf16()

@@ -5,11 +5,18 @@ import warnings
 import pytest
 import torch
 
-from slmkit.compress.quantize.kernels import (DequantLinear, Int4Linear, Int8Linear, W8A8Linear,
-                                              make_linear, regroup, storage_group_size)
-from slmkit.compress.quantize.pack import pack_int32, packed_words, unpack_int32
-from slmkit.compress.quantize.rtn import rtn
 from slmkit.errors import SlmkitError
+from slmkit.runtime.kernels import (
+    DequantLinear,
+    Int4Linear,
+    Int8Linear,
+    W8A8Linear,
+    make_linear,
+    regroup,
+    storage_group_size,
+)
+from slmkit.runtime.pack import pack_int32, packed_words, unpack_int32
+from slmkit.runtime.qweight import rtn
 
 GEN = torch.Generator().manual_seed(0)
 

@@ -3,16 +3,16 @@ save, reload (slmkit.models.load) and merge back to a plain from_pretrained chec
 
 import pytest
 import torch
+from layer_inputs import correlated_inputs, gen
 from transformers import AutoModelForCausalLM
 
 from slmkit.compress import ASVDConfig, SVDConfig, lowrank, merge_lowrank
-from slmkit.compress.lowrank.svd import LowRankLinear, rank_for, svd_factors
+from slmkit.compress.lowrank.svd import rank_for, svd_factors
 from slmkit.compress.targets import all_targets
 from slmkit.errors import SlmkitError
 from slmkit.models import load, read_manifest, save
 from slmkit.models.tiny import tiny_model
-
-from layer_inputs import correlated_inputs, gen
+from slmkit.runtime.lowrank import LowRankLinear
 
 CALIB = torch.randint(3, 500, (8, 48), generator=torch.Generator().manual_seed(0))
 

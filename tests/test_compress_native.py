@@ -7,11 +7,11 @@ import shutil
 import pytest
 import torch
 
-from slmkit.compress.quantize import native
-from slmkit.compress.quantize.kernels import Int4Linear
-from slmkit.compress.quantize.rtn import rtn
 from slmkit.errors import SlmkitError
-from slmkit.models.dtype import cpu_flags
+from slmkit.runtime import native
+from slmkit.runtime.cpu import cpu_flags
+from slmkit.runtime.kernels import Int4Linear
+from slmkit.runtime.qweight import rtn
 
 GEN = torch.Generator().manual_seed(0)
 CAN_BUILD = {"avx2", "fma"} <= cpu_flags() and shutil.which("cc") is not None
@@ -118,7 +118,7 @@ def test_broken_compiler_is_reported_not_raised(fresh_library, monkeypatch, tmp_
 @needs_native
 @pytest.mark.parametrize("sym", [True, False])
 def test_int8_decode_rows_match_the_dequantized_product(sym):
-    from slmkit.compress.quantize.kernels import Int8Linear
+    from slmkit.runtime.kernels import Int8Linear
 
     w = torch.randn(200, 256, generator=GEN) * 0.05
     qw = rtn(w, 8, None, sym)
@@ -158,14 +158,14 @@ class Block(torch.nn.Module):
 
 @needs_native
 def test_fused_siblings_give_the_unfused_outputs_and_save_the_same_codes():
-    from slmkit.compress.quantize.fuse import fuse_shared_inputs
+    from slmkit.runtime.fuse import fuse_shared_inputs
 
     block = Block()
     twin = copy.deepcopy(block)
     before = {n: (m.codes(), m.scale.clone(), m.zero.clone()) for n, m in block.named_children()}
     site = [[block.q_proj, block.k_proj, block.v_proj]]
-    assert fuse_shared_inputs(block, site) == 1
-    assert fuse_shared_inputs(block, site) == 0, "fusing twice must be a no-op"
+    assert fuse_shared_inputs(site) == 1
+    assert fuse_shared_inputs(site) == 0, "fusing twice must be a no-op"
     assert block.q_proj._shared is block.v_proj._shared and block.o_proj._shared is None
     for n, m in block.named_children():
         codes, scale, zero = before[n]

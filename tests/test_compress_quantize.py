@@ -10,12 +10,12 @@ from transformers import AutoModelForCausalLM
 from slmkit.compress.api import quantize
 from slmkit.compress.quantize.awq import AWQConfig
 from slmkit.compress.quantize.config import GPTQConfig, RTNConfig
-from slmkit.compress.quantize.kernels import Int4Linear, Int8Linear, W8A8Linear
 from slmkit.compress.quantize.smoothquant import SmoothQuantConfig
 from slmkit.compress.targets import all_targets
 from slmkit.errors import SlmkitError
 from slmkit.models import ARCHS, get_arch, load, read_manifest, save
 from slmkit.models.tiny import tiny_model
+from slmkit.runtime.kernels import Int4Linear, Int8Linear, W8A8Linear
 
 CALIB = torch.randint(3, 500, (8, 48), generator=torch.Generator().manual_seed(0))
 
@@ -210,8 +210,8 @@ def test_head_bits_out_of_range_is_refused():
 
 @pytest.mark.parametrize("model_type,bits", [("llama", 4), ("qwen2", 8), ("gemma3_text", 4)])
 def test_embed_bits_quantizes_the_table_and_reloads_everywhere(model_type, bits, tiny_tok, tmp_path):
-    from slmkit.compress.api import dequantize
-    from slmkit.compress.quantize.embedding import QuantEmbedding
+    from slmkit.runtime.embedding import QuantEmbedding
+    from slmkit.runtime.modules import dequantize
 
     model = tiny_model(model_type, seed=5, tie_word_embeddings=True)
     emb = model.get_input_embeddings()
@@ -266,7 +266,8 @@ def test_param_count_counts_quantized_weights():
 def test_auto_decode_dtype_of_a_reloaded_quantized_model(head_bits, tiny_tok, tmp_path):
     """load(folder, "auto", phase="decode") looks at the loaded model: float32 on AVX2 when the
     integer weights dominate what a step reads, bf16 when a large dense head remains."""
-    from slmkit.models.dtype import has_native_bf16, integer_bound
+    from slmkit.models.dtype import integer_bound
+    from slmkit.runtime.cpu import has_native_bf16
 
     model = tiny_model("llama", seed=4)
     quantize(model, RTNConfig(bits=4, group_size=32, head_bits=head_bits))
@@ -279,3 +280,45 @@ def test_auto_decode_dtype_of_a_reloaded_quantized_model(head_bits, tiny_tok, tm
     with torch.no_grad():
         logits = reloaded(CALIB[:1]).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("bits, group_size", [(3, 32), (4, 32), (8, None)])  # int4 and int8 kernels
+def test_unpacked_int8_zero_points_load_like_packed_ones(bits, group_size, tiny_tok, tmp_path):
+    """Older compressed-tensors checkpoints store asymmetric zero points unpacked, as int8
+    [out, groups] holding zero - 2^(bits-1) (the signed convention of the codes). Rewriting our
+    packed int32 zero points that way must load to the same grids and the same logits."""
+    from safetensors.torch import load_file, save_file
+
+    from slmkit.runtime.checkpoint import quantized_modules
+    from slmkit.runtime.pack import unpack_int32
+
+    model = quantize(tiny_model("llama", seed=6), RTNConfig(bits=bits, group_size=group_size, symmetric=False))
+    with torch.no_grad():
+        ref = model(CALIB[:2]).logits
+    packed_dir = save(model, tiny_tok, tmp_path / "packed")
+    tensors = load_file(str(packed_dir / "model.safetensors"))
+    signed_dir = save(model, tiny_tok, tmp_path / "int8")
+    rewritten = 0
+    for key in [k for k in tensors if k.endswith(".weight_zero_point")]:
+        name = key.removesuffix(".weight_zero_point")
+        out_features = int(tensors[f"{name}.weight_shape"][0])
+        zero = unpack_int32(tensors[key], bits, out_features, dim=0).to(torch.int16)   # [out, groups]
+        tensors[key] = (zero - 2 ** (bits - 1)).to(torch.int8)
+        rewritten += 1
+    assert rewritten > 0
+    signed = torch.cat([t.flatten() for k, t in tensors.items() if k.endswith(".weight_zero_point")])
+    assert signed.dtype == torch.int8 and int(signed.min()) < 0 < int(signed.max())
+    save_file(tensors, str(signed_dir / "model.safetensors"), metadata={"format": "pt"})
+
+    reloaded, _ = load(signed_dir, dtype="float32")
+    from_packed, _ = load(packed_dir, dtype="float32")
+    mods, want = quantized_modules(reloaded), quantized_modules(from_packed)
+    assert mods.keys() == want.keys() and mods
+    with torch.no_grad():
+        got = reloaded(CALIB[:2]).logits
+    off = float((got - ref).abs().max())
+    assert off == 0, f"logits differ from the saved model's by up to {off:.3g}"
+    for name, m in mods.items():
+        off = float((m.zero - want[name].zero).abs().max())
+        assert off == 0, f"{name}: zero points off by up to {off:g} from the packed checkpoint's"
+        assert torch.equal(m.dense_weight(), want[name].dense_weight()), name

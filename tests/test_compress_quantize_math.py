@@ -2,14 +2,13 @@
 
 import pytest
 import torch
+from layer_inputs import correlated_inputs, gen
 
 from slmkit.compress.quantize import gptq as gptq_module
 from slmkit.compress.quantize.gptq import gptq, gptq_clip_guarded
-from slmkit.compress.quantize.rtn import grid, quantize_column, rtn, search_grid
+from slmkit.compress.quantize.grid_search import search_grid
 from slmkit.errors import SlmkitError
-
-from layer_inputs import correlated_inputs, gen
-
+from slmkit.runtime.qweight import grid, quantize_column, rtn
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -43,6 +42,32 @@ def test_partial_last_group_when_group_size_does_not_divide_in_features():
     qw = rtn(w, 4, 128)
     assert qw.scale.shape == (4, 5) and int(qw.g_idx[-1]) == 4 and (qw.g_idx == 4).sum() == 64
     assert (qw.dequantize() - w).abs().max() < qw.scale.max()
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_grid_zero_points_symmetric_fixed_asymmetric_spanning_the_row(bits):
+    """Symmetric: zero = 2^(bits-1) exactly (the signed convention checkpoints rely on: a symmetric
+    scheme stores no zero point) and scale = max|w| / (2^(bits-1) - 1), so max|w| is a grid point.
+    Asymmetric: an integer zero in [0, 2^bits - 1], so w = 0 dequantizes to exactly 0, and the
+    grid's ends lie within half a step of the row's min(w, 0) and max(w, 0)."""
+    w = torch.randn(16, 64, generator=gen(30 + bits))
+    half = 2 ** (bits - 1)
+    s, z = grid(w, bits, symmetric=True)
+    assert (z == half).all(), f"symmetric zero points {z.unique().tolist()}, expected {half}"
+    amax = w.abs().amax(1)
+    torch.testing.assert_close(s, amax / (half - 1))
+    q = quantize_column(w, s[:, None], z[:, None], bits)
+    top = q.gather(1, w.abs().argmax(1, keepdim=True))[:, 0]
+    assert ((top - z).abs() == half - 1).all()
+    torch.testing.assert_close((top - z) * s, w.gather(1, w.abs().argmax(1, keepdim=True))[:, 0])
+
+    maxq = 2 ** bits - 1
+    s, z = grid(w, bits, symmetric=False)
+    assert torch.equal(z, z.round()) and (z >= 0).all() and (z <= maxq).all()
+    assert (quantize_column(torch.zeros(16), s, z, bits) == z).all()   # 0 -> code z -> 0.0
+    lo, hi = w.amin(1).clamp(max=0), w.amax(1).clamp(min=0)
+    assert (((0 - z) * s - lo).abs() <= s / 2 + 1e-6).all()
+    assert (((maxq - z) * s - hi).abs() <= s / 2 + 1e-6).all()
 
 
 @pytest.mark.parametrize("bits, group_size", [(1, 128), (9, 128), (4, 0), (4, -5)])
@@ -173,3 +198,34 @@ def test_gptq_handles_dead_inputs_and_rejects_bad_hessians():
         gptq(w, torch.eye(10), 4, 32)
     with pytest.raises(SlmkitError, match="dampening"):
         gptq(w, x.T @ x, 4, 32, damp=0)
+
+
+def well_conditioned_hessian(d=256, n=1024, seed=20):
+    """2 X^T X / n of mildly correlated inputs (condition number ~16)."""
+    g = gen(seed)
+    x = torch.randn(n, d, generator=g) @ (torch.eye(d) + 0.3 * torch.randn(d, d, generator=g) / d ** 0.5)
+    return 2 * x.T @ x / n
+
+
+@pytest.mark.parametrize("act_order, static_groups, group_size, symmetric", [
+    (False, False, None, False), (False, False, 32, False), (True, False, None, True),
+    (True, False, 32, False), (True, True, 64, True)])
+def test_gptq_result_does_not_depend_on_block_size(act_order, static_groups, group_size, symmetric):
+    """Lazy block updates are only a reordering of the same arithmetic: each block's error must
+    still reach every later block (W[:, i2:] -= Err @ Hinv[i1:i2, i2:]), so 8-, 32- and 128-column
+    blocks over 256 columns give the same codes and grids as one another."""
+    H = well_conditioned_hessian()
+    w = torch.randn(32, 256, generator=gen(21))
+    runs = {b: gptq(w, H, 4, group_size, symmetric=symmetric, act_order=act_order,
+                    static_groups=static_groups, block_size=b) for b in (8, 32, 128)}
+    ref = runs[128]
+    ref_w = ref.dequantize()
+    for b in (8, 32):
+        got = runs[b]
+        n_diff = int((got.q != ref.q).sum())
+        assert n_diff == 0, f"block_size={b}: {n_diff} of {got.q.numel()} codes differ from block_size=128"
+        assert torch.equal(got.g_idx, ref.g_idx)
+        rel = float((got.dequantize() - ref_w).norm() / ref_w.norm())
+        assert rel < 1e-5, f"block_size={b}: dequantized weights differ from block_size=128 by {rel:.2e} (relative)"
+        torch.testing.assert_close(got.scale, ref.scale, rtol=1e-5, atol=0)
+        torch.testing.assert_close(got.zero, ref.zero, rtol=0, atol=0)

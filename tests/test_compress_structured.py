@@ -11,14 +11,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from slmkit.compress.prune.depth import prune_depth
 from slmkit.compress.prune.structured import (
     DepthPruneConfig,
     WidthPruneConfig,
     count_params,
     parse_target,
-    prune_depth,
-    prune_width,
 )
+from slmkit.compress.prune.width import prune_width
 from slmkit.errors import SlmkitError
 from slmkit.models import ARCHS, get_arch, read_manifest, save
 from slmkit.models.tiny import tiny_model

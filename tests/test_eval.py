@@ -2,15 +2,25 @@
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
 
 from slmkit.data import TextData, embedded_text, token_stream
+from slmkit.data.answers import extract_gsm8k
 from slmkit.errors import SlmkitError
-from slmkit.eval import (GenConfig, MCConfig, PerplexityConfig, Report, SpeedConfig, evaluate,
-                         multiple_choice, perplexity, speed)
-from slmkit.eval.generation import extract_gsm8k
+from slmkit.eval import (
+    GenConfig,
+    MCConfig,
+    PerplexityConfig,
+    Report,
+    SpeedConfig,
+    evaluate,
+    multiple_choice,
+    perplexity,
+    speed,
+)
 from slmkit.eval.mc import MCItem, encode_pair
 from slmkit.eval.perplexity import rolling_windows, window_requests
 from slmkit.eval.scoring import score_requests
@@ -126,6 +136,55 @@ def test_mc_loglikelihoods_match_direct_computation(tiny_tok):
             logp = torch.log_softmax(model(ids).logits[0, :-1].double(), -1)
         direct = sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
         assert ll == pytest.approx(direct, abs=1e-4)
+
+
+def constant_logits_model(bias: dict[int, float]):
+    """A tiny llama whose next-token logits are `bias` (other tokens 0) whatever the context."""
+    model = tiny_model("llama")
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        for tok, b in bias.items():
+            head.bias[tok] = b
+    model.lm_head = head
+    return model
+
+
+def test_acc_norm_divides_by_bytes_not_tokens(tiny_tok):
+    """Under a context-free model every continuation's log-likelihood is a sum of known per-token
+    log-probabilities, so the three rules can be worked out by hand and made to disagree:
+    "the" (1 token, 3 bytes) has the highest sum, "the the" (2 tokens, 7 bytes) the highest per
+    byte, and "ééé" (7 byte-level tokens, 6 bytes, its 'Ã' '©' tokens boosted) the highest per token.
+    acc_stderr is checked on the same items."""
+    choices = ["the", "the the", "ééé"]
+    boosted = set(tiny_tok("ééé")["input_ids"])
+    model = constant_logits_model({t: 2.0 for t in boosted})
+    logp = torch.log_softmax(model.lm_head.bias.detach().double(), -1)
+    context = "Question: Pick one.\nAnswer:"
+    ll, n_tokens = {}, {}
+    for c in choices:
+        cont = encode_pair(tiny_tok, context, " " + c)[1]
+        ll[c], n_tokens[c] = sum(logp[t].item() for t in cont), len(cont)
+    by_sum = max(choices, key=ll.__getitem__)
+    by_byte = max(choices, key=lambda c: ll[c] / len(c.encode("utf-8")))
+    by_token = max(choices, key=lambda c: ll[c] / n_tokens[c])
+    assert (by_sum, by_byte, by_token) == ("the", "the the", "ééé")   # the case discriminates
+    # the answer is the per-byte winner twice, the per-token one once, the highest sum once
+    orders = [choices[i:] + choices[:i] for i in (0, 1, 2, 0)]
+    answers = ["the the", "the the", "ééé", "the"]
+    items = [MCItem("Pick one.", o, o.index(a)) for o, a in zip(orders, answers)]
+    out = multiple_choice(model, tiny_tok, items, MCConfig())
+    for item, r in zip(items, out["items"]):
+        assert r["loglikelihoods"] == pytest.approx([ll[c] for c in item.choices], abs=1e-4)
+        assert item.choices[r["pred"]] == by_sum
+        assert item.choices[r["pred_norm"]] == by_byte, \
+            f"acc_norm picked {item.choices[r['pred_norm']]!r}; per UTF-8 byte the best is {by_byte!r}"
+    assert out["acc"] == pytest.approx(1 / 4)
+    assert out["acc_norm"] == pytest.approx(2 / 4)
+    # lm-eval's stderr of a mean: the sample standard deviation of the per-item scores / sqrt(n)
+    correct = [float(item.choices[r["pred"]] == a) for item, r, a in zip(items, out["items"], answers)]
+    assert out["acc_stderr"] == pytest.approx(statistics.stdev(correct) / math.sqrt(len(correct)))
 
 
 def test_mc_file_errors(tmp_path):

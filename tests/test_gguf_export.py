@@ -11,10 +11,10 @@ import json
 import pytest
 import torch
 
-from slmkit.compress.quantize import gguf_export as ge
-from slmkit.compress.quantize.gguf_export import describe_gguf, detect_pre, export_gguf
 from slmkit.errors import SlmkitError
+from slmkit.models import gguf_export as ge
 from slmkit.models import tiny
+from slmkit.models.gguf_export import describe_gguf, detect_pre, export_gguf
 
 SAMPLE = "def add(x, y):\n    return x + y  # The quick brown fox, 2024!\n\nÜnïcode  spaces"
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"]

@@ -58,10 +58,12 @@ def test_auto_dtype_per_phase(flags, prefill, decode, decode_quantized):
 
 
 def test_resolve_dtype_looks_at_the_model_for_decode():
-    from slmkit.compress.api import decode_weight_bytes, quantize
+    from slmkit.compress.api import quantize
     from slmkit.compress.quantize.config import RTNConfig
-    from slmkit.models.dtype import has_native_bf16, integer_bound
+    from slmkit.models.dtype import integer_bound
     from slmkit.models.tiny import tiny_model
+    from slmkit.runtime.cpu import has_native_bf16
+    from slmkit.runtime.modules import decode_weight_bytes
 
     model = tiny_model("llama")
     assert resolve_dtype("auto", "decode", model) is torch.bfloat16
@@ -78,10 +80,11 @@ def test_resolve_dtype_looks_at_the_model_for_decode():
 def test_a_large_dense_head_keeps_bf16_decode():
     """int4 decoder linears with a dense head that outweighs them in float32 (Qwen2.5-0.5B's
     case): decode stays bf16 on AVX2, since the head is most of what a float32 step would read."""
-    from slmkit.compress.api import decode_weight_bytes, quantize
+    from slmkit.compress.api import quantize
     from slmkit.compress.quantize.config import RTNConfig
     from slmkit.models.dtype import integer_bound
     from slmkit.models.tiny import tiny_model
+    from slmkit.runtime.modules import decode_weight_bytes
 
     model = tiny_model("llama")
     quantize(model, RTNConfig(bits=4, group_size=32))

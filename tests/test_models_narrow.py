@@ -3,11 +3,10 @@
 import pytest
 import torch
 
-from slmkit.compress.quantize import native
-from slmkit.models.dtype import has_native_bf16
 from slmkit.models.narrow import narrow_linears
 from slmkit.models.tiny import tiny_model
-
+from slmkit.runtime import native
+from slmkit.runtime.cpu import has_native_bf16
 
 NATIVE = [False, pytest.param(True, marks=pytest.mark.skipif(
     native.library() is None, reason=f"no native kernel: {native.status()}"))]

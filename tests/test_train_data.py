@@ -81,8 +81,9 @@ def test_lora_trains_merges_and_reloads_as_a_plain_checkpoint(start, tiny_tok, t
     pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM
 
-    from slmkit.compress import RTNConfig, WidthPruneConfig, dequantize, prune, quantize
+    from slmkit.compress import RTNConfig, WidthPruneConfig, prune, quantize
     from slmkit.models import save
+    from slmkit.runtime.modules import dequantize
     from slmkit.train.lora import LoRAConfig, add_lora, merge_lora
 
     model = tiny_model("qwen2", seed=0)

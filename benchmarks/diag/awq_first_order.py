@@ -6,7 +6,7 @@ and up: what an output-MSE objective such as AWQ's or GPTQ's models). Writes
 results/awq_first_order{TAG}.json.
 
     python benchmarks/diag/awq_first_order.py MODEL LAYERS [SITES] [TAG]
-    e.g. ... /work/models/qwen2.5-coder-0.5b-instruct 1,12,17 attn_in,attn_out,mlp_in,mlp_out _qwen05b
+    e.g. ... models/qwen2.5-coder-0.5b-instruct 1,12,17 attn_in,attn_out,mlp_in,mlp_out _qwen05b
 """
 import sys
 from pathlib import Path
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import write_result  # noqa: E402
+from _common import model_arg, write_result  # noqa: E402
 
 from slmkit.compress.quantize.awq import fake_quantize, search_scale  # noqa: E402
 from slmkit.compress.smooth import ActivationStats, scale_groups  # noqa: E402
@@ -25,7 +25,7 @@ from slmkit.models import load  # noqa: E402
 AUSTEN = Path(__file__).resolve().parents[3] / "shared" / "data" / "austen_emma.txt"
 BITS, GS = 4, 128
 
-model, tok = load(sys.argv[1], "float32")
+model, tok = load(model_arg(sys.argv[1]), "float32")
 layers = [int(x) for x in sys.argv[2].split(",")]
 wanted = sys.argv[3].split(",") if len(sys.argv) > 3 else ["attn_in", "attn_out", "mlp_in", "mlp_out"]
 tag = sys.argv[4] if len(sys.argv) > 4 else ""

@@ -4,6 +4,7 @@ o columns * s) of the float model and compare logits: the fold must be exact.
     python benchmarks/diag/awq_ofold.py MODEL
 """
 import sys
+from pathlib import Path
 
 import torch
 
@@ -11,7 +12,10 @@ from slmkit.compress.smooth import ActivationStats, fold_scales, scale_groups, t
 from slmkit.data import build_calibration
 from slmkit.models import load
 
-model, tok = load(sys.argv[1], "float32")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import model_arg  # noqa: E402
+
+model, tok = load(model_arg(sys.argv[1]), "float32")
 ids = build_calibration(model, tok, "embedded", n=2, length=256, seed=0)
 o_sites = {i: next(g for g in scale_groups(model, i) if g.site == "attn_out")
            for i in range(model.config.num_hidden_layers)}

@@ -4,6 +4,7 @@ per-channel magnitude (massive-activation dims).
     python benchmarks/diag/awq_orows.py MODEL LAYERS   e.g. ... 1,17,20,21
 """
 import sys
+from pathlib import Path
 
 import torch
 
@@ -12,7 +13,10 @@ from slmkit.compress.smooth import ActivationStats, scale_groups
 from slmkit.data import build_calibration
 from slmkit.models import load
 
-model, tok = load(sys.argv[1], "float32")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import model_arg  # noqa: E402
+
+model, tok = load(model_arg(sys.argv[1]), "float32")
 layers = [int(x) for x in sys.argv[2].split(",")]
 ids = build_calibration(model, tok, "embedded", n=8, length=512, seed=0)
 o_sites = {i: next(g for g in scale_groups(model, i) if g.site == "attn_out") for i in layers}

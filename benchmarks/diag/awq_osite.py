@@ -16,9 +16,12 @@ from slmkit.data import build_calibration, embedded_text
 from slmkit.data.chunk import token_stream
 from slmkit.models import load
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import model_arg  # noqa: E402
+
 AUSTEN = Path(__file__).resolve().parents[3] / "shared" / "data" / "austen_emma.txt"
 
-model, tok = load(sys.argv[1], "float32")
+model, tok = load(model_arg(sys.argv[1]), "float32")
 layers = [int(x) for x in sys.argv[2].split(",")]
 gs = int(sys.argv[3]) if len(sys.argv) > 3 else 128
 pydoc = token_stream(tok, embedded_text("eval"))

@@ -16,8 +16,11 @@ from slmkit.data.chunk import token_stream
 from slmkit.compress.quantize.awq import fake_quantize
 from slmkit.models import load
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import model_arg  # noqa: E402
+
 AUSTEN = Path(__file__).resolve().parents[3] / "shared" / "data" / "austen_emma.txt"
-model, tok = load(sys.argv[1], "float32")
+model, tok = load(model_arg(sys.argv[1]), "float32")
 layers = [int(x) for x in sys.argv[2].split(",")]
 texts = {"calib": build_calibration(model, tok, "embedded", n=16, length=512, seed=0),
          "calib2": build_calibration(model, tok, "embedded", n=16, length=512, seed=1),

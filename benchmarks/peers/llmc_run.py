@@ -177,7 +177,7 @@ def main() -> int:
                     help="AWQ duo_scaling true|false|both (default: llm-compressor's, true)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "auto"],
                     help="dtype the model is loaded and calibrated in (default float32; 'auto' = "
-                         "checkpoint dtype, bf16 for the /work/models folders)")
+                         "checkpoint dtype, bf16 for the models/ folders get_models.py writes)")
     ap.add_argument("--batch-size", type=int, default=1, help="calibration batch size (default 1)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--no-save", action="store_true", help="skip saving the checkpoint (peer.json only)")

@@ -8,7 +8,7 @@
 #
 # Each venv is separate from the main .venv because the peers pin their own
 # transformers / compressed-tensors versions.  torch is installed FIRST and
-# pinned to the CPU build (torch==2.13.0, a local +cpu wheel here): an unpinned
+# pinned to the CPU build (torch==2.13.0+cpu): an unpinned
 # `torch` or an open range lets pip pick a newer CUDA build of several GB.
 # A stamp file (<venv>/.slmkit-peer-stamp) records the requirement set; if it
 # matches, the script does nothing (idempotent).

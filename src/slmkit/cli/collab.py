@@ -15,7 +15,15 @@ import argparse
 import json
 import time
 
+from slmkit.collab import LocalLM, ModelDrafter, NoDrafter, PromptLookupDrafter, speculative_generate
+from slmkit.collab.proxy import proxy_generate_batch
+from slmkit.collab.remote import RemoteLM
+from slmkit.collab.route import cascade, logprob_confidence, sweep
+from slmkit.data.answers import EXTRACTORS
+from slmkit.data.sources import read_jsonl
 from slmkit.errors import SlmkitError
+from slmkit.generate.greedy import build_prompt
+from slmkit.models import load
 
 
 def add_parser(sub):
@@ -67,17 +75,12 @@ def add_parser(sub):
 
 
 def _local(source: str, dtype: str):
-    from slmkit.collab import LocalLM
-    from slmkit.models import load
-
     model, tok = load(source, dtype, phase="decode")
     return LocalLM(model, tok, source)
 
 
 def _lm(source: str, dtype: str):
     if "://" in source:
-        from slmkit.collab.remote import RemoteLM
-
         url, _, model = source.partition("#")
         if not model:
             raise SlmkitError(f"remote model {source!r}: write it as URL#MODEL")
@@ -86,8 +89,6 @@ def _lm(source: str, dtype: str):
 
 
 def _prompt_ids(lm, text: str, chat: str) -> list[int]:
-    from slmkit.eval.generation import build_prompt
-
     return lm.encode(build_prompt(lm.tokenizer, text, chat))
 
 
@@ -96,8 +97,6 @@ def run(ns) -> int:
 
 
 def _generate(ns) -> int:
-    from slmkit.collab import ModelDrafter, NoDrafter, PromptLookupDrafter, speculative_generate
-
     target = _local(ns.model, ns.dtype)
     ids = _prompt_ids(target, ns.prompt, ns.chat)
     eos = target.tokenizer.eos_token_id
@@ -118,8 +117,6 @@ def _generate(ns) -> int:
 
 
 def _proxy(ns) -> int:
-    from slmkit.collab.proxy import proxy_generate_batch
-
     base = _local(ns.base, ns.dtype)
     expert, anti = _local(ns.expert, ns.dtype), _local(ns.anti_expert, ns.dtype)
     prompts = [_prompt_ids(base, p, ns.chat) for p in ns.prompt]
@@ -134,10 +131,6 @@ def _proxy(ns) -> int:
 
 def _route(ns) -> int:
     from pathlib import Path
-
-    from slmkit.collab.route import cascade, logprob_confidence, sweep
-    from slmkit.data.sources import read_jsonl
-    from slmkit.eval.generation import EXTRACTORS
 
     items = read_jsonl(ns.data)[: ns.limit]
     missing = [i for i, it in enumerate(items) if ns.prompt_field not in it]

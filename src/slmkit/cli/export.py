@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from slmkit.compress.quantize.gguf_export import GGUF_TYPES
+from slmkit.models import load
+from slmkit.models.gguf_export import GGUF_TYPES, describe_gguf, export_gguf
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -32,9 +33,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run `slmkit export ...` from parsed arguments -> exit code."""
-    from slmkit.compress.quantize.gguf_export import describe_gguf, export_gguf
-    from slmkit.models import load
-
     model, tok = load(args.model, args.dtype)
     out = export_gguf(model, tok, args.out, args.type, pre=args.pre, overwrite=args.overwrite)
     info = describe_gguf(out)

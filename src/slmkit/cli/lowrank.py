@@ -10,11 +10,11 @@ training, or to hand the model to another tool).
 from __future__ import annotations
 
 from slmkit.cli.step import add_step_parser, method_config, run_step
+from slmkit.compress.api import LOWRANK, lowrank
+from slmkit.compress.lowrank.apply import merge_lowrank
 
 
 def add_parser(sub):
-    from slmkit.compress.api import LOWRANK
-
     p = add_step_parser(sub, "lowrank", LOWRANK, "asvd", "factorize linear layers (SVD, ASVD) and save",
                         __doc__)
     p.add_argument("--merge", action="store_true",
@@ -23,9 +23,6 @@ def add_parser(sub):
 
 
 def run(ns) -> int:
-    from slmkit.compress.api import LOWRANK, lowrank
-    from slmkit.compress.lowrank.apply import merge_lowrank
-
     cfg = method_config(ns, LOWRANK)
 
     def apply(model, cfg, calib):

@@ -8,8 +8,14 @@ import sys
 import traceback
 
 from slmkit import __version__
+from slmkit.allocator import reexec_for
 from slmkit.cli.args import add_config_args, config_from_args
+from slmkit.cli.show import print_info, print_metrics
 from slmkit.errors import SlmkitError
+from slmkit.eval.lm_eval_bridge import cli_passthrough, run_lm_eval
+from slmkit.eval.report import Report
+from slmkit.eval.tasks import TASKS, evaluate
+from slmkit.models import load, save
 
 # task name -> (option prefix, aliases for the most used fields)
 TASK_OPTIONS = {"ppl": {"data": "--data"}, "mc": {"path": "--mc"}, "gen": {"path": "--gen"},
@@ -17,8 +23,6 @@ TASK_OPTIONS = {"ppl": {"data": "--data"}, "mc": {"path": "--mc"}, "gen": {"path
 
 
 def _parser() -> argparse.ArgumentParser:
-    from slmkit.eval.tasks import TASKS
-
     p = argparse.ArgumentParser(prog="slmkit", description="Small language models on ordinary CPUs.")
     p.add_argument("--version", action="version", version=f"slmkit {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -61,8 +65,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _selected_tasks(ns) -> list[str]:
-    from slmkit.eval.tasks import TASKS
-
     if ns.tasks == "auto":
         names = ["ppl", "speed"]
         names += [t for t in ("mc", "gen") if getattr(ns, f"{t}__path", None)]
@@ -76,11 +78,6 @@ def _selected_tasks(ns) -> list[str]:
 
 
 def cmd_eval(ns) -> int:
-    from slmkit.cli.show import print_metrics
-    from slmkit.eval.report import Report
-    from slmkit.eval.tasks import TASKS, evaluate
-    from slmkit.models import load
-
     tasks = {t: config_from_args(ns, TASKS.get(t).config, t) for t in _selected_tasks(ns)}
     lm_tasks = [t for t in (ns.lm_eval_tasks or "").split(",") if t]
     report = Report()
@@ -88,8 +85,6 @@ def cmd_eval(ns) -> int:
         model, tok = load(source, ns.dtype)
         metrics = evaluate(model, tok, tasks)
         if lm_tasks:
-            from slmkit.eval.lm_eval_bridge import run_lm_eval
-
             metrics["lm_eval"] = run_lm_eval(model, tok, lm_tasks, limit=ns.lm_eval_limit,
                                              include_path=ns.lm_eval_include)
         report.add(source, metrics)
@@ -102,17 +97,12 @@ def cmd_eval(ns) -> int:
 
 
 def cmd_info(ns) -> int:
-    from slmkit.cli.show import print_info
-    from slmkit.models import load
-
     model, tok = load(ns.model, ns.dtype)
     print_info(model, tok)
     return 0
 
 
 def cmd_convert(ns) -> int:
-    from slmkit.models import load, save
-
     model, tok = load(ns.source, ns.dtype)
     out = save(model, tok, ns.out, {"steps": [{"convert": {"source": ns.source, "dtype": ns.dtype}}]},
                overwrite=ns.overwrite)
@@ -155,13 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rest = argv[1:] if argv[:1] == ["--debug"] else argv
         if rest[:1] == ["lm-eval"]:  # lm-eval's own arguments, untouched by our parser
-            from slmkit.eval.lm_eval_bridge import cli_passthrough
-
             return cli_passthrough(rest[1:])
         ns = _parser().parse_args([a for a in argv if a != "--debug"])
         if console:
-            from slmkit.allocator import reexec_for
-
             reexec_for(ns.command, argv)
         from transformers.utils import logging as hf_logging
 

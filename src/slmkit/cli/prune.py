@@ -9,11 +9,10 @@ physically smaller with a standard config that plain `from_pretrained` loads.
 from __future__ import annotations
 
 from slmkit.cli.step import add_step_parser, method_config, run_step
+from slmkit.compress.api import PRUNERS, prune
 
 
 def add_parser(sub):
-    from slmkit.compress.api import PRUNERS
-
     p = add_step_parser(sub, "prune", PRUNERS, "wanda", "prune a model and save it", __doc__,
                         save_dtype="bfloat16")
     p.add_argument("--target-params", default=None,
@@ -31,8 +30,6 @@ def _summary(report: dict) -> dict:
 
 
 def run(ns) -> int:
-    from slmkit.compress.api import PRUNERS, prune
-
     cfg = method_config(ns, PRUNERS, {"target_params": "target"})
     needs_calib = ns.method != "magnitude" or bool(getattr(cfg, "owl", False))
 

@@ -8,19 +8,16 @@ The output is a compressed-tensors checkpoint; `slmkit.models.load` restores the
 from __future__ import annotations
 
 from slmkit.cli.step import add_step_parser, method_config, run_step
+from slmkit.compress.api import QUANTIZERS, quantize
+from slmkit.runtime.checkpoint import quantized_modules
 
 
 def add_parser(sub):
-    from slmkit.compress.api import QUANTIZERS
-
     return add_step_parser(sub, "quantize", QUANTIZERS, "gptq",
                            "quantize a model and save it (compressed-tensors format)", __doc__)
 
 
 def run(ns) -> int:
-    from slmkit.compress.api import QUANTIZERS, quantize
-    from slmkit.compress.quantize.checkpoint import quantized_modules
-
     cfg = method_config(ns, QUANTIZERS)
 
     def apply(model, cfg, calib):

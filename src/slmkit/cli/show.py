@@ -6,6 +6,10 @@ from rich.console import Console
 from rich.table import Table
 
 from slmkit.eval.report import Report, lookup
+from slmkit.eval.tasks import model_info
+from slmkit.models.arch import ARCHS, supported
+from slmkit.models.dtype import describe_policy
+from slmkit.models.introspect import context_length
 
 console = Console()
 
@@ -36,11 +40,6 @@ def print_metrics(report: Report) -> None:
 
 
 def print_info(model, tokenizer) -> None:
-    from slmkit.eval.tasks import model_info
-    from slmkit.models.arch import ARCHS, supported
-    from slmkit.models.dtype import describe_policy
-    from slmkit.eval.scoring import context_length
-
     info = model_info(model)
     cfg = model.config
     mt = info["model_type"]

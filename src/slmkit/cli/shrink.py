@@ -11,6 +11,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from slmkit.recipes import load_recipe, plan, run_recipe
+from slmkit.recipes.report import compare, table
+
 SHIPPED = Path(__file__).resolve().parents[3] / "recipes"
 
 
@@ -39,14 +42,9 @@ def run(ns) -> int:
     from rich.table import Table
 
     if ns.command == "report":
-        from slmkit.recipes.report import compare
-
         md, _ = compare(ns.runs, ns.out)
         print(md)
         return 0
-    from slmkit.recipes import load_recipe, plan, run_recipe
-    from slmkit.recipes.report import table
-
     recipe = load_recipe(_resolve(ns.recipe))
     if ns.model:
         recipe = dataclasses.replace(recipe, model=ns.model)

@@ -10,7 +10,12 @@ import time
 from collections.abc import Callable
 
 from slmkit.cli.args import add_config_args, given_options
+from slmkit.data import build_calibration_with_provenance, embedded_text
 from slmkit.errors import SlmkitError
+from slmkit.eval.memory import max_rss_bytes, param_count
+from slmkit.eval.perplexity import PerplexityConfig, window_perplexity
+from slmkit.models import load, save
+from slmkit.models.dtype import resolve_dtype
 
 # Half the embedded pydoc text, half text sampled from the model itself: on SmolLM2 W4 (GPTQ)
 # pydoc alone overfits its domain (Austen prose ppl barely better than RTN's), self-generated
@@ -68,20 +73,12 @@ def method_config(ns, registry, aliases: dict[str, str] | None = None):
 
 
 def _ppl(model, tok) -> float:
-    from slmkit.data import embedded_text
-    from slmkit.eval.perplexity import PerplexityConfig, window_perplexity
-
     return window_perplexity(model, tok, embedded_text("eval"), PerplexityConfig())["token_perplexity"]
 
 
 def run_step(ns, cfg, apply: Callable, needs_calib: bool, verb: str) -> tuple[dict, object]:
     """Load, calibrate, `apply(model, cfg, calib)`, save with a report -> (report, out folder)."""
     import torch
-
-    from slmkit.data import build_calibration_with_provenance
-    from slmkit.eval.memory import max_rss_bytes, param_count
-    from slmkit.models import load, save
-    from slmkit.models.dtype import resolve_dtype
 
     save_dtype = resolve_dtype(ns.save_dtype)      # bad options fail before the model loads
     model, tok = load(ns.model, ns.dtype)

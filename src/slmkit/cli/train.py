@@ -21,14 +21,21 @@ import argparse
 import os
 
 from slmkit.cli.args import add_config_args, config_from_args
+from slmkit.data.selfgen import generate_with_teacher_targets
+from slmkit.data.sources import load_text, read_jsonl
+from slmkit.distill.blackbox import TeacherConfig, filter_answers, local_teacher, teacher_answers
+from slmkit.distill.objectives import Distill, DistillConfig, check_same_tokenizer
 from slmkit.errors import SlmkitError
+from slmkit.models import load, save
+from slmkit.models.dtype import resolve_dtype
+from slmkit.train import Batches, CausalLM, TrainConfig, train
+from slmkit.train.lora import LoRAConfig, add_lora, merge_lora
+from slmkit.train.sft import lm_batches, sft_batches, training_batches
 
 OBJECTIVES = ("kl", "rkl", "jsd", "skl", "hidden", "blackbox", "cached")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from slmkit.train import TrainConfig
-
     p.add_argument("out", help="output folder (model, train_log.jsonl, loss.png, checkpoint.pt)")
     p.add_argument("--data", default=None, help="text to train on: default:calib (the embedded "
                    "training half), a file or folder, a .jsonl (field text), hf:NAME")
@@ -47,8 +54,6 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub):
-    from slmkit.distill.objectives import DistillConfig
-
     ft = sub.add_parser("finetune", help="fine-tune a model (LM or SFT, optionally LoRA)",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ft.add_argument("model", help="hub id, model folder, .gguf file, or 'default'")
@@ -74,8 +79,6 @@ def add_parser(sub):
 
 
 def _batches(ns, tok):
-    from slmkit.train.sft import training_batches
-
     data = training_batches(tok, data=ns.data, sft=ns.sft, seq_len=ns.seq_len, max_rows=ns.max_rows,
                             prompt_key=ns.prompt_field, response_key=ns.response_field)
     return data, _held(ns, tok)
@@ -83,25 +86,16 @@ def _batches(ns, tok):
 
 def _held(ns, tok):
     """The `--eval-data` rows, or None."""
-    from slmkit.data.sources import load_text
-    from slmkit.train.sft import lm_batches
-
     return lm_batches(tok, load_text(ns.eval_data), ns.seq_len) if ns.eval_data else None
 
 
 def _fit_and_save(ns, model, tok, objective, data, held, report: dict) -> None:
     import torch
 
-    from slmkit.models import save
-    from slmkit.models.dtype import resolve_dtype
-    from slmkit.train import TrainConfig, train
-
     cfg = config_from_args(ns, TrainConfig, "train")
     save_dtype = resolve_dtype(ns.save_dtype)
     target = model
     if ns.lora:
-        from slmkit.train.lora import LoRAConfig, add_lora, merge_lora
-
         target = add_lora(model, LoRAConfig(r=ns.lora_r))
     summary = train(target, objective, data, cfg, ns.out, eval_data=held, resume=not ns.no_resume)
     if ns.lora:
@@ -120,9 +114,6 @@ def _fit_and_save(ns, model, tok, objective, data, held, report: dict) -> None:
 
 
 def run(ns) -> int:
-    from slmkit.models import load
-    from slmkit.train import CausalLM
-
     if ns.command == "finetune":
         model, tok = load(ns.model, ns.dtype)
         data, held = _batches(ns, tok)
@@ -133,9 +124,6 @@ def run(ns) -> int:
 
 
 def _distill(ns) -> int:
-    from slmkit.distill.objectives import Distill, DistillConfig
-    from slmkit.models import load
-
     student, s_tok = load(ns.student, ns.dtype)
     teacher, t_tok = load(ns.teacher, ns.dtype)
     if ns.objective == "blackbox":
@@ -154,11 +142,6 @@ def _distill(ns) -> int:
 
 def _blackbox(ns, student, s_tok, teacher, t_tok) -> int:
     from pathlib import Path
-
-    from slmkit.data.sources import read_jsonl
-    from slmkit.distill.blackbox import TeacherConfig, filter_answers, local_teacher, teacher_answers
-    from slmkit.train import CausalLM
-    from slmkit.train.sft import sft_batches
 
     if not ns.prompts:
         raise SlmkitError("--objective blackbox needs --prompts FILE.jsonl (the teacher answers them)")
@@ -180,10 +163,6 @@ def _blackbox(ns, student, s_tok, teacher, t_tok) -> int:
 def _cached(ns, student, s_tok, teacher, t_tok) -> int:
     """Distillation from the teacher's cached top-k distributions over rows it wrote itself."""
     import torch
-
-    from slmkit.data.selfgen import generate_with_teacher_targets
-    from slmkit.distill.objectives import check_same_tokenizer
-    from slmkit.train import Batches, CausalLM
 
     check_same_tokenizer(s_tok, t_tok)
     if ns.sft:

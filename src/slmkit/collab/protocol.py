@@ -23,7 +23,10 @@ import json
 from typing import TYPE_CHECKING, Protocol
 
 from slmkit.errors import SlmkitError
+from slmkit.generate.greedy import generate_greedy
+from slmkit.models.introspect import accepts_logits_to_keep, pad_id
 from slmkit.models.kvcache import cache_kwargs, output_cache
+from slmkit.models.narrow import narrow_linears
 
 if TYPE_CHECKING:
     import torch
@@ -70,8 +73,6 @@ def same_vocabulary(a, b) -> bool:
 def _narrow(model, on: bool):
     import contextlib
 
-    from slmkit.models.narrow import narrow_linears
-
     return narrow_linears(model) if on else contextlib.nullcontext()
 
 
@@ -80,8 +81,6 @@ class Session:
 
     def __init__(self, model, narrow: bool = True):
         from transformers import DynamicCache
-
-        from slmkit.eval.scoring import accepts_logits_to_keep
 
         self.model, self.narrow = model, narrow
         self.cache = DynamicCache(config=model.config)
@@ -118,8 +117,6 @@ class BatchSession:
     row computes what it would alone (up to float rounding of the padded matmuls)."""
 
     def __init__(self, model, pad_token_id: int = 0, narrow: bool = True):
-        from slmkit.eval.scoring import accepts_logits_to_keep
-
         self.model, self.pad, self.narrow = model, pad_token_id, narrow
         self.cache = self.mask = self.positions = None
         self._extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
@@ -179,8 +176,6 @@ class LocalLM:
         return Session(self.model, self.narrow)
 
     def batch_session(self) -> BatchSession:
-        from slmkit.eval.scoring import pad_id
-
         return BatchSession(self.model, pad_id(self.tokenizer), self.narrow)
 
     def tokenizer_fingerprint(self) -> str:
@@ -190,8 +185,6 @@ class LocalLM:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0) -> list[str]:
-        from slmkit.eval.generation import generate_greedy
-
         if temperature != 0.0:
             return [self._sample(p, max_new_tokens, temperature) for p in prompts]
         return generate_greedy(self.model, self.tokenizer, prompts, max_new_tokens)

@@ -9,14 +9,15 @@ from then on, saves as a compressed-tensors checkpoint, and `slmkit.models.load`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import torch
 
 from slmkit.compress.calibrate import HessianCollector, sequential
+from slmkit.compress.lowrank.apply import ASVDConfig, SVDConfig, apply_asvd, apply_svd, records
 from slmkit.compress.prune.apply import apply_magnitude, apply_sparsegpt, apply_wanda
 from slmkit.compress.prune.config import MagnitudeConfig, SparseGPTConfig, WandaConfig
-from slmkit.compress.prune.structured import (DepthPruneConfig, WidthPruneConfig, prune_depth,
-                                              prune_width)
-from slmkit.compress.lowrank.apply import ASVDConfig, SVDConfig, apply_asvd, apply_svd, records
+from slmkit.compress.prune.depth import prune_depth
+from slmkit.compress.prune.structured import DepthPruneConfig, WidthPruneConfig
+from slmkit.compress.prune.width import prune_width
 from slmkit.compress.quantize.awq import AWQConfig, apply_awq
 from slmkit.compress.quantize.config import (
     GPTQConfig,
@@ -24,15 +25,18 @@ from slmkit.compress.quantize.config import (
     check_overrides,
     grid_for,
 )
+from slmkit.compress.quantize.embedding import quantize_embeddings
 from slmkit.compress.quantize.gptq import gptq, gptq_clip_guarded
-from slmkit.compress.quantize.rtn import QuantizedWeight, check_bits, rtn
 from slmkit.compress.quantize.smoothquant import SmoothQuantConfig, apply_smoothquant
 from slmkit.compress.targets import Target, all_targets, layer_targets
 from slmkit.errors import SlmkitError
+from slmkit.models.arch import shared_input_sites
 from slmkit.registry import Registry
-
-if TYPE_CHECKING:
-    pass
+from slmkit.runtime.embedding import embed_grid
+from slmkit.runtime.fuse import fuse_shared_inputs
+from slmkit.runtime.kernels import make_linear
+from slmkit.runtime.modules import is_quantized
+from slmkit.runtime.qweight import QuantizedWeight, check_bits, rtn
 
 
 def _store(t: Target, qw: QuantizedWeight, store: dict) -> None:
@@ -80,72 +84,17 @@ QUANTIZERS.add("smoothquant", SmoothQuantConfig, apply_smoothquant,
                "SmoothQuant W8A8: outliers migrated into weights, int8 weights and activations")
 
 
-def is_quantized(model) -> bool:
-    from slmkit.compress.quantize.kernels import QuantLinear
-
-    return bool(getattr(model, "_slmkit_quantized", None)) or any(
-        isinstance(m, QuantLinear) for m in model.modules())
-
-
-def decode_weight_bytes(model) -> tuple[int, int]:
-    """What one decode step reads, by kind: (bytes of integer linear weights, number of dense
-    float linear weights), the lm_head included and embedding lookups excluded (a lookup reads
-    one row). The dtype policy compares the two (`slmkit.models.dtype`)."""
-    from torch import nn
-
-    from slmkit.compress.quantize.embedding import QuantEmbedding
-    from slmkit.compress.quantize.kernels import QuantLinear
-
-    int_bytes = dense = 0
-    for m in model.modules():
-        if isinstance(m, QuantLinear) and not isinstance(m, QuantEmbedding):
-            int_bytes += m.out_features * m.in_features * m.bits // 8
-        elif isinstance(m, nn.Linear):
-            dense += m.weight.numel()
-    return int_bytes, dense
-
-
 def pack(model, store: dict[str, QuantizedWeight]) -> None:
     """Replace each quantized target by the integer-kernel module for its QuantizedWeight."""
-    from slmkit.compress.quantize.fuse import fuse_shared_inputs
-    from slmkit.compress.quantize.kernels import make_linear
-
     for name, qw in store.items():
         module = model.get_submodule(name)
         model.set_submodule(name, make_linear(qw, getattr(module, "bias", None), name))
-    fuse_shared_inputs(model)
-
-
-def dequantize(model):
-    """Replace every integer-kernel linear by a dense nn.Linear holding its exact dequantized
-    weight (float32), in place; returns the model (e.g. to fine-tune it, or for LoRA)."""
-    import torch
-
-    from slmkit.compress.quantize.kernels import QuantLinear
-
-    from slmkit.compress.quantize.embedding import QuantEmbedding
-
-    for name, m in list(model.named_modules()):
-        if isinstance(m, QuantEmbedding):
-            model.set_submodule(name, m.to_dense())
-        elif isinstance(m, QuantLinear):
-            dense = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None)
-            with torch.no_grad():
-                dense.weight.copy_(m.dense_weight())
-                if m.bias is not None:
-                    dense.bias.copy_(m.bias)
-            model.set_submodule(name, dense)
-    if hasattr(model, "config") and hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model._slmkit_quantized = None
-    return model
+    fuse_shared_inputs(shared_input_sites(model))
 
 
 def quantize_head(model, bits: int) -> dict[str, QuantizedWeight]:
     """RTN per-channel symmetric `bits` for the output head, untying it from the input embeddings
     first if they share one tensor (so the embeddings keep their exact weights)."""
-    import torch
-
     head = model.get_output_embeddings()
     if head is None or not isinstance(head, torch.nn.Linear):
         raise SlmkitError(f"{type(model).__name__} has no linear output head to quantize (head_bits)")
@@ -181,15 +130,11 @@ def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
         raise SlmkitError(f"head_bits must be 5-8 (per-channel int8 kernel) or None, not {head_bits!r}")
     embed_bits = getattr(cfg, "embed_bits", None)
     if embed_bits is not None:
-        from slmkit.compress.quantize.embedding import embed_grid
-
         embed_grid(embed_bits, 32)
     store = entry.fn(model, cfg, calib)
     if head_bits is not None:
         store.update(quantize_head(model, head_bits))
     if embed_bits is not None:
-        from slmkit.compress.quantize.embedding import quantize_embeddings
-
         quantize_embeddings(model, embed_bits, simulate=not pack_weights)
     if pack_weights:
         pack(model, store)

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from slmkit.errors import SlmkitError
-from slmkit.eval.scoring import accepts_logits_to_keep
 from slmkit.models.arch import get_arch
+from slmkit.models.dtype import resolve_dtype
+from slmkit.models.introspect import accepts_logits_to_keep
 from slmkit.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ def calibration_autocast(model: "nn.Module", dtype: str):
     """The autocast context the calibration passes of `model` run in (see the module doc): bf16
     autocast for a float32 model when `dtype` resolves to bf16, otherwise a no-op."""
     import torch
-
-    from slmkit.models.dtype import resolve_dtype
 
     if dtype not in CALIB_DTYPES:
         raise SlmkitError(f"calib_dtype must be one of {', '.join(CALIB_DTYPES)}, not {dtype!r}")

@@ -29,7 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from slmkit.data.chunk import calibration_set
+from slmkit.data.selfgen import generate_calibration_text_with_provenance, generate_with_teacher_targets
+from slmkit.data.sources import embedded_text, load_text
 from slmkit.errors import SlmkitError
+from slmkit.models.introspect import check_length
 
 if TYPE_CHECKING:
     import torch
@@ -120,8 +124,6 @@ def allocate_rows(weights: Sequence[float], n: int) -> list[int]:
 
 
 def _load_source(source: str, field: str, split: str):
-    from slmkit.data.sources import embedded_text, load_text
-
     if source == EMBEDDED:
         return embedded_text("calib")
     if not source.startswith("hf:") and not source.startswith("default") \
@@ -169,14 +171,10 @@ def _build(model, tokenizer, spec, n, length, seed, *, field, split, selfgen, ca
     """-> (ids, soft_ids, soft_probs, provenance) with topk, else (ids, None, provenance)."""
     import torch
 
-    from slmkit.data.chunk import calibration_set
-
     if not (isinstance(n, int) and isinstance(length, int)) or n < 1 or length < 2:
         raise SlmkitError(f"calibration set needs n >= 1 and length >= 2 (got n={n}, length={length})")
     parsed = CalibSpec.parse(spec)
     if model is not None:
-        from slmkit.eval.scoring import check_length
-
         check_length(model, length, "the calibration sequence length")
     elif parsed.needs_model:
         raise SlmkitError("calibration source 'self' samples text from the model; pass the model")
@@ -203,8 +201,6 @@ def _build(model, tokenizer, spec, n, length, seed, *, field, split, selfgen, ca
         i: (torch.zeros(*p.shape, topk, dtype=torch.int32), torch.zeros(*p.shape, topk)) for i, p in parts.items()}
     for i, (src, k) in enumerate(zip(parsed.sources, rows)):
         if src.source == SELF and k > 0:
-            from slmkit.data.selfgen import generate_calibration_text_with_provenance, generate_with_teacher_targets
-
             kwargs = {"seed": seed, "cache_dir": cache_dir, **(selfgen or {})}
             if topk:
                 parts[i], *soft[i], records[i]["generation"] = generate_with_teacher_targets(

@@ -43,7 +43,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slmkit.errors import SlmkitError
+from slmkit.models.default import cache_dir as slmkit_cache
+from slmkit.models.introspect import check_length
 from slmkit.models.kvcache import cache_kwargs, output_cache
+from slmkit.progress import progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -203,8 +206,6 @@ def _generate_batch(model, b: int, length: int, bos: int | None, eos: set[int], 
 def _cache_root(cache_dir) -> Path:
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    from slmkit.models.default import cache_dir as slmkit_cache
-
     return slmkit_cache() / "selfgen"
 
 
@@ -276,9 +277,6 @@ def _self_generate(
         cache: bool = True, topk: int = 0):
     """-> (ids, (soft_ids, soft_probs) or None when topk is 0, record)."""
     import torch
-
-    from slmkit.eval.scoring import check_length
-    from slmkit.progress import progress_bar
 
     if not (isinstance(n, int) and isinstance(length, int)) or n < 1 or length < 2:
         raise SlmkitError(f"self-generated calibration needs n >= 1 and length >= 2 "

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from slmkit.data.answers import EXTRACTORS
 from slmkit.errors import SlmkitError
 from slmkit.files import write_text_atomic
-from slmkit.eval.generation import EXTRACTORS, build_prompt, generate_greedy
+from slmkit.generate.greedy import build_prompt, generate_greedy
 from slmkit.progress import progress_bar
 
 

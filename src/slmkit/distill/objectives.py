@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from slmkit.distill.fused_kd import linear_distill
 from slmkit.distill.losses import DIVERGENCES, hidden_loss
 from slmkit.errors import SlmkitError
 from slmkit.train.data import IGNORE
+from slmkit.train.fused_ce import checked_head, shift_labels
 from slmkit.train.objective import shifted_ce
 
 
@@ -123,8 +125,6 @@ class Distill:
         student (sampling at temperature 1, no grad); only the sampled tokens are scored."""
         import torch
 
-        from slmkit.train.data import IGNORE
-
         net = getattr(model, "module", model)  # DDP wraps the model
         prompt = batch["input_ids"][:, : self.cfg.on_policy_prompt]
         was_training = net.training
@@ -181,17 +181,12 @@ class Distill:
         """((student decoder, head), (teacher decoder, head)) when the fused path applies."""
         if not self.fused or self.cfg.loss != "fkl":
             return None
-        from slmkit.train.fused_ce import checked_head
-
         student = checked_head(model, batch, self._checked)
         teacher = checked_head(self.teacher, batch, self._checked) if student else None
         return (student, teacher) if student and teacher else None
 
     def _fused_loss(self, parts, batch: dict, kwargs: dict):
         import torch
-
-        from slmkit.distill.fused_kd import linear_distill
-        from slmkit.train.fused_ce import shift_labels
 
         (s_decoder, s_head), (t_decoder, t_head) = parts
         with torch.no_grad():

@@ -7,38 +7,14 @@ reference answer and the model's output both go through the extractor before com
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slmkit.data.answers import EXTRACTORS
 from slmkit.data.sources import read_jsonl
 from slmkit.errors import SlmkitError
-from slmkit.eval.scoring import pad_id
+from slmkit.generate.greedy import build_prompt, generate_greedy
 from slmkit.progress import progress_bar
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def _norm_number(s: str) -> str:
-    s = s.replace(",", "").rstrip(".")
-    return s[:-2] if s.endswith(".0") else s
-
-
-def extract_gsm8k(text: str) -> str | None:
-    """The number after '####' if present, else the last number in the text."""
-    if "####" in text:
-        m = _NUMBER.search(text.split("####")[-1])
-        if m:
-            return _norm_number(m.group())
-    found = _NUMBER.findall(text)
-    return _norm_number(found[-1]) if found else None
-
-
-def extract_exact(text: str) -> str | None:
-    return text.strip() or None
-
-
-EXTRACTORS = {"gsm8k": extract_gsm8k, "number": extract_gsm8k, "exact": extract_exact}
 
 
 @dataclass
@@ -75,34 +51,6 @@ def load_records(path: str | Path, cfg: GenConfig) -> list[tuple[str, str]]:
         if cfg.limit is not None and len(out) >= cfg.limit:
             break
     return out
-
-
-def build_prompt(tokenizer, text: str, chat: str) -> str:
-    use_chat = chat == "yes" or (chat == "auto" and getattr(tokenizer, "chat_template", None))
-    if use_chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise SlmkitError("chat=yes but the tokenizer has no chat template")
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                             add_generation_prompt=True)
-    return text
-
-
-def generate_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy continuations of a batch of prompts (left padding, KV cache)."""
-    import torch
-
-    pad = pad_id(tokenizer)
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    width = max(len(e) for e in encoded)
-    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, e in enumerate(encoded):
-        ids[r, width - len(e):] = torch.tensor(e)
-        mask[r, width - len(e):] = 1
-    with torch.inference_mode():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=pad)
-    return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
 
 
 def generation(model, tokenizer, records: list[tuple[str, str]], cfg: GenConfig | None = None) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 from slmkit.errors import SlmkitError
+from slmkit.models import load
 
 _REGISTERED = None
 
@@ -48,8 +49,6 @@ def register():
         def __init__(self, path: str = "default", dtype: str = "auto", pretrained=None,
                      tokenizer=None, **kwargs):
             if pretrained is None or isinstance(pretrained, str):
-                from slmkit.models import load
-
                 pretrained, tokenizer = load(pretrained or path, dtype)
             kwargs.pop("device", None)
             super().__init__(pretrained=pretrained, tokenizer=tokenizer, device="cpu", **kwargs)

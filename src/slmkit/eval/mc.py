@@ -16,7 +16,8 @@ from pathlib import Path
 
 from slmkit.data.sources import read_jsonl
 from slmkit.errors import SlmkitError
-from slmkit.eval.scoring import pad_id, prefix_token, score_requests
+from slmkit.eval.scoring import score_requests
+from slmkit.models.introspect import pad_id, prefix_token
 from slmkit.progress import progress_bar
 
 

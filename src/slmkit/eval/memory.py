@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 from slmkit.models.manifest import WEIGHT_SUFFIXES
+from slmkit.runtime.kernels import QuantLinear
 
 
 def current_rss_bytes() -> int:
@@ -60,8 +61,6 @@ class PeakRSS:
 def param_count(model) -> int:
     """Parameters, counting each integer-quantized weight as its out x in entries (those are
     held as packed codes, not nn.Parameters)."""
-    from slmkit.compress.quantize.kernels import QuantLinear
-
     quantized = sum(m.out_features * m.in_features for m in model.modules() if isinstance(m, QuantLinear))
     return sum(p.numel() for p in model.parameters()) + quantized
 

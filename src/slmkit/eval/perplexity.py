@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from slmkit.data.chunk import encode_docs, token_stream
 from slmkit.data.sources import TextData
 from slmkit.errors import SlmkitError
-from slmkit.eval.scoring import check_length, context_length, pad_id, prefix_token, score_requests
+from slmkit.eval.scoring import score_requests
+from slmkit.models.introspect import check_length, context_length, pad_id, prefix_token
 from slmkit.progress import progress_bar
 
 PROTOCOLS = ("window", "rolling")

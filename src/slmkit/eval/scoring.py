@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from slmkit.errors import SlmkitError
+from slmkit.models.introspect import accepts_logits_to_keep
 
 LOGITS_BUDGET = 1 << 28  # float32 logits elements held at once (1 GiB)
 
@@ -24,48 +24,10 @@ class Score:
     greedy: bool | None  # every scored token was the argmax prediction (None: not computed)
 
 
-def context_length(model) -> int | None:
-    """The longest sequence the model's config says it handles (None when it says nothing)."""
-    cfg = model.config
-    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = getattr(cfg, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def check_length(model, length: int, what: str) -> None:
-    limit = context_length(model)
-    if limit is not None and length > limit:
-        raise SlmkitError(f"{what} is {length} tokens but the model's context is {limit} tokens; "
-                          f"use a value <= {limit}")
-
-
 def rows_per_batch(model, seq_len: int, batch_tokens: int) -> int:
     vocab = model.config.get_text_config().vocab_size
     by_logits = max(1, LOGITS_BUDGET // max(1, seq_len * vocab))
     return max(1, min(batch_tokens // max(1, seq_len), by_logits))
-
-
-def prefix_token(tokenizer) -> int:
-    """The token that starts a sequence with no context: BOS, else EOS (lm-eval's rule)."""
-    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return tid
-    raise SlmkitError("the tokenizer has neither a BOS nor an EOS token to start sequences with")
-
-
-def pad_id(tokenizer) -> int:
-    for tid in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
-        if tid is not None:
-            return tid
-    return 0
-
-
-def accepts_logits_to_keep(model) -> bool:
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
 
 
 def _rows(requests: Sequence[tuple[Sequence[int], int]]) -> list[tuple[tuple[int, ...], list[int]]]:

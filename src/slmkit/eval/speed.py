@@ -17,8 +17,8 @@ from slmkit.data.chunk import token_stream
 from slmkit.data.sources import embedded_text
 from slmkit.errors import SlmkitError
 from slmkit.eval.memory import PeakRSS, disk_bytes, param_count
-from slmkit.eval.scoring import check_length
 from slmkit.models.dtype import resolve_dtype
+from slmkit.models.introspect import check_length
 from slmkit.models.kvcache import cache_kwargs, output_cache
 from slmkit.progress import progress_bar
 

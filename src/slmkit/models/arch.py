@@ -172,3 +172,19 @@ def get_submodule(root: "nn.Module", path: str) -> "nn.Module":
             f"{type(root).__name__} has no submodule {path!r} ({e}); the adapter table entry "
             "for this architecture does not match this model"
         ) from None
+
+
+# role groups whose linears read one input (fused by `slmkit.runtime.fuse`)
+SHARED_INPUT_ROLES = (("q", "k", "v"), ("gate", "up"))
+
+
+def shared_input_sites(model: "nn.Module") -> "list[list[nn.Module]]":
+    """Per decoder layer, the linears of each `SHARED_INPUT_ROLES` group the model's
+    architecture has; none for a model missing from the architecture table."""
+    try:
+        spec = get_arch(model)
+    except SlmkitError:
+        return []
+    paths = spec.linear_paths()
+    return [[get_submodule(layer, paths[r]) for r in roles if r in paths]
+            for layer in spec.decoder_layers(model) for roles in SHARED_INPUT_ROLES]

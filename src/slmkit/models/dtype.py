@@ -21,10 +21,10 @@ through unchanged for every phase.
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Literal
 
 from slmkit.errors import SlmkitError
+from slmkit.runtime.cpu import has_native_bf16
 
 if TYPE_CHECKING:
     import torch
@@ -36,25 +36,6 @@ _NAMES = {
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float16": "float16", "fp16": "float16", "f16": "float16",
 }
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def has_native_bf16(flags: frozenset[str] | None = None) -> bool:
-    flags = cpu_flags() if flags is None else flags
-    return any(f in flags for f in NATIVE_BF16_FLAGS)
 
 
 def auto_dtype_name(phase: Phase, flags: frozenset[str] | None = None, quantized: bool = False) -> str:
@@ -70,7 +51,7 @@ def auto_dtype_name(phase: Phase, flags: frozenset[str] | None = None, quantized
 def integer_bound(model) -> bool:
     """True when `model`'s decode steps mostly read integer weights: it has integer linears and
     its dense float linears (4 bytes each in float32) weigh no more than the integer ones."""
-    from slmkit.compress.api import decode_weight_bytes, is_quantized
+    from slmkit.runtime.modules import decode_weight_bytes, is_quantized
 
     if not is_quantized(model):
         return False

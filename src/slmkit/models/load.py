@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slmkit.errors import SlmkitError
+from slmkit.models.arch import shared_input_sites
 from slmkit.models.dtype import Phase, resolve_dtype
+from slmkit.models.manifest import read_manifest
+from slmkit.models.save import clear_gguf_markers
 
 if TYPE_CHECKING:
     import torch
@@ -66,8 +69,6 @@ def _from_pretrained(location: str, dtype: "torch.dtype", what: str, **kw):
 
 def load_gguf(path: str | Path, dtype: "torch.dtype"):
     """Load a .gguf file through transformers' dequantizing GGUF loader (dense weights)."""
-    from slmkit.models.save import clear_gguf_markers
-
     p = Path(path)
     with open(p, "rb") as f:
         if f.read(4) != b"GGUF":
@@ -84,8 +85,6 @@ def load_gguf(path: str | Path, dtype: "torch.dtype"):
 
 
 def _lowrank_records(folder: str) -> list[dict]:
-    from slmkit.models.manifest import read_manifest
-
     return (read_manifest(folder) or {}).get("lowrank") or []
 
 
@@ -96,7 +95,7 @@ def _load_lowrank(folder: str, dtype: "torch.dtype", records: list[dict]):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.initialization import no_init_weights
 
-    from slmkit.compress.lowrank.apply import rebuild_lowrank
+    from slmkit.runtime.lowrank import rebuild_lowrank
 
     try:
         config = AutoConfig.from_pretrained(folder)
@@ -138,11 +137,13 @@ def _load_compressed(folder: str, dtype: "torch.dtype"):
     """A compressed-tensors checkpoint (ours or llm-compressor's) on slmkit's integer kernels."""
     from transformers import AutoTokenizer
 
-    from slmkit.compress.quantize.checkpoint import load_compressed
+    from slmkit.runtime.checkpoint import load_compressed
+    from slmkit.runtime.fuse import fuse_shared_inputs
 
     try:
         tok = AutoTokenizer.from_pretrained(folder)
         model = load_compressed(folder, dtype)
+        fuse_shared_inputs(shared_input_sites(model))
     except SlmkitError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as e:

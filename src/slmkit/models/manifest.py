@@ -8,6 +8,8 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
+from slmkit import __version__
+
 MANIFEST_NAME = "slmkit.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
@@ -40,8 +42,6 @@ def weights_sha256(path: str | Path) -> str | None:
 def versions() -> dict:
     import torch
     import transformers
-
-    from slmkit import __version__
 
     return {"slmkit": __version__, "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__}

@@ -7,7 +7,7 @@ float32 model costs about 3 single-token forwards (Qwen2.5-1.5B: 516 ms for 1 to
 2, 1580 ms for 5). Reading each weight once and using it for every token is what such a step
 needs, since it is bound by memory, not arithmetic:
 
-* slmkit's AVX2 kernel (`dense_gemm` in slmkit/compress/quantize/int4_native.c, built on first
+* slmkit's AVX2 kernel (`dense_gemm` in slmkit/runtime/int4_native.c, built on first
   use; see native.py) does exactly that, for float32 weights (1-16 tokens: a one-token
   Qwen2.5-1.5B step also drops from ~543 to ~400 ms) and for bf16 weights (half the bytes,
   widened to float32 in registers; 2-16 tokens, since PyTorch's bf16 matrix-vector product is
@@ -34,7 +34,9 @@ import contextlib
 import types
 from typing import TYPE_CHECKING, Iterator
 
-from slmkit.models.dtype import has_native_bf16
+from slmkit.errors import SlmkitError
+from slmkit.runtime import native as native_kernel
+from slmkit.runtime.cpu import has_native_bf16
 
 if TYPE_CHECKING:
     import torch
@@ -46,10 +48,8 @@ MAX_TOKENS = 16           # above this the packed GEMM catches up
 
 
 def _native():
-    """slmkit's AVX2 kernel library (dense_gemm), or None (slmkit.compress.quantize.native)."""
-    from slmkit.compress.quantize import native
-
-    return native.library()
+    """slmkit's AVX2 kernel library (dense_gemm), or None (slmkit.runtime.native)."""
+    return native_kernel.library()
 
 
 def native_mm(lib, x: "torch.Tensor", weight: "torch.Tensor") -> "torch.Tensor":
@@ -100,10 +100,7 @@ def narrow_linears(model: "nn.Module", max_tokens: int = MAX_TOKENS,
 
     lib = _native() if native is not False else None
     if native and lib is None:
-        from slmkit.compress.quantize import native as nat
-        from slmkit.errors import SlmkitError
-
-        raise SlmkitError(f"native few-token kernel requested but unavailable: {nat.status()}")
+        raise SlmkitError(f"native few-token kernel requested but unavailable: {native_kernel.status()}")
     if min_weights is None:
         min_weights = NATIVE_MIN_WEIGHTS if lib is not None else MIN_WEIGHTS
     f32 = torch.float32

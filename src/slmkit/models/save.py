@@ -73,8 +73,7 @@ def save(model, tokenizer, out: str | Path, manifest: dict | None = None, *,
 
 def _save_weights(model, folder: Path) -> None:
     """save_pretrained, except that integer-kernel linears go out in compressed-tensors form."""
-    from slmkit.compress.quantize.checkpoint import (quantization_config, quantized_modules,
-                                                     quantized_state_dict)
+    from slmkit.runtime.checkpoint import quantization_config, quantized_modules, quantized_state_dict
 
     if getattr(model, "_slmkit_quantized", None):
         raise SlmkitError("this model holds simulated quantized weights (quantize(..., "

@@ -58,10 +58,10 @@ def tiny_model(model_type: str, seed: int = 0, **overrides: Any) -> "PreTrainedM
 
 def tiny_tokenizer(vocab_size: int = TINY_VOCAB) -> "PreTrainedTokenizerFast":
     """A byte-level BPE tokenizer trained (deterministically, in ~1 s) on the embedded text."""
+    from pydoc_data import topics
+
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from slmkit.data.sources import embedded_text
 
     specials = ["<pad>", "<s>", "</s>"]  # ids 0, 1, 2 as in _COMMON
     tok = Tokenizer(models.BPE())
@@ -70,6 +70,6 @@ def tiny_tokenizer(vocab_size: int = TINY_VOCAB) -> "PreTrainedTokenizerFast":
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(embedded_text("calib").docs, trainer=trainer)
+    tok.train_from_iterator([topics.topics[k] for k in sorted(topics.topics)[::2]], trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
                                    eos_token="</s>", model_max_length=256)

@@ -17,9 +17,26 @@ import json
 import time
 from pathlib import Path
 
+from slmkit.compress.api import lowrank, prune, quantize
+from slmkit.compress.lowrank.apply import merge_lowrank
+from slmkit.data import build_calibration
+from slmkit.data.chunk import token_stream
+from slmkit.data.sources import TextData, load_text
+from slmkit.distill import Distill
 from slmkit.errors import SlmkitError
+from slmkit.eval.mc import MCConfig, load_items, multiple_choice
+from slmkit.eval.memory import PeakRSS, disk_bytes, param_count
+from slmkit.eval.perplexity import PerplexityConfig, perplexity
+from slmkit.eval.speed import SpeedConfig, alternating, speed
 from slmkit.files import write_text_atomic
+from slmkit.models import load, save
+from slmkit.models.gguf_export import export_gguf
+from slmkit.recipes.report import write_report
 from slmkit.recipes.schema import Recipe, Stage, stage_configs
+from slmkit.runtime.modules import dequantize, is_quantized
+from slmkit.train import CausalLM, train
+from slmkit.train.lora import LoRAConfig, add_lora, merge_lora
+from slmkit.train.sft import lm_batches, training_batches
 
 STAGE_FILE = "stage.json"
 SAVE_DTYPE = "bfloat16"   # stage checkpoints; integer weights and their grids are not affected
@@ -48,8 +65,6 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _load(source: str, dtype: str = "float32"):
-    from slmkit.models import load
-
     return load(source, dtype)
 
 
@@ -58,8 +73,6 @@ def _calib(recipe: Recipe, run: Path):
     included), saved in RUN/calibration-<key>.pt and reused by every calibrated stage — so the
     stages see the same data, and a pruned model does not write its own calibration text."""
     import torch
-
-    from slmkit.data import build_calibration
 
     c = recipe.calibration
     key = hashlib.sha256(json.dumps([recipe.model, dataclasses.asdict(c)], sort_keys=True,
@@ -79,9 +92,6 @@ def _calib(recipe: Recipe, run: Path):
 # ---- stage bodies: (model, tok, stage, recipe, folder) -> (model, tok, info) -------------------
 
 def _compress(model, tok, stage, recipe, folder):
-    from slmkit.compress.api import lowrank, prune, quantize
-    from slmkit.compress.lowrank.apply import merge_lowrank
-
     cfgs = stage_configs(stage)
     method, cfg = cfgs["method"], cfgs["config"]
     needs_calib = not (method in ("magnitude", "rtn", "svd") and not getattr(cfg, "owl", False))
@@ -101,11 +111,6 @@ def _compress(model, tok, stage, recipe, folder):
 
 
 def _train(model, tok, stage, recipe, folder):
-    from slmkit.data.sources import load_text
-    from slmkit.distill import Distill
-    from slmkit.train import CausalLM, train
-    from slmkit.train.sft import lm_batches, training_batches
-
     cfgs = stage_configs(stage)
     d = cfgs["data"]
     data = training_batches(tok, data=None if d["sft"] else d["data"], sft=d["sft"],
@@ -119,13 +124,9 @@ def _train(model, tok, stage, recipe, folder):
         objective = CausalLM()
     target = model
     if stage.kind == "finetune" and cfgs.get("lora"):
-        from slmkit.train.lora import LoRAConfig, add_lora
-
         target = add_lora(model, LoRAConfig(**cfgs["lora"]) if isinstance(cfgs["lora"], dict) else None)
     summary = train(target, objective, data, cfgs["train"], folder / "train", eval_data=held)
     if target is not model:
-        from slmkit.train.lora import merge_lora
-
         model = merge_lora(target)
     return model, tok, {"train": summary}
 
@@ -155,13 +156,6 @@ def present(spec: str | None) -> str | None:
 def measure(model, tok, recipe: Recipe, folder: Path | None) -> dict:
     """Per-stage metrics: size, perplexity (protocol (i) on every text, (ii) on the first), MC
     accuracy, decode/prefill speed."""
-    from slmkit.data.chunk import token_stream
-    from slmkit.data.sources import TextData, load_text
-    from slmkit.eval.mc import MCConfig, load_items, multiple_choice
-    from slmkit.eval.memory import param_count
-    from slmkit.eval.perplexity import PerplexityConfig, perplexity
-    from slmkit.eval.speed import SpeedConfig, speed
-
     ev = recipe.evaluation
     out: dict = {"params": param_count(model)}
     if folder is not None:
@@ -219,10 +213,6 @@ def plan(recipe: Recipe, run: Path, model_params: int | None = None) -> list[dic
 
 def run_recipe(recipe: Recipe, run: str | Path, *, log=print) -> dict:
     """Run (or resume) `recipe` into the folder `run`; returns the report dict."""
-    from slmkit.eval.memory import PeakRSS
-    from slmkit.models import save
-    from slmkit.recipes.report import write_report
-
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     (run / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, default=str))
@@ -238,7 +228,6 @@ def run_recipe(recipe: Recipe, run: str | Path, *, log=print) -> dict:
         model, tok = _load(recipe.model)
         t0 = time.perf_counter()
         m = measure(model, tok, recipe, None)
-        from slmkit.eval.memory import disk_bytes
         db = disk_bytes(model)
         m["disk_mb"] = None if db is None else db / 2 ** 20
         results.append({"stage": "00-source", "model": recipe.model, "metrics": m,
@@ -305,8 +294,6 @@ def side_by_side_speed(source: str, final: str, recipe: Recipe, rounds: int = 2)
     process (source, final, source, final, ...; best of `rounds` each). The per-stage speeds in the
     report come from different moments, and from earlier invocations when stages were skipped,
     so only this ratio is a like-for-like comparison."""
-    from slmkit.eval.speed import SpeedConfig, alternating
-
     ev = recipe.evaluation
     cfg = SpeedConfig(prompt_tokens=ev.speed_prompt, new_tokens=ev.speed_new_tokens, repeats=1)
     best = alternating({"source": _load(source), "final": _load(final)}, cfg, rounds, stat="max")
@@ -319,12 +306,8 @@ def side_by_side_speed(source: str, final: str, recipe: Recipe, rounds: int = 2)
 
 
 def _export(stage: Stage, current: str, folder: Path) -> dict:
-    from slmkit.compress.quantize.gguf_export import export_gguf
-
     t = stage_configs(stage)["type"]
     model, tok = _load(current)
-    from slmkit.compress.api import dequantize, is_quantized
-
     if is_quantized(model):
         dequantize(model)   # GGUF gets the exact dequantized grid, requantized to `t`
     path = export_gguf(model, tok, folder / f"model-{t}.gguf", t, overwrite=True)

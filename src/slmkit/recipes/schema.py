@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmkit.compress.api import LOWRANK, PRUNERS, QUANTIZERS
+from slmkit.distill.objectives import DistillConfig
 from slmkit.errors import SlmkitError
+from slmkit.train import TrainConfig
 
 STAGE_KINDS = ("prune", "quantize", "lowrank", "distill", "finetune", "export", "eval")
 TRAIN_DATA_KEYS = {"data": "default:calib", "sft": None, "seq_len": 512, "max_rows": None,
@@ -115,10 +118,6 @@ def _build(cls, values: dict, src: str, lines: dict, path: tuple):
 
 def stage_configs(stage: Stage) -> dict:
     """The config objects a stage will run with (validates them)."""
-    from slmkit.compress.api import LOWRANK, PRUNERS, QUANTIZERS
-    from slmkit.distill.objectives import DistillConfig
-    from slmkit.train import TrainConfig
-
     o = dict(stage.options)
     if stage.kind in ("prune", "quantize", "lowrank"):
         reg = {"prune": PRUNERS, "quantize": QUANTIZERS, "lowrank": LOWRANK}[stage.kind]
@@ -150,10 +149,6 @@ def stage_configs(stage: Stage) -> dict:
 
 
 def _allowed_stage_keys(kind: str, method: str | None) -> set[str]:
-    from slmkit.compress.api import LOWRANK, PRUNERS, QUANTIZERS
-    from slmkit.distill.objectives import DistillConfig
-    from slmkit.train import TrainConfig
-
     names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
     if kind in ("prune", "quantize", "lowrank"):
         reg = {"prune": PRUNERS, "quantize": QUANTIZERS, "lowrank": LOWRANK}[kind]

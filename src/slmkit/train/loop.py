@@ -30,6 +30,7 @@ from slmkit.allocator import active_allocator
 from slmkit.errors import SlmkitError
 from slmkit.files import write_text_atomic
 from slmkit.progress import progress_bar
+from slmkit.runtime.cpu import has_native_bf16
 from slmkit.train.config import TrainConfig
 from slmkit.train.data import Batches
 from slmkit.train.schedule import lr_factor
@@ -43,8 +44,6 @@ CURVE = "loss.png"
 
 
 def use_bf16_autocast(setting: str) -> bool:
-    from slmkit.models.dtype import has_native_bf16
-
     return setting == "bf16" or (setting == "auto" and has_native_bf16())
 
 
@@ -157,7 +156,7 @@ def _checkpointing(model, on: bool, fraction: float = 1.0) -> None:
         switch(**{("activation_checkpointing_kwargs" if switch.__name__ == new
                    else "gradient_checkpointing_kwargs"): {"use_reentrant": False}})
         if fraction < 1:
-            from transformers import PreTrainedModel   # models carry the flag too; layers are the rest
+            from transformers import PreTrainedModel  # models carry the flag too; layers are the rest
 
             layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True
                       and not isinstance(m, PreTrainedModel)]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from slmkit.errors import SlmkitError
+from slmkit.models.arch import get_arch
+from slmkit.runtime.modules import is_quantized
 
 
 @dataclass
@@ -29,8 +31,6 @@ class LoRAConfig:
 
 def target_modules(model, roles: list[str]) -> list[str]:
     """peft `target_modules` (module-name suffixes) for adapter-table roles."""
-    from slmkit.models.arch import get_arch
-
     paths = get_arch(model).linear_paths()
     unknown = sorted(set(roles) - set(paths))
     if unknown:
@@ -46,8 +46,6 @@ def add_lora(model, cfg: LoRAConfig | None = None):
         from peft import get_peft_model
     except ImportError:
         raise SlmkitError("LoRA needs peft: pip install 'slmkit[train]' (or pip install peft)") from None
-    from slmkit.compress.api import is_quantized
-
     cfg = cfg or LoRAConfig()
     if is_quantized(model):
         raise SlmkitError("LoRA on a quantized model: dequantize it first "

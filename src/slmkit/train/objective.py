@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from slmkit.errors import SlmkitError
 from slmkit.train.data import IGNORE
+from slmkit.train.fused_ce import check_soft_ids, checked_head, linear_cross_entropy, shift_labels, soft_mix
 
 if TYPE_CHECKING:
     import torch
@@ -27,8 +29,6 @@ def shifted_ce(logits: "torch.Tensor", labels: "torch.Tensor") -> "torch.Tensor"
     copy of the logits is made."""
     import torch.nn.functional as F
 
-    from slmkit.train.fused_ce import shift_labels
-
     return F.cross_entropy(logits.flatten(0, 1).float(), shift_labels(labels).flatten(),
                            ignore_index=IGNORE)
 
@@ -39,8 +39,6 @@ def shifted_soft_ce(logits: "torch.Tensor", labels: "torch.Tensor", soft_ids: "t
     i's for the token at i + 1, all-zero probs = none) is scored against (1 - soft_weight)
     onehot(label) + soft_weight x its renormalised probs (the plain path of `soft_ce_rows_`)."""
     import torch
-
-    from slmkit.train.fused_ce import check_soft_ids, shift_labels, soft_mix
 
     check_soft_ids(soft_ids, logits.shape[-1])
     target = shift_labels(labels).flatten()
@@ -66,8 +64,6 @@ class CausalLM:
     The first batch of each model checks that both paths give the same logits."""
 
     def __init__(self, fused: bool = True, soft_weight: float = 0.0):
-        from slmkit.errors import SlmkitError
-
         if not 0 <= soft_weight <= 1:
             raise SlmkitError(f"soft_weight must be in [0, 1], not {soft_weight}")
         self.fused = fused
@@ -75,8 +71,6 @@ class CausalLM:
         self._checked: dict[int, bool] = {}
 
     def _fused_parts(self, model, batch):
-        from slmkit.train.fused_ce import checked_head
-
         return checked_head(model, batch, self._checked) if self.fused else None
 
     def loss(self, model, batch: dict):
@@ -88,8 +82,6 @@ class CausalLM:
             ce = (shifted_ce(out.logits, batch["labels"]) if soft is None else
                   shifted_soft_ce(out.logits, batch["labels"], *soft, self.soft_weight))
         else:
-            from slmkit.train.fused_ce import linear_cross_entropy, shift_labels
-
             decoder, head = parts
             hs = decoder(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                          use_cache=False).last_hidden_state

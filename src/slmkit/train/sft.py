@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from slmkit.data.chunk import chunk, token_stream
-from slmkit.data.sources import TextData
+from slmkit.data.sources import TextData, load_text, read_jsonl
 from slmkit.errors import SlmkitError
 from slmkit.train.data import IGNORE, Batches
 
@@ -82,8 +82,6 @@ def training_batches(tokenizer, *, data: str | None = None, sft: str | None = No
                      response_key: str = "response") -> Batches:
     """Rows to train on from a text spec (`data`: every token scored) or a prompt/response jsonl
     (`sft`: answers scored), optionally only the first `max_rows`."""
-    from slmkit.data.sources import load_text, read_jsonl
-
     if (data is None) == (sft is None):
         raise SlmkitError("give exactly one of --data (plain text) or --sft (prompt/response jsonl)")
     rows = (sft_batches(tokenizer, read_jsonl(sft), seq_len, prompt_key=prompt_key,

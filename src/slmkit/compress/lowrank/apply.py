@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from slmkit.compress.calibrate import CalibDtype, calib_dtype_field, sequential
-from slmkit.compress.lowrank.svd import Factorized, LowRankLinear, rank_for, svd_factors
+from slmkit.compress.lowrank.svd import rank_for, svd_factors
 from slmkit.compress.smooth import ActivationStats
 from slmkit.compress.targets import Target, all_targets, layer_targets
 from slmkit.errors import SlmkitError
+from slmkit.runtime.lowrank import Factorized, LowRankLinear
 
 
 @dataclass
@@ -106,14 +107,6 @@ def merge_lowrank(model) -> None:
                     dense.bias.copy_(m.up.bias)
             model.set_submodule(name, dense.to(m.up.weight.dtype))
     model._slmkit_lowrank = []
-
-
-def rebuild_lowrank(model, records: list[dict]) -> None:
-    """Swap in empty LowRankLinear shells for the layers `records` (from slmkit.json) list."""
-    for r in records:
-        f = Factorized(**r)
-        shell = LowRankLinear(f.in_features, f.out_features, f.rank, f.bias)
-        model.set_submodule(f.name, shell.to(next(model.parameters()).dtype))
 
 
 def records(done: list[Factorized]) -> list[dict]:

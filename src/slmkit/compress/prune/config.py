@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from slmkit.compress.calibrate import CalibDtype, calib_dtype_field
+from slmkit.compress.prune.nm import nm_sparsity, parse_nm
+from slmkit.compress.quantize.gptq import check_damp
 from slmkit.errors import SlmkitError
 
 DEFAULT_SPARSITY = 0.5
@@ -82,9 +84,6 @@ class SparseGPTConfig(PruneConfig):
 
 def check_config(cfg: PruneConfig) -> tuple[float, tuple[int, int] | None]:
     """Validate `cfg` before any work; returns (target sparsity, (N, M) or None)."""
-    from slmkit.compress.prune.nm import nm_sparsity, parse_nm
-    from slmkit.compress.quantize.gptq import check_damp
-
     nm = parse_nm(cfg.nm)
     s = cfg.sparsity
     if s is not None and (isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s < 1):

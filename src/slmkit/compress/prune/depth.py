@@ -33,6 +33,7 @@ from slmkit.compress.prune.structured import (
 )
 from slmkit.errors import SlmkitError
 from slmkit.models.arch import ArchSpec, get_arch
+from slmkit.progress import progress_bar
 
 if TYPE_CHECKING:
     import torch
@@ -97,8 +98,6 @@ def calibration_loss(model: "nn.Module", calib: "torch.Tensor", batch_size: int 
 
 def skip_losses(model: "nn.Module", calib: "torch.Tensor", batch_size: int = 8) -> tuple[float, list[float]]:
     """(dense loss, [loss with layer i skipped for each i])."""
-    from slmkit.progress import progress_bar
-
     layers = get_arch(model).decoder_layers(model)
     base = calibration_loss(model, calib, batch_size)
     losses = []

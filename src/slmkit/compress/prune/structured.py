@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 from slmkit.compress.calibrate import CalibDtype, calib_dtype_field
 from slmkit.errors import SlmkitError
 from slmkit.models.arch import ArchSpec, get_arch
+from slmkit.runtime.modules import is_quantized
 
 if TYPE_CHECKING:
     import torch
@@ -130,8 +131,6 @@ def units_needed(remove: int, per_unit: int) -> int:
 def check_prunable(model: "nn.Module", calib) -> ArchSpec:
     """The adapter for `model`, after checking the model and calibration data can be pruned."""
     spec = get_arch(model)
-    from slmkit.compress.api import is_quantized
-
     if is_quantized(model):
         raise SlmkitError("structured pruning needs the float model; prune before quantizing")
     if calib is None:
@@ -187,20 +186,3 @@ def record_step(model: "nn.Module", name: str, cfg, summary: dict) -> None:
     """Append this step to `model._slmkit_steps` (saved into slmkit.json)."""
     step = {"prune": name, "config": asdict(cfg), **summary}
     model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), step]
-
-
-# ---- front -----------------------------------------------------------------------------------
-def prune_depth(model: "nn.Module", cfg: DepthPruneConfig, calib: "torch.Tensor", *,
-                record: bool = True) -> dict:
-    """Remove whole decoder layers in place; returns the report (see `depth.prune_depth`)."""
-    from slmkit.compress.prune.depth import prune_depth as run
-
-    return run(model, cfg, calib, record=record)
-
-
-def prune_width(model: "nn.Module", cfg: WidthPruneConfig, calib: "torch.Tensor", *,
-                record: bool = True) -> dict:
-    """Remove MLP channels / KV head groups in place; returns the report (see `width.prune_width`)."""
-    from slmkit.compress.prune.width import prune_width as run
-
-    return run(model, cfg, calib, record=record)

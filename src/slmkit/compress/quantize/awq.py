@@ -62,18 +62,12 @@ import torch.nn.functional as F
 
 from slmkit.compress.calibrate import CalibDtype, InputHooks, calib_dtype_field, sequential
 from slmkit.compress.quantize.config import RTNConfig, grid_for
-from slmkit.compress.quantize.rtn import (
-    QuantizedWeight,
-    check_bits,
-    grid,
-    quantize_column,
-    rtn,
-)
-from slmkit.compress.smooth import absorber_scales, fold_scales, group_stats, scale_groups, tie_channels
 from slmkit.compress.sensitivity import loss_sensitivity, output_fisher
+from slmkit.compress.smooth import absorber_scales, fold_scales, group_stats, scale_groups, tie_channels
 from slmkit.compress.targets import Target, all_targets, layer_targets
 from slmkit.errors import SlmkitError
 from slmkit.models.arch import get_arch
+from slmkit.runtime.qweight import QuantizedWeight, check_bits, grid, quantize_column, rtn
 
 if TYPE_CHECKING:
     from torch import nn

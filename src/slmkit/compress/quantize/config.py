@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from slmkit.compress.calibrate import CalibDtype, calib_dtype_field
+from slmkit.compress.quantize.gptq import check_clip_floor, check_damp
 from slmkit.errors import SlmkitError
+from slmkit.runtime.embedding import embed_grid
+from slmkit.runtime.qweight import check_bits
 
 if TYPE_CHECKING:
     from slmkit.compress.targets import Target
@@ -38,14 +41,10 @@ class RTNConfig:
 
     def __post_init__(self) -> None:
         """Refuse out-of-range grids when the config is made (CLI, recipes, Python alike)."""
-        from slmkit.compress.quantize.rtn import check_bits
-
         check_bits(self.bits, self.group_size)
         if self.head_bits is not None and not (isinstance(self.head_bits, int) and 5 <= self.head_bits <= 8):
             raise SlmkitError(f"head_bits must be 5-8 (per-channel int8 kernel) or None, not {self.head_bits!r}")
         if self.embed_bits is not None:
-            from slmkit.compress.quantize.embedding import embed_grid
-
             embed_grid(self.embed_bits, 32)
 
 
@@ -76,8 +75,6 @@ class GPTQConfig(RTNConfig):
     calib_dtype: CalibDtype = calib_dtype_field()
 
     def __post_init__(self) -> None:
-        from slmkit.compress.quantize.gptq import check_clip_floor, check_damp
-
         super().__post_init__()
         check_damp(self.damp, "GPTQ")
         check_clip_floor(self.clip_floor)
@@ -85,8 +82,6 @@ class GPTQConfig(RTNConfig):
 
 def check_overrides(cfg) -> None:
     """Validate `cfg.overrides` before any work: known keys, sane values."""
-    from slmkit.compress.quantize.rtn import check_bits
-
     for pattern, values in cfg.overrides.items():
         if not isinstance(values, dict) or not values:
             raise SlmkitError(f"override {pattern!r} must map to a non-empty dict of "

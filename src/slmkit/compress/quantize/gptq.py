@@ -15,15 +15,9 @@ import warnings
 
 import torch
 
-from slmkit.compress.quantize.rtn import (
-    QuantizedWeight,
-    check_bits,
-    grid,
-    group_index,
-    quantize_column,
-    search_grid,
-)
+from slmkit.compress.quantize.grid_search import search_grid
 from slmkit.errors import SlmkitError
+from slmkit.runtime.qweight import QuantizedWeight, check_bits, grid, group_index, quantize_column
 
 
 def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,

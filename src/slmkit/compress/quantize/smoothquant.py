@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from slmkit.compress.calibrate import CalibDtype, calib_dtype_field, sequential
-from slmkit.compress.quantize.rtn import QuantizedWeight, rtn
 from slmkit.compress.smooth import (
     ATTN_IN,
     MLP_IN,
@@ -32,6 +31,7 @@ from slmkit.compress.smooth import (
 )
 from slmkit.compress.targets import layer_targets
 from slmkit.errors import SlmkitError
+from slmkit.runtime.qweight import QuantizedWeight, rtn
 
 if TYPE_CHECKING:
     from torch import nn

@@ -8,7 +8,8 @@ real share of it. `fuse_shared_inputs` concatenates such siblings' codes and gri
 the first member called computes every member's rows in one native call; the others take
 their slice.
 
-Which siblings are tried comes from the architecture table (q/k/v, gate/up roles). Correctness
+Which siblings are tried comes from the caller (for a model: the architecture table's q/k/v and
+gate/up roles, `slmkit.models.arch.shared_input_sites`). Correctness
 does not rest on that: a member reuses the group's result only when it is
 given the very tensor object the result was computed from (`is`, while the group holds a
 reference, so the object cannot be a recycled one) and has not taken its slice of that result
@@ -20,12 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from slmkit.compress.quantize.kernels import Int4Linear
-from slmkit.errors import SlmkitError
-from slmkit.models.arch import get_arch, get_submodule
-
-# role groups of the architecture table (`slmkit.models.arch`) whose linears read one input
-SHARED_INPUT_ROLES = (("q", "k", "v"), ("gate", "up"))
+from slmkit.runtime.kernels import Int4Linear
 
 
 class SharedInput:
@@ -69,23 +65,12 @@ class SharedInput:
         return out if out.is_contiguous() else out.contiguous()
 
 
-def shared_input_sites(model: torch.nn.Module) -> list[list[torch.nn.Module]]:
-    """Per decoder layer, the linears of each `SHARED_INPUT_ROLES` group the model's
-    architecture has; none for a model missing from the architecture table."""
-    try:
-        spec = get_arch(model)
-    except SlmkitError:
-        return []
-    paths = spec.linear_paths()
-    return [[get_submodule(layer, paths[r]) for r in roles if r in paths]
-            for layer in spec.decoder_layers(model) for roles in SHARED_INPUT_ROLES]
-
-
-def fuse_shared_inputs(model: torch.nn.Module, sites: list[list[torch.nn.Module]] | None = None) -> int:
-    """Group the linears of each site (default: `shared_input_sites(model)`) that run on the
-    native int4 kernel with the same input width, bits and group size; returns how many groups."""
+def fuse_shared_inputs(sites: list[list[torch.nn.Module]]) -> int:
+    """Group the linears of each site (the modules that read one input: for a model,
+    `slmkit.models.arch.shared_input_sites`) that run on the native int4 kernel with the same
+    input width, bits and group size; returns how many groups."""
     groups = 0
-    for site in shared_input_sites(model) if sites is None else sites:
+    for site in sites:
         members = [m for m in site if isinstance(m, Int4Linear) and m._native_ok and m._shared is None]
         by_shape: dict[tuple, list[Int4Linear]] = {}
         for m in members:

@@ -24,6 +24,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from slmkit.runtime.cpu import cpu_flags
+
 SOURCE = Path(__file__).with_name("int4_native.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11"]
 
@@ -60,8 +62,6 @@ def _build(compiler: str) -> Path:
 def library() -> ctypes.CDLL | None:
     """The loaded kernel library, or None (see `status()`)."""
     global _why_not
-    from slmkit.models.dtype import cpu_flags
-
     if os.environ.get("SLMKIT_NATIVE", "1") == "0":
         _why_not = "disabled by SLMKIT_NATIVE=0"
         return None

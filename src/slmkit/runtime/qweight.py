@@ -1,4 +1,5 @@
-"""Round-to-nearest (RTN) weight quantization: the grid every method here shares.
+"""Integer weights on a grid (`QuantizedWeight`) and round-to-nearest (RTN) onto it: the
+format every quantizer writes and every integer kernel reads.
 
 A weight matrix W [out, in] is cut along `in` into groups of `group_size` columns (the last group
 may be shorter when `group_size` does not divide `in`; `group_size=None` = one group per row, i.e.
@@ -53,29 +54,6 @@ def grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, tor
         zero = torch.round(-lo / torch.where(scale > 0, scale, torch.ones_like(scale)))
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero rows: any scale works
     return scale, zero
-
-
-def search_grid(w: torch.Tensor, bits: int, symmetric: bool, importance: torch.Tensor | None = None,
-                min_shrink: float = 0.75, steps: int = 26) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like `grid`, but each row's range is shrunk by the factor in linspace(1, min_shrink, steps)
-    that minimises its rounding error sum_j importance_j (w_j - deq_j)^2 (importance: e.g. diag H,
-    the squared input magnitude of column j; None = all ones). Clipping a few outliers buys a
-    finer grid for all other weights (the "mse" grid of the GPTQ reference code)."""
-    w = w.float()
-    imp = torch.ones(w.shape[1]) if importance is None else importance.float()
-    best_s, best_z = grid(w, bits, symmetric)
-    best_err = None
-    for p in torch.linspace(1.0, min_shrink, steps).tolist():
-        s, z = grid(w * p, bits, symmetric)
-        deq = (quantize_column(w, s[:, None], z[:, None], bits) - z[:, None]) * s[:, None]
-        err = (w - deq).square_() @ imp
-        if best_err is None:
-            best_err = err
-            continue
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_s, best_z = torch.where(better, s, best_s), torch.where(better, z, best_z)
-    return best_s, best_z
 
 
 def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:

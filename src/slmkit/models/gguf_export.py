@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slmkit.errors import SlmkitError
+from slmkit.models.arch import get_arch
+from slmkit.models.default import default_gguf
 
 if TYPE_CHECKING:
     import torch
@@ -101,8 +103,6 @@ def permute_qk(w: "torch.Tensor", n_head: int) -> "torch.Tensor":
 def _gguf_tensors(model, spec: GGUFArch) -> tuple[dict[str, "torch.Tensor"], bool]:
     """llama.cpp name -> float32 tensor ready to write, and whether output.weight is among them."""
     import gguf
-
-    from slmkit.models.arch import get_arch
 
     cfg, adapter = model.config, get_arch(model)
     head, embed = adapter.head(model), adapter.embedding(model)
@@ -226,8 +226,6 @@ def _source_pre(model) -> str | None:
     path = {"gguf": src.get("path"), "default": "default"}.get(src.get("kind"))
     try:
         if path == "default":
-            from slmkit.models.default import default_gguf
-
             path = default_gguf()
         return _read_header(Path(path))[0].get("tokenizer.ggml.pre") if path else None
     except (OSError, ValueError, KeyError, SlmkitError):

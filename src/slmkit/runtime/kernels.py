@@ -25,10 +25,11 @@ import warnings
 import torch
 from torch import nn
 
-from slmkit.compress.quantize import native
-from slmkit.compress.quantize.pack import pack_int32, unpack_int32
-from slmkit.compress.quantize.rtn import QuantizedWeight
 from slmkit.errors import SlmkitError
+from slmkit.runtime import native
+from slmkit.runtime.cpu import has_int8_dot, has_native_bf16
+from slmkit.runtime.pack import pack_int32, unpack_int32
+from slmkit.runtime.qweight import QuantizedWeight
 
 INT4_GROUPS = (256, 128, 64, 32)  # group sizes aten's CPU int4 kernel accepts
 INT4_ROWS = 16                    # ... and out_features must be a multiple of this
@@ -109,8 +110,6 @@ class Int4Linear(QuantLinear):
         # a flag, not the library handle: modules must stay deep-copyable (ctypes handles are not)
         self._native_ok = native.supports(k, group_size or k) and native.library() is not None
         if self._native_ok:
-            from slmkit.models.dtype import has_native_bf16
-
             self.nibbles = (self.packed_codes if self.bits == 4 else pack_int32(qw.q, 4)).view(torch.uint8)
             self._fast_low_precision = has_native_bf16()
             return
@@ -229,13 +228,6 @@ class Int8Linear(QuantLinear):
 
     def dense_weight(self) -> torch.Tensor:
         return (self.weight_int8.float() + 128 - self.zero) * self.scale
-
-
-def has_int8_dot() -> bool:
-    """Whether the CPU has an int8 dot-product instruction (VNNI / AMX-INT8)."""
-    from slmkit.models.dtype import cpu_flags
-
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
 
 
 class W8A8Linear(Int8Linear):

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slmkit.compress.quantize.fuse import fuse_shared_inputs
-from slmkit.compress.quantize.kernels import QuantLinear, make_linear
-from slmkit.compress.quantize.pack import pack_int32, unpack_int32
-from slmkit.compress.quantize.rtn import QuantizedWeight
 from slmkit.errors import SlmkitError
+from slmkit.runtime.embedding import QuantEmbedding
+from slmkit.runtime.kernels import QuantLinear, make_linear
+from slmkit.runtime.pack import pack_int32, unpack_int32
+from slmkit.runtime.qweight import QuantizedWeight
 
 FORMAT_VERSION = "0.20.0"  # the compressed-tensors version whose reader the tests check against
 
@@ -185,8 +185,6 @@ def load_compressed(folder: str | Path, dtype: torch.dtype):
                     break  # a target class with no quantized tensors (e.g. an untouched head)
                 qw = _quantized_weight(name, scheme, tensors)
                 if isinstance(module, nn.Embedding):
-                    from slmkit.compress.quantize.embedding import QuantEmbedding
-
                     model.set_submodule(name, QuantEmbedding(qw, module))
                 else:
                     model.set_submodule(name, make_linear(qw, tensors.get(f"{name}.bias"), name))
@@ -202,5 +200,4 @@ def load_compressed(folder: str | Path, dtype: torch.dtype):
         raise SlmkitError(f"{folder}: checkpoint does not match its config (missing "
                           f"{missing[:5]}, unexpected {unexpected[:5]})")
     model.to(dtype)
-    fuse_shared_inputs(model)
     return model

@@ -1,6 +1,6 @@
 /* Grouped int4 weights x float32 activations on AVX2 CPUs: slmkit's decode kernel.
  *
- * Compiled on first use by slmkit/compress/quantize/native.py (cc -O3 -mavx2 -mfma -fopenmp);
+ * Compiled on first use by slmkit/runtime/native.py (cc -O3 -mavx2 -mfma -fopenmp);
  * see that module for why it exists and how it is checked.
  *
  * Weights: codes q in [0, 15], bit-packed as compressed-tensors stores them (int32 words of 8

@@ -1,0 +1,45 @@
+"""What a loaded model and its tokenizer say about themselves: context length, the tokens that
+start and pad sequences, and optional forward arguments."""
+
+from __future__ import annotations
+
+import inspect
+
+from slmkit.errors import SlmkitError
+
+
+def context_length(model) -> int | None:
+    """The longest sequence the model's config says it handles (None when it says nothing)."""
+    cfg = model.config
+    for attr in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+        value = getattr(cfg, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def check_length(model, length: int, what: str) -> None:
+    limit = context_length(model)
+    if limit is not None and length > limit:
+        raise SlmkitError(f"{what} is {length} tokens but the model's context is {limit} tokens; "
+                          f"use a value <= {limit}")
+
+
+def prefix_token(tokenizer) -> int:
+    """The token that starts a sequence with no context: BOS, else EOS (lm-eval's rule)."""
+    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
+        if tid is not None:
+            return tid
+    raise SlmkitError("the tokenizer has neither a BOS nor an EOS token to start sequences with")
+
+
+def pad_id(tokenizer) -> int:
+    for tid in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if tid is not None:
+            return tid
+    return 0
+
+
+def accepts_logits_to_keep(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (compute logits for the last positions only)."""
+    return "logits_to_keep" in inspect.signature(type(model).forward).parameters
