@@ -1,6 +1,6 @@
 """`slmkit shrink RECIPE [--model M] [--out RUN] [--dry-run]` and `slmkit report RUN...`.
 
-A recipe (YAML, see recipes/ and slmkit.recipes.schema) chains stages; each writes its model and
+A recipe (YAML, see slmkit/recipes/shipped/ and slmkit.recipes.schema) chains stages; each writes its model and
 measurements under RUN/NN-kind/. Re-running skips unchanged stages and resumes an interrupted
 one; the report (report.json, .md, .html) is rewritten after every run.
 """
@@ -13,8 +13,6 @@ from pathlib import Path
 
 from slmkit.recipes import load_recipe, plan, run_recipe
 from slmkit.recipes.report import compare, table
-
-SHIPPED = Path(__file__).resolve().parents[3] / "recipes"
 
 
 def add_parser(sub):
@@ -30,13 +28,6 @@ def add_parser(sub):
     return s
 
 
-def _resolve(recipe: str) -> Path:
-    p = Path(recipe)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        return p
-    return SHIPPED / f"{recipe}.yaml"
-
-
 def run(ns) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -45,7 +36,7 @@ def run(ns) -> int:
         md, _ = compare(ns.runs, ns.out)
         print(md)
         return 0
-    recipe = load_recipe(_resolve(ns.recipe))
+    recipe = load_recipe(ns.recipe)
     if ns.model:
         recipe = dataclasses.replace(recipe, model=ns.model)
     run_dir = Path(ns.out or Path("runs") / recipe.name)

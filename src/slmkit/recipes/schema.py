@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -216,8 +217,28 @@ def parse_recipe(text: str, src: str = "<recipe>") -> Recipe:
                   stages, calib, ev, src)
 
 
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes that ship inside the package (`slmkit/recipes/shipped/*.yaml`), by name."""
+    folder = Path(str(resources.files("slmkit.recipes") / "shipped"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """A recipe file: `recipe` itself when it is a YAML path or an existing file, else the shipped
+    recipe of that name."""
+    p = Path(recipe)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    shipped = shipped_recipes()
+    if str(recipe) not in shipped:
+        raise SlmkitError(f"no recipe file {recipe!r} and no shipped recipe of that name; shipped: "
+                          f"{', '.join(shipped)}")
+    return shipped[str(recipe)]
+
+
 def load_recipe(path: str | Path) -> Recipe:
-    p = Path(path)
+    """Parse a recipe given as a YAML path or the name of a shipped recipe."""
+    p = resolve_recipe(path)
     if not p.is_file():
         raise SlmkitError(f"recipe {p} does not exist")
     return parse_recipe(p.read_text(encoding="utf-8"), str(p))
