@@ -36,7 +36,7 @@ FAQ = AUSTEN.parent / "python_faq_qa.jsonl"
 
 def prompts(tok, n: int) -> list[list[int]]:
     from slmkit.data.sources import read_jsonl
-    from slmkit.generate.greedy import build_prompt
+    from slmkit.generate.prompt import build_prompt
 
     qa = read_jsonl(FAQ)
     prose = AUSTEN.read_text(encoding="utf-8").split("\n\n")

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from slmkit.distill.blackbox import TeacherConfig, filter_answers, local_teacher, teacher_answers
+from slmkit.distill.blackbox import TeacherConfig, filter_answers, teacher_answers
 from slmkit.errors import SlmkitError
+from slmkit.generate.lm import LocalLM
 from slmkit.models.tiny import tiny_model
 from slmkit.train import IGNORE, Batches, CausalLM, TrainConfig, train
 from slmkit.train.sft import sft_batches
@@ -45,9 +46,12 @@ def test_teacher_answers_resume_from_a_torn_cache(tiny_tok, tmp_path):
     cfg = TeacherConfig(max_new_tokens=4, batch_size=2, chat="no")
     calls = []
 
-    def generate(prompts):
-        calls.append(list(prompts))
-        return local_teacher(teacher, tiny_tok, cfg)(prompts)
+    class Counting(LocalLM):
+        def generate(self, prompts, max_new_tokens=128, temperature=0.0):
+            calls.append(list(prompts))
+            return super().generate(prompts, max_new_tokens, temperature)
+
+    generate = Counting(teacher, tiny_tok, name="teacher", chat=cfg.chat)
 
     cache = tmp_path / "answers.jsonl"
     full = teacher_answers(generate, records, cache, cfg)

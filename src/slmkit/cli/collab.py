@@ -22,7 +22,7 @@ from slmkit.collab.route import cascade, logprob_confidence, sweep
 from slmkit.data.answers import EXTRACTORS
 from slmkit.data.sources import read_jsonl
 from slmkit.errors import SlmkitError
-from slmkit.generate.greedy import build_prompt
+from slmkit.generate.prompt import build_prompt
 from slmkit.models import load
 
 

@@ -23,9 +23,10 @@ import os
 from slmkit.cli.args import add_config_args, config_from_args
 from slmkit.data.selfgen import generate_with_teacher_targets
 from slmkit.data.sources import load_text, read_jsonl
-from slmkit.distill.blackbox import TeacherConfig, filter_answers, local_teacher, teacher_answers
+from slmkit.distill.blackbox import TeacherConfig, filter_answers, teacher_answers
 from slmkit.distill.objectives import Distill, DistillConfig, check_same_tokenizer
 from slmkit.errors import SlmkitError
+from slmkit.generate.lm import LocalLM
 from slmkit.models import load, save
 from slmkit.models.dtype import resolve_dtype
 from slmkit.train import Batches, CausalLM, TrainConfig, train
@@ -147,8 +148,8 @@ def _blackbox(ns, student, s_tok, teacher, t_tok) -> int:
         raise SlmkitError("--objective blackbox needs --prompts FILE.jsonl (the teacher answers them)")
     tcfg = TeacherConfig(max_new_tokens=ns.teacher_tokens, prompt_field=ns.prompt_field)
     cache = Path(ns.out) / "teacher_answers.jsonl"
-    answers = teacher_answers(local_teacher(teacher, t_tok, tcfg), read_jsonl(ns.prompts), cache,
-                              tcfg, teacher_name=ns.teacher)
+    lm = LocalLM(teacher, t_tok, name=ns.teacher, chat=tcfg.chat)
+    answers = teacher_answers(lm, read_jsonl(ns.prompts), cache, tcfg)
     kept, counts = filter_answers(answers, s_tok, max_tokens=ns.seq_len, check=ns.check)
     print(f"teacher answers: {counts}")
     if not kept:

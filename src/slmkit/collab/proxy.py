@@ -13,8 +13,8 @@ import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from slmkit.collab.protocol import LocalLM, same_vocabulary
 from slmkit.errors import SlmkitError
+from slmkit.generate.lm import LocalLM, same_vocabulary
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -57,8 +57,7 @@ def proxy_generate_batch(base: LocalLM, expert: LocalLM, anti_expert: LocalLM,
     check_same_vocab(base, expert, anti_expert)
     if not prompts or any(not p for p in prompts):
         raise SlmkitError("proxy tuning needs at least one prompt, and no empty prompt")
-    sessions = [lm.batch_session() for lm in (base, expert, anti_expert)]
-    logits = [s.start(prompts) for s in sessions]
+    logits, states = zip(*(lm.prefill(prompts) for lm in (base, expert, anti_expert)))
     outs: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     shift = 0.0
@@ -77,7 +76,7 @@ def proxy_generate_batch(base: LocalLM, expert: LocalLM, anti_expert: LocalLM,
                 done[i] = eos_token_id is not None and t == eos_token_id
         if all(done):
             break
-        logits = [s.step(nxt.tolist()) for s in sessions]
+        logits = [s.decode(nxt.tolist()) for s in states]
     n = sum(len(o) for o in outs)
     return outs, ProxyStats(new_tokens=n, mean_abs_shift=shift / max(n, 1))
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from slmkit.collab.protocol import LocalLM, Session, same_vocabulary
 from slmkit.errors import SlmkitError
+from slmkit.generate.lm import LocalLM, Session, same_vocabulary
 
 if TYPE_CHECKING:
     import torch

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 
 from slmkit.errors import SlmkitError
 from slmkit.models.default import cache_dir as slmkit_cache
-from slmkit.models.introspect import check_length
+from slmkit.models.introspect import check_length, eos_ids
 from slmkit.models.kvcache import cache_kwargs, output_cache
 from slmkit.progress import progress_bar
 
@@ -118,13 +118,7 @@ def _sample(logits: torch.Tensor, temps: torch.Tensor, top_p: float,
 
 def _special_ids(model, tokenizer) -> tuple[int | None, set[int]]:
     """(BOS id or None, the set of EOS ids from the tokenizer, config and generation config)."""
-    eos: set[int] = set()
-    for src in (tokenizer, model.config, getattr(model, "generation_config", None)):
-        value = getattr(src, "eos_token_id", None)
-        for v in (value if isinstance(value, (list, tuple)) else [value]):
-            if isinstance(v, int):
-                eos.add(v)
-    return getattr(tokenizer, "bos_token_id", None), eos
+    return getattr(tokenizer, "bos_token_id", None), eos_ids(model, tokenizer)
 
 
 def _looping(out: list, nxt: torch.Tensor, since_start: torch.Tensor, window: int,

@@ -3,20 +3,20 @@ are cached line by line in a JSONL file (a killed run resumes at the first missi
 filtered (length; the right final answer where the record carries one), and the student is then
 fine-tuned on them (`slmkit.train.sft.sft_batches` + `CausalLM`). Works across tokenizers.
 
-Teacher: a local model and its tokenizer now; anything with `generate(prompts) -> texts` later
-(the collaboration protocol)."""
+Teacher: anything that speaks the LM protocol (`slmkit.generate.lm.LM`): a local model
+(`LocalLM(model, tokenizer, chat=...)`) or a remote OpenAI-compatible server
+(`slmkit.collab.remote.RemoteLM`)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from slmkit.data.answers import EXTRACTORS
 from slmkit.errors import SlmkitError
 from slmkit.files import write_text_atomic
-from slmkit.generate.greedy import build_prompt, generate_greedy
+from slmkit.generate.lm import LM
 from slmkit.progress import progress_bar
 
 
@@ -24,17 +24,10 @@ from slmkit.progress import progress_bar
 class TeacherConfig:
     max_new_tokens: int = field(default=256, metadata={"help": "tokens the teacher writes per prompt"})
     batch_size: int = field(default=4, metadata={"help": "prompts generated together"})
-    chat: str = field(default="auto", metadata={"help": "teacher chat template: auto, yes, no"})
+    chat: str = field(default="auto", metadata={"help": "a local teacher's chat template: auto, yes, no"})
     prompt_field: str = field(default="question", metadata={"help": "jsonl field of the prompt"})
     answer_field: str | None = field(default="answer", metadata={
         "help": "jsonl field with the reference answer (kept for the answer check), or None"})
-
-
-def local_teacher(model, tokenizer, cfg: TeacherConfig) -> Callable[[list[str]], list[str]]:
-    def generate(prompts: list[str]) -> list[str]:
-        texts = [build_prompt(tokenizer, p, cfg.chat) for p in prompts]
-        return generate_greedy(model, tokenizer, texts, cfg.max_new_tokens)
-    return generate
 
 
 def _read_cache(path: Path) -> list[dict]:
@@ -54,10 +47,11 @@ def _read_cache(path: Path) -> list[dict]:
     return done
 
 
-def teacher_answers(generate: Callable[[list[str]], list[str]], records: list[dict], cache: str | Path,
-                    cfg: TeacherConfig | None = None, teacher_name: str = "teacher") -> list[dict]:
-    """Every record's prompt answered by the teacher -> [{prompt, response, reference?, teacher}],
-    in record order. Answers already in `cache` are reused, new ones appended as they come."""
+def teacher_answers(teacher: LM, records: list[dict], cache: str | Path,
+                    cfg: TeacherConfig | None = None) -> list[dict]:
+    """Every record's prompt answered by `teacher` (greedy, `cfg.max_new_tokens`) ->
+    [{prompt, response, reference?, teacher}], in record order. Answers already in `cache` are
+    reused, new ones appended as they come."""
     cfg = cfg or TeacherConfig()
     path = Path(cache)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,9 +70,9 @@ def teacher_answers(generate: Callable[[list[str]], list[str]], records: list[di
         advance(len(done))
         for start in range(len(done), len(prompts), cfg.batch_size):
             batch = list(range(start, min(start + cfg.batch_size, len(prompts))))
-            outs = generate([prompts[i] for i in batch])
+            outs = teacher.generate([prompts[i] for i in batch], cfg.max_new_tokens)
             for i, text in zip(batch, outs):
-                rec = {"prompt": prompts[i], "response": text, "teacher": teacher_name}
+                rec = {"prompt": prompts[i], "response": text, "teacher": teacher.name}
                 if cfg.answer_field and cfg.answer_field in records[i]:
                     rec["reference"] = str(records[i][cfg.answer_field])
                 f.write(json.dumps(rec) + "\n")

@@ -13,7 +13,8 @@ from pathlib import Path
 from slmkit.data.answers import EXTRACTORS
 from slmkit.data.sources import read_jsonl
 from slmkit.errors import SlmkitError
-from slmkit.generate.greedy import build_prompt, generate_greedy
+from slmkit.generate import Sampling, generate
+from slmkit.generate.prompt import build_prompt
 from slmkit.progress import progress_bar
 
 
@@ -63,7 +64,9 @@ def generation(model, tokenizer, records: list[tuple[str, str]], cfg: GenConfig 
         for i in range(0, len(records), cfg.batch_size):
             batch = records[i: i + cfg.batch_size]
             prompts = [build_prompt(tokenizer, cfg.instruction + q, cfg.chat) for q, _ in batch]
-            for (_, ref), out in zip(batch, generate_greedy(model, tokenizer, prompts, cfg.max_new_tokens)):
+            done = generate(model, tokenizer, prompts, Sampling(max_new_tokens=cfg.max_new_tokens),
+                            max_batch=cfg.batch_size)
+            for (_, ref), out in zip(batch, (c.text for c in done)):
                 pred, gold = extract(out), extract(ref)
                 results.append({"pred": pred, "gold": gold, "correct": pred is not None and pred == gold,
                                 "output": out})

@@ -43,3 +43,14 @@ def pad_id(tokenizer) -> int:
 def accepts_logits_to_keep(model) -> bool:
     """Whether the model's forward takes `logits_to_keep` (compute logits for the last positions only)."""
     return "logits_to_keep" in inspect.signature(type(model).forward).parameters
+
+
+def eos_ids(model, tokenizer=None) -> set[int]:
+    """Every end-of-sequence id the tokenizer, the config and the generation config name."""
+    eos: set[int] = set()
+    for src in (tokenizer, getattr(model, "config", None), getattr(model, "generation_config", None)):
+        value = getattr(src, "eos_token_id", None)
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, int):
+                eos.add(v)
+    return eos

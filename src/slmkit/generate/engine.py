@@ -1,0 +1,200 @@
+"""THE decode loop: a step-level engine over a batch of sequences that join and leave at any step.
+
+    engine = Engine(model, tokenizer)
+    a = engine.add(prompt_ids, Sampling(max_new_tokens=64))      # waits for the next step
+    for out in engine.step(): ...        # every active sequence advances one token
+    engine.remove(a)                     # drop a sequence early (e.g. a closed connection)
+    done = engine.result(a)              # a Completion once finished
+
+A step first decodes one token for every running sequence (one forward over the batch), then
+prefills the sequences added since the last step (one forward over their prompts, left-padded) and
+merges them into the batch, so a new request waits at most one step, never for others to finish.
+Each sequence has its own sampling settings and random stream, so what it generates does not
+depend on which others share its batch (up to float rounding of the padded matmuls). The
+per-sequence state is `slmkit.generate.kv.KVBatch`; `generate()` is the simple call on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Sequence
+
+import torch
+
+from slmkit.errors import SlmkitError
+from slmkit.generate.kv import KVBatch
+from slmkit.generate.sampling import Sampling, next_token
+from slmkit.models.introspect import eos_ids, pad_id
+
+
+@dataclass
+class StepOutput:
+    """One token one sequence produced in a step."""
+    id: int
+    token: int
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None   # "stop" (eos or a stop string), "length", or None: going on
+
+
+@dataclass
+class Completion:
+    """A finished sequence."""
+    id: int
+    prompt_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+    finish_reason: str | None = None   # "stop", "length" or "abort" (removed early)
+    text: str | None = None            # decoded (without special tokens), cut before a stop string
+
+
+class _Seq:
+    def __init__(self, sid: int, prompt: list[int], s: Sampling):
+        self.done = Completion(sid, list(prompt), logprobs=[] if s.logprobs is not None else None,
+                               top_logprobs=[] if s.logprobs else None)
+        self.s = s
+        self.generator = None
+        if s.seed is not None:
+            self.generator = torch.Generator().manual_seed(s.seed)
+
+    def seen(self) -> torch.Tensor | None:
+        if self.s.repetition_penalty == 1.0:
+            return None
+        return torch.tensor(sorted(set(self.done.prompt_ids + self.done.token_ids)), dtype=torch.long)
+
+
+class Engine:
+    """A step-level decoding engine for one Hugging Face causal LM (see the module docstring).
+
+    `max_batch`: sequences decoded together at most; later ones wait. `narrow`: run few-token
+    forwards through `slmkit.models.narrow` (faster on CPUs, same computation)."""
+
+    def __init__(self, model, tokenizer=None, *, max_batch: int = 16, narrow: bool = True):
+        if max_batch < 1:
+            raise SlmkitError(f"max_batch must be >= 1, not {max_batch!r}")
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_batch, self.narrow = max_batch, narrow
+        self.eos = eos_ids(model, tokenizer)
+        self.pad = pad_id(tokenizer) if tokenizer is not None else 0
+        self._next_id = 0
+        self._waiting: list[_Seq] = []
+        self._running: list[_Seq] = []      # in the order of the state's rows
+        self._state: KVBatch | None = None
+        self._finished: dict[int, Completion] = {}
+
+    def add(self, prompt_ids: Sequence[int], sampling: Sampling | None = None) -> int:
+        """Queue a sequence; it starts at the next step. Returns its id."""
+        s = sampling or Sampling()
+        if not prompt_ids:
+            raise SlmkitError("a prompt needs at least one token")
+        if s.stop and self.tokenizer is None:
+            raise SlmkitError("stop strings need the engine to have a tokenizer")
+        seq = _Seq(self._next_id, list(prompt_ids), s)
+        self._next_id += 1
+        self._waiting.append(seq)
+        return seq.done.id
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def step(self) -> list[StepOutput]:
+        """Advance every running sequence by one token and start waiting ones (up to max_batch)."""
+        outs: list[StepOutput] = []
+        if self._running:
+            logits = self._state.decode([q.done.token_ids[-1] for q in self._running])
+            outs += [self._advance(q, row) for q, row in zip(self._running, logits)]
+        room = self.max_batch - len(self._running)
+        new, self._waiting = self._waiting[:room], self._waiting[room:]
+        if new:
+            logits, state = KVBatch.prefill(self.model, [q.done.prompt_ids for q in new], self.pad,
+                                            self.narrow)
+            outs += [self._advance(q, row) for q, row in zip(new, logits)]
+            self._state = state if self._state is None else self._state.merge(state)
+            self._running += new
+        self._drop_finished()
+        return outs
+
+    def remove(self, seq_id: int) -> Completion | None:
+        """Stop a waiting or running sequence now -> its completion so far (finish "abort");
+        None for an unknown or already finished id."""
+        for q in self._waiting:
+            if q.done.id == seq_id:
+                self._waiting.remove(q)
+                return self._finish(q, "abort")
+        for q in self._running:
+            if q.done.id == seq_id and q.done.finish_reason is None:
+                self._finish(q, "abort")
+                self._drop_finished()
+                return self._finished.pop(seq_id)
+        return None
+
+    def result(self, seq_id: int) -> Completion | None:
+        """The completion of a finished sequence (handed out once), or None while it runs."""
+        return self._finished.pop(seq_id, None)
+
+    def run(self) -> None:
+        """Step until every added sequence has finished."""
+        while self.has_work():
+            self.step()
+
+    # ---- internals ------------------------------------------------------------------------
+    def _advance(self, q: _Seq, logits: torch.Tensor) -> StepOutput:
+        token, logprob, top = next_token(logits, q.s, q.generator, q.seen())
+        d = q.done
+        d.token_ids.append(token)
+        if d.logprobs is not None:
+            d.logprobs.append(logprob)
+        if d.top_logprobs is not None:
+            d.top_logprobs.append(top)
+        reason = None
+        if (token in self.eos and not q.s.ignore_eos) or token in q.s.stop_token_ids:
+            reason = "stop"
+        elif q.s.stop and self._hit_stop(q):
+            reason = "stop"
+        elif len(d.token_ids) >= q.s.max_new_tokens:
+            reason = "length"
+        if reason:
+            self._finish(q, reason)
+        return StepOutput(d.id, token, logprob, top, reason)
+
+    def _hit_stop(self, q: _Seq) -> bool:
+        text = self.tokenizer.decode(q.done.token_ids, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in q.s.stop) if i >= 0), default=-1)
+        if cut < 0:
+            return False
+        q.done.text = text[:cut]
+        return True
+
+    def _finish(self, q: _Seq, reason: str) -> Completion:
+        d = q.done
+        d.finish_reason = reason
+        if d.text is None and self.tokenizer is not None:
+            d.text = self.tokenizer.decode(d.token_ids, skip_special_tokens=True)
+        self._finished[d.id] = d
+        return d
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, q in enumerate(self._running) if q.done.finish_reason is None]
+        if len(keep) == len(self._running):
+            return
+        self._running = [self._running[i] for i in keep]
+        if keep:
+            self._state.select(keep)
+        else:
+            self._state = None
+
+
+def generate(model, tokenizer, prompts: Sequence[str | Sequence[int]], sampling: Sampling | None = None,
+             *, max_batch: int = 16, narrow: bool = True) -> list[Completion]:
+    """Completions of `prompts` (texts, tokenized without special tokens, or token-id lists), in
+    order, all with the same `sampling` (with a seed, prompt i samples with seed + i)."""
+    engine = Engine(model, tokenizer, max_batch=max_batch, narrow=narrow)
+    s = sampling or Sampling()
+    ids = []
+    for i, p in enumerate(prompts):
+        toks = tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
+        per = s if s.seed is None else replace(s, seed=s.seed + i)
+        ids.append(engine.add(toks, per))
+    engine.run()
+    return [engine.result(i) for i in ids]

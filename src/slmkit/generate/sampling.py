@@ -1,0 +1,98 @@
+"""How one sequence picks its next token, and when it stops.
+
+`Sampling` holds the per-request settings (those of OpenAI's completions API that decoding itself
+needs); `next_token` turns one row of logits into a token and its log-probability. Greedy decoding
+is temperature 0. Log-probabilities are those of the model's own distribution (the raw logits'
+log-softmax), not of the distribution after temperature, top-k or top-p, as OpenAI and vLLM report
+them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from slmkit.errors import SlmkitError
+
+
+@dataclass
+class Sampling:
+    """Decoding settings of one sequence."""
+
+    max_new_tokens: int = field(default=128, metadata={"help": "tokens generated at most"})
+    temperature: float = field(default=0.0, metadata={"help": "0 = greedy; else softmax(logits / T)"})
+    top_p: float = field(default=1.0, metadata={"help": "keep the smallest set of tokens whose "
+                                                        "probability reaches top_p (1 = all)"})
+    top_k: int = field(default=0, metadata={"help": "keep the k most likely tokens (0 = all)"})
+    repetition_penalty: float = field(default=1.0, metadata={
+        "help": "divide positive (multiply negative) logits of tokens already in the sequence (1 = off)"})
+    stop: tuple[str, ...] = field(default=(), metadata={"help": "stop once the text contains one of these"})
+    stop_token_ids: tuple[int, ...] = field(default=(), metadata={"help": "extra token ids that end the sequence"})
+    ignore_eos: bool = field(default=False, metadata={"help": "keep going after end-of-sequence tokens"})
+    logprobs: int | None = field(default=None, metadata={
+        "help": "return each chosen token's log-probability and the top-n alternatives (0 = chosen only)"})
+    seed: int | None = field(default=None, metadata={"help": "seed of this sequence's own random stream"})
+
+    def __post_init__(self):
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise SlmkitError(f"max_new_tokens must be an integer >= 1, not {self.max_new_tokens!r}")
+        if self.temperature < 0:
+            raise SlmkitError(f"temperature must be >= 0, not {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise SlmkitError(f"top_p must be in (0, 1], not {self.top_p!r}")
+        if self.top_k < 0:
+            raise SlmkitError(f"top_k must be >= 0, not {self.top_k!r}")
+        if self.repetition_penalty <= 0:
+            raise SlmkitError(f"repetition_penalty must be > 0, not {self.repetition_penalty!r}")
+        if self.logprobs is not None and self.logprobs < 0:
+            raise SlmkitError(f"logprobs must be >= 0 or None, not {self.logprobs!r}")
+        self.stop = tuple([self.stop] if isinstance(self.stop, str) else self.stop)
+        self.stop_token_ids = tuple(self.stop_token_ids)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+def shape_logits(logits: torch.Tensor, s: Sampling, seen: torch.Tensor | None) -> torch.Tensor:
+    """One row of float32 logits [vocab] after repetition penalty, temperature, top-k and top-p
+    (removed tokens at -inf)."""
+    if s.repetition_penalty != 1.0 and seen is not None and seen.numel():
+        picked = logits[seen]
+        logits = logits.clone()
+        logits[seen] = torch.where(picked > 0, picked / s.repetition_penalty, picked * s.repetition_penalty)
+    if s.greedy:
+        return logits
+    logits = logits / s.temperature
+    if s.top_k and s.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, s.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, -1)
+        before = probs.cumsum(-1) - probs            # mass of the tokens ranked above each one
+        drop = before >= s.top_p                     # the top token is always kept
+        logits = logits.clone()
+        logits[order[drop]] = float("-inf")
+    return logits
+
+
+def next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None,
+               seen: torch.Tensor | None = None) -> tuple[int, float | None, list[tuple[int, float]] | None]:
+    """(token, its log-probability or None, the top-n alternatives or None) from one row of
+    logits [vocab]."""
+    logits = logits.float()
+    shaped = shape_logits(logits, s, seen)
+    if s.greedy:
+        token = int(shaped.argmax())
+    else:
+        token = int(torch.multinomial(torch.softmax(shaped, -1), 1, generator=generator))
+    if s.logprobs is None:
+        return token, None, None
+    logp = torch.log_softmax(logits, -1)
+    top = None
+    if s.logprobs:
+        values, ids = torch.topk(logp, min(s.logprobs, logp.shape[-1]))
+        top = list(zip(ids.tolist(), values.tolist()))
+    return token, float(logp[token]), top
