@@ -218,14 +218,28 @@ def test_eval_window_longer_than_context(capsys, tiny_dir, small_txt):
     assert_clean_error(code, err, "window", str(window), str(ctx))
 
 
-def test_eval_bad_int_value_is_argparse_error(capsys, tiny_dir):
-    with pytest.raises(SystemExit) as e:
-        main(["eval", str(tiny_dir("llama")), "--ppl-window", "abc"])
-    assert e.value.code == 2
+@pytest.mark.parametrize("args", [["eval", "MODEL", "--ppl-window", "abc"],
+                                  ["quantize", "MODEL", "OUT", "--bits", "3.5"],
+                                  ["quantize", "MODEL", "OUT", "--bogus", "1"]])
+def test_a_bad_option_value_is_one_line_not_a_usage_dump(capsys, tiny_dir, tmp_path, args):
+    args = [str(tiny_dir("llama")) if a == "MODEL" else str(tmp_path / "o") if a == "OUT" else a
+            for a in args]
+    assert main(args) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert "--ppl-window" in last and "abc" in last
+    assert err.count("\n") == 1 and err.startswith("slmkit: error: ")
+    assert args[-2] in err and args[-1] in err and f"slmkit {args[0]} --help" in err
+
+
+def test_compression_help_lists_the_chosen_methods_options_with_its_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["quantize", "--help"])
+    gptq = capsys.readouterr().out
+    assert "options of --method gptq" in gptq and "--damp DAMP" in gptq and "--n-grid" not in gptq
+    with pytest.raises(SystemExit):
+        main(["quantize", "--method", "awq", "--help"])
+    awq = " ".join(capsys.readouterr().out.split())
+    assert "--n-grid" in awq and "--damp DAMP" not in awq and "--method M --help" in awq
+    assert "(default: loss)" in awq
 
 
 def test_eval_unknown_task_lists_tasks(capsys, tiny_dir):

@@ -13,6 +13,21 @@ import types
 import typing
 from typing import Any
 
+from slmkit.errors import SlmkitError
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are slmkit's: one line naming the option and where the
+    usage is, exit status 1 (not a usage dump and status 2). Options are never abbreviated.
+    Subparsers take the class of their parent, so every command's parser is one of these."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise SlmkitError(f"{message} (see `{self.prog} --help`)")
+
 
 def _base_type(tp: Any) -> tuple[Any, bool]:
     """(underlying type, optional?) for annotations like `int | None`."""

@@ -26,7 +26,7 @@ from slmkit.generate.prompt import build_prompt
 from slmkit.models import load
 
 
-def add_parser(sub):
+def add_parser(sub, argv=()):
     g = sub.add_parser("generate", help="generate text, optionally with speculative decoding",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g.add_argument("model")

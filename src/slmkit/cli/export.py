@@ -9,7 +9,7 @@ from slmkit.models import load
 from slmkit.models.gguf_export import GGUF_TYPES, describe_gguf, export_gguf
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers, argv=()) -> argparse.ArgumentParser:
     """Add the `export` command (subcommand `gguf`) to the `slmkit` subparsers."""
     ex = subparsers.add_parser("export", help="write a model in another runtime's format (gguf)")
     fmt = ex.add_subparsers(dest="export_format", required=True, metavar="FORMAT")

@@ -13,10 +13,12 @@ from slmkit.cli.step import add_step_parser, method_config, run_step
 from slmkit.compress.api import LOWRANK, lowrank
 from slmkit.compress.lowrank.apply import merge_lowrank
 
+REGISTRY = LOWRANK  # method options come from its configs (see step.foreign_options)
 
-def add_parser(sub):
+
+def add_parser(sub, argv=()):
     p = add_step_parser(sub, "lowrank", LOWRANK, "asvd", "factorize linear layers (SVD, ASVD) and save",
-                        __doc__)
+                        __doc__, argv)
     p.add_argument("--merge", action="store_true",
                    help="save dense weights (standard checkpoint) instead of the factors")
     return p

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
 
 from slmkit import __version__
 from slmkit.allocator import reexec_for
-from slmkit.cli.args import add_config_args, config_from_args
+from slmkit.cli.args import Parser, add_config_args, config_from_args
 from slmkit.cli.show import print_info, print_metrics
+from slmkit.cli.step import foreign_options
 from slmkit.errors import SlmkitError
 from slmkit.eval.lm_eval_bridge import cli_passthrough, run_lm_eval
 from slmkit.eval.report import Report
@@ -22,8 +24,9 @@ TASK_OPTIONS = {"ppl": {"data": "--data"}, "mc": {"path": "--mc"}, "gen": {"path
                 "speed": {}}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slmkit", description="Small language models on ordinary CPUs.")
+def _parser(argv: list[str] = ()) -> argparse.ArgumentParser:
+    """The command line; a compression command lists the options of the method `argv` chooses."""
+    p = Parser(prog="slmkit", description="Small language models on ordinary CPUs.")
     p.add_argument("--version", action="version", version=f"slmkit {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -53,10 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--dtype", default="bfloat16", help="dtype of the saved weights (default bfloat16)")
     cv.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
-    import importlib
-
     for module in dict.fromkeys(MODULE_COMMANDS.values()):
-        importlib.import_module(f"slmkit.cli.{module}").add_parser(sub)
+        importlib.import_module(f"slmkit.cli.{module}").add_parser(sub, argv)
 
     # handled in main() before parsing; listed here for --help
     sub.add_parser("lm-eval", help="lm-eval's own command line, with `--model slmkit` available "
@@ -124,14 +125,27 @@ MODULE_COMMANDS = {"quantize": "quantize", "prune": "prune", "lowrank": "lowrank
 
 def _module_command(module: str):
     def run(ns) -> int:
-        import importlib
-
         return importlib.import_module(f"slmkit.cli.{module}").run(ns)
     return run
 
 
 COMMANDS = {"info": cmd_info, "eval": cmd_eval, "convert": cmd_convert,
             **{name: _module_command(module) for name, module in MODULE_COMMANDS.items()}}
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`; an option of another compression method, or any unknown option, is one
+    clear error."""
+    parser = _parser(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra:
+        module = importlib.import_module(f"slmkit.cli.{MODULE_COMMANDS[ns.command]}") \
+            if ns.command in MODULE_COMMANDS else None
+        registry = getattr(module, "REGISTRY", None)
+        msg = registry and foreign_options(registry, ns.method, extra)
+        raise SlmkitError(msg or f"unrecognized arguments: {' '.join(extra)} "
+                                 f"(see `slmkit {ns.command} --help`)")
+    return ns
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         rest = argv[1:] if argv[:1] == ["--debug"] else argv
         if rest[:1] == ["lm-eval"]:  # lm-eval's own arguments, untouched by our parser
             return cli_passthrough(rest[1:])
-        ns = _parser().parse_args([a for a in argv if a != "--debug"])
+        ns = _parse([a for a in argv if a != "--debug"])
         if console:
             reexec_for(ns.command, argv)
         from transformers.utils import logging as hf_logging

@@ -11,9 +11,11 @@ from __future__ import annotations
 from slmkit.cli.step import add_step_parser, method_config, run_step
 from slmkit.compress.api import PRUNERS, prune
 
+REGISTRY = PRUNERS  # method options come from its configs (see step.foreign_options)
 
-def add_parser(sub):
-    p = add_step_parser(sub, "prune", PRUNERS, "wanda", "prune a model and save it", __doc__,
+
+def add_parser(sub, argv=()):
+    p = add_step_parser(sub, "prune", PRUNERS, "wanda", "prune a model and save it", __doc__, argv,
                         save_dtype="bfloat16")
     p.add_argument("--target-params", default=None,
                    help="structured methods: parameter count of the result, e.g. 100M")

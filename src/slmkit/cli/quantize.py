@@ -1,6 +1,6 @@
 """`slmkit quantize MODEL OUT --method rtn|gptq|awq|smoothquant [method options]`.
 
-The method options are the fields of the method's config dataclass (`--bits`, `--group-size`,
+The method options are the fields of the chosen method's config dataclass (`--bits`, `--group-size`,
 `--damp`, `--override down:bits=8`, ...); an option that belongs to another method is refused.
 The output is a compressed-tensors checkpoint; `slmkit.models.load` restores the int kernels.
 """
@@ -11,10 +11,12 @@ from slmkit.cli.step import add_step_parser, method_config, run_step
 from slmkit.compress.api import QUANTIZERS, quantize
 from slmkit.runtime.checkpoint import quantized_modules
 
+REGISTRY = QUANTIZERS  # method options come from its configs (see step.foreign_options)
 
-def add_parser(sub):
+
+def add_parser(sub, argv=()):
     return add_step_parser(sub, "quantize", QUANTIZERS, "gptq",
-                           "quantize a model and save it (compressed-tensors format)", __doc__)
+                           "quantize a model and save it (compressed-tensors format)", __doc__, argv)
 
 
 def run(ns) -> int:

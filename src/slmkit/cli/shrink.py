@@ -15,7 +15,7 @@ from slmkit.recipes import load_recipe, plan, run_recipe
 from slmkit.recipes.report import compare, table
 
 
-def add_parser(sub):
+def add_parser(sub, argv=()):
     s = sub.add_parser("shrink", help="run a recipe: prune -> recover -> quantize -> export -> eval",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("recipe", help="recipe YAML, or the name of a shipped one (default, quantize-only, ...)")

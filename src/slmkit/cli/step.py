@@ -24,9 +24,28 @@ DEFAULT_CALIB = "embedded@0.5,self@0.5"
 PREFIX = "m"  # argparse dest prefix of method options
 
 
-def add_step_parser(sub, name: str, registry, default: str, help_text: str, doc: str,
+def chosen_method(argv: list[str], command: str, default: str) -> str:
+    """The `--method` given on a command line for `command` (else `default`)."""
+    words = [a for a in argv if not a.startswith("-")]
+    if not words or words[0] != command:
+        return default
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1]
+    return default
+
+
+def add_step_parser(sub, name: str, registry, default: str, help_text: str, doc: str, argv=(),
                     save_dtype: str = "bfloat16") -> argparse.ArgumentParser:
+    """The parser of a compression command; its method options are those of the method `argv`
+    chooses (the default method's when it chooses none), with that method's defaults."""
+    method = chosen_method(list(argv), name, default)
+    method = method if method in registry else default
+    others = ", ".join(n for n in registry.names() if n != method)
     p = sub.add_parser(name, help=help_text, description=doc,
+                       epilog=f"Options of the other methods: slmkit {name} --method M --help ({others}).",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="hub id, model folder, .gguf file, or 'default'")
     p.add_argument("out", help="output folder")
@@ -47,12 +66,34 @@ def add_step_parser(sub, name: str, registry, default: str, help_text: str, doc:
     p.add_argument("--eval", action="store_true",
                    help="also measure perplexity (embedded eval text, protocol (i)) before and after")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    group = p.add_argument_group("method options (each applies to the methods whose config has it)")
-    seen: set[str] = set()
-    for method in registry.names():
-        seen |= add_config_args(p, registry.get(method).config, PREFIX, prefixed_flags=False,
-                                skip=seen, group=group)
+    group = p.add_argument_group(f"options of --method {method}")
+    add_config_args(p, registry.get(method).config, PREFIX, prefixed_flags=False, group=group)
     return p
+
+
+def foreign_options(registry, method: str, extra: list[str]) -> str | None:
+    """A message for command-line options that belong to another method of `registry`, or None."""
+    mine = {f.name for f in dataclasses.fields(registry.get(method).config)}
+    flags = [a.split("=", 1)[0] for a in extra if a.startswith("--")]
+    owners = {}
+    for flag in flags:
+        name = flag[2:].replace("-", "_").removeprefix("no_")
+        names = {name, name + "s"}                 # --override is the flag of `overrides`
+        who = [n for n in registry.names() if n != method and
+               names & {f.name for f in dataclasses.fields(registry.get(n).config)}]
+        if who and not names & mine:
+            owners[flag] = who
+    if not owners:
+        return None
+    flag, who = next(iter(owners.items()))
+    return (f"{flag} does not apply to --method {method} (it is an option of --method "
+            f"{', '.join(who)}; --method {method} takes: "
+            f"{', '.join(_flag(n) for n in sorted(mine))})")
+
+
+def _flag(field: str) -> str:
+    """The command-line flag of a config field (`overrides` is the repeatable `--override`)."""
+    return "--" + (field[:-1] if field == "overrides" else field).replace("_", "-")
 
 
 def method_config(ns, registry, aliases: dict[str, str] | None = None):

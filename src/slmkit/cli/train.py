@@ -54,7 +54,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     add_config_args(p, TrainConfig, "train", "training options", prefixed_flags=False, skip={"betas"})
 
 
-def add_parser(sub):
+def add_parser(sub, argv=()):
     ft = sub.add_parser("finetune", help="fine-tune a model (LM or SFT, optionally LoRA)",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ft.add_argument("model", help="hub id, model folder, .gguf file, or 'default'")
