@@ -3,7 +3,7 @@ and rows are current, and their labels. Every number is read from the JSON (see 
 
 from __future__ import annotations
 
-from make_results import Runs, f, pct, section, table, x
+from make_results import Runs, Section, f, pct, section, table, x
 
 CALIB = {"embedded": "pydoc", "embedded@0.5,self@0.5": "the default mix: half pydoc, half written by the model"}
 
@@ -18,7 +18,7 @@ def quant_setup(a: dict) -> str:
             f"({CALIB[a['calib']]}), {a['calib_dtype']} calibration passes; {a['eval_tokens']:,} tokens of each text.")
 
 
-def gptq_peer() -> list[str]:
+def gptq_peer() -> Section:
     name = "quantize_smollm2_bf16passes_peer.json"
     runs = Runs(name)
     d = runs[name]
@@ -47,7 +47,7 @@ def gptq_peer() -> list[str]:
     return section("Quantization: GPTQ beside llm-compressor", intro, body, runs, "quantization")
 
 
-def awq_peer() -> list[str]:
+def awq_peer() -> Section:
     name = "quantize_qwen05b_awq_peer.json"
     runs = Runs(name)
     d = runs[name]
@@ -69,7 +69,7 @@ def awq_peer() -> list[str]:
     return section("Quantization: AWQ beside llm-compressor", intro, body, runs, "quantization")
 
 
-def quant_defaults() -> list[str]:
+def quant_defaults() -> Section:
     runs = Runs("quantize_smollm2_awq_loss.json", "quantize_smollm2_bf16passes_peer.json",
                 "quantize_qwen05b_awq_loss.json", "quantize_qwen05b_awq_loss_defaultmix.json",
                 "quantize_qwen05b_gptq_clipfloor.json")
@@ -102,7 +102,7 @@ def quant_defaults() -> list[str]:
     return section("Quantization: today's defaults against RTN", intro, body, runs, "quantization")
 
 
-def quant_speed() -> list[str]:
+def quant_speed() -> Section:
     runs = Runs("quantize_speed_qwen05b_s5.json", "int_kernels.json")
     d = runs["quantize_speed_qwen05b_s5.json"]
     rows, bf = d["rows"], d["rows"]["bf16 dense"]
@@ -127,7 +127,7 @@ def quant_speed() -> list[str]:
     return section("Quantized prefill and decode speed", intro, body, runs, "kernels-and-speed")
 
 
-def pruning() -> list[str]:
+def pruning() -> Section:
     runs = Runs("prune_smollm2_s12.json", "prune_smollm2_peer2.json", "prune_smollm2_wanda24_b1.json",
                 "prune_smollm2_24_damp001_b1.json", "prune_smollm2_peer3.json", "prune_smollm2_bf16calib.json",
                 "prune_smollm2_rowglobal_f32stats.json", "prune_qwen05b_rowglobal_f32stats.json",
@@ -175,7 +175,7 @@ def pruning() -> list[str]:
     return section("Pruning beside llm-compressor", intro, body, runs, "pruning")
 
 
-def structured() -> list[str]:
+def structured() -> Section:
     name = "prune_smollm2_s12.json"
     runs = Runs(name)
     d = runs[name]
@@ -197,7 +197,7 @@ def structured() -> list[str]:
     return section("Structured pruning", intro, body, runs, "pruning")
 
 
-def lowrank() -> list[str]:
+def lowrank() -> Section:
     name = "distill_smollm2_lowrank.json"
     runs = Runs(name)
     d = runs[name]

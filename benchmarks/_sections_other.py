@@ -4,10 +4,10 @@ make_results.py)."""
 
 from __future__ import annotations
 
-from make_results import Runs, f, section, share, table, x
+from make_results import Runs, Section, f, section, share, table, x
 
 
-def evaluation() -> list[str]:
+def evaluation() -> Section:
     runs = Runs("eval_parity.json")
     d = runs["eval_parity.json"]
     r, w, mc = d["rolling"], d["window"], d["mc"]
@@ -29,7 +29,7 @@ def evaluation() -> list[str]:
     return section("Evaluation beside lm-evaluation-harness", intro, body, runs, "evaluation")
 
 
-def dtype() -> list[str]:
+def dtype() -> Section:
     runs = Runs("dtype_phase.json")
     d = runs["dtype_phase.json"]
     fp, bf = d["runs"]["float32"], d["runs"]["bfloat16"]
@@ -45,7 +45,7 @@ def dtype() -> list[str]:
     return section("Compute dtype by phase", intro, body, runs, "dtype")
 
 
-def recovery() -> list[str]:
+def recovery() -> Section:
     name = "distill_recovery_smollm2_kdcached.json"
     runs = Runs(name)
     d = runs[name]
@@ -70,7 +70,7 @@ def recovery() -> list[str]:
                    "distillation-and-recovery")
 
 
-def throughput() -> list[str]:
+def throughput() -> Section:
     name = "distill_throughput_smollm2_amx_r3.json"
     runs = Runs(name)
     d = runs[name]
@@ -92,7 +92,7 @@ def throughput() -> list[str]:
     return section("Training throughput beside a hand-written loop and TRL", intro, body, runs, "training-throughput")
 
 
-def speculative() -> list[str]:
+def speculative() -> Section:
     bf, fp = "collab_qwen_bf16_joint05.json", "collab_qwen_fp32_joint05.json"
     runs = Runs(bf, fp)
     labels = [("target only", "target only"), ("slmkit, plain 0.5B draft", "slmkit, small draft"),
@@ -124,7 +124,7 @@ def speculative() -> list[str]:
                    "speculative-decoding")
 
 
-def proxy_tuning() -> list[str]:
+def proxy_tuning() -> Section:
     name = "proxy_tuning_qwen_gsm8k.json"
     runs = Runs(name)
     d = runs[name]
@@ -143,7 +143,7 @@ def proxy_tuning() -> list[str]:
     return section("Proxy tuning", intro, body, runs, "proxy-tuning")
 
 
-def weak_to_strong() -> list[str]:
+def weak_to_strong() -> Section:
     name = "weak_to_strong_smollm2_qwen05b.json"
     runs = Runs(name)
     d = runs[name]
@@ -162,7 +162,7 @@ def weak_to_strong() -> list[str]:
     return section("Weak-to-strong", intro, body, runs, "weak-to-strong")
 
 
-def cascade() -> list[str]:
+def cascade() -> Section:
     name = "cascade_qwen.json"
     runs = Runs(name)
     d = runs[name]
@@ -180,7 +180,7 @@ def cascade() -> list[str]:
     return section("Cascade", intro, body, runs, "cascade")
 
 
-def shrink() -> list[str]:
+def shrink() -> Section:
     s5, fresh = "shrink_smollm2_s5.json", "shrink_smollm2.json"
     runs = Runs(s5, fresh)
     d = runs[s5]

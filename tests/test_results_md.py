@@ -1,5 +1,6 @@
-"""benchmarks/RESULTS.md is generated from the committed results files: it must be what
-benchmarks/make_results.py writes now (no hand edits, no figure without its JSON)."""
+"""benchmarks/RESULTS.md and the docs' result fragments (docs/results/*.md) are generated from the
+committed results files: they must be what benchmarks/make_results.py writes now (no hand edits, no
+figure without its JSON)."""
 
 import subprocess
 import sys
