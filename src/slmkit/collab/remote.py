@@ -25,6 +25,9 @@ RETRY_STATUS = {429, 500, 502, 503, 504}
 
 @dataclass
 class RemoteLM:
+    """An OpenAI-compatible endpoint behind the LM protocol (see the module docstring); `base_url` ends
+    in /v1."""
+
     base_url: str                        # e.g. http://127.0.0.1:8000/v1
     model: str
     api_key_env: str = "OPENAI_API_KEY"

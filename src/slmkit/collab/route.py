@@ -27,6 +27,7 @@ def _token_count(lm, text: str) -> int:
 
 
 def logprob_confidence(lm, prompt: str, answer: str) -> float:
+    """Mean log-probability per token of `answer` after `prompt` under `lm` (-inf for an empty answer)."""
     if not answer:
         return float("-inf")
     return lm.loglikelihood(prompt, answer) / _token_count(lm, answer)
@@ -34,6 +35,8 @@ def logprob_confidence(lm, prompt: str, answer: str) -> float:
 
 def agreement_confidence(lm, prompt: str, answer: str, extract: Callable[[str], str | None],
                          samples: int = 4, temperature: float = 0.7) -> float:
+    """Fraction of `samples` sampled answers whose extracted final answer equals `answer`'s
+    (self-consistency)."""
     target = extract(answer)
     drawn = lm.generate([prompt] * samples, temperature=temperature)
     return sum(extract(d) == target for d in drawn) / samples

@@ -32,6 +32,8 @@ def query_features(lm, prompts: list[str]) -> "torch.Tensor":
 
 @dataclass
 class Router:
+    """Logistic regression over query features; `confidence` is P(the small model answers correctly)."""
+
     weight: "torch.Tensor"     # [hidden]
     bias: float
     mean: "torch.Tensor"       # feature standardisation
@@ -49,6 +51,7 @@ class Router:
 
 def train_router(features: "torch.Tensor", small_correct: list[bool], *, epochs: int = 300,
                  lr: float = 0.05, weight_decay: float = 1e-2, seed: int = 0) -> Router:
+    """Fit a `Router` on query features [n, hidden] and whether the small model got each query right."""
     import torch
 
     if features.shape[0] != len(small_correct) or features.shape[0] < 2:

@@ -138,6 +138,9 @@ class NoDrafter:
 
 @dataclass
 class SpecStats:
+    """Counts from one `speculative_generate` call: rounds, drafted and accepted tokens, target
+    forwards, k per round."""
+
     rounds: int = 0
     proposed: int = 0
     accepted: int = 0

@@ -27,6 +27,8 @@ TEXT_SUFFIXES = (".txt", ".md", ".rst")
 
 @dataclass(frozen=True)
 class TextData:
+    """Documents and a name saying where they came from; `sha256` identifies the content."""
+
     name: str
     docs: list[str]
 

@@ -17,6 +17,9 @@ from slmkit.train.objective import shifted_ce
 
 @dataclass
 class DistillConfig:
+    """A distillation objective's settings: the divergence and temperature, the CE share, hidden-state
+    matching, on-policy sampling."""
+
     loss: Literal["fkl", "rkl", "jsd", "skl"] = field(default="fkl", metadata={
         "help": "fkl = KL(teacher || student), rkl = KL(student || teacher), jsd = generalised "
                 "Jensen-Shannon (beta), skl = skew KL (alpha)"})

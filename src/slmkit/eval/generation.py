@@ -20,6 +20,9 @@ from slmkit.progress import progress_bar
 
 @dataclass
 class GenConfig:
+    """A generation task: its jsonl file and fields, the answer extractor, and how prompts are written
+    and decoded."""
+
     path: str | None = field(default=None, metadata={"help": "jsonl file of prompts and answers"})
     prompt_field: str = field(default="question", metadata={"help": "field holding the prompt"})
     answer_field: str = field(default="answer", metadata={"help": "field holding the answer"})
@@ -43,6 +46,7 @@ class GenConfig:
 
 
 def load_records(path: str | Path, cfg: GenConfig) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs from a jsonl file, the first `cfg.limit` of them."""
     out = []
     for i, rec in enumerate(read_jsonl(path), 1):
         for f in (cfg.prompt_field, cfg.answer_field):
@@ -55,6 +59,8 @@ def load_records(path: str | Path, cfg: GenConfig) -> list[tuple[str, str]]:
 
 
 def generation(model, tokenizer, records: list[tuple[str, str]], cfg: GenConfig | None = None) -> dict:
+    """Greedy answers to `records`, extracted and compared with the references -> `exact_match` and
+    every item."""
     cfg = cfg or GenConfig()
     if not records:
         raise SlmkitError("no generation records to evaluate")

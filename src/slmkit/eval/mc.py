@@ -23,6 +23,8 @@ from slmkit.progress import progress_bar
 
 @dataclass
 class MCConfig:
+    """A multiple-choice task: its jsonl file, how many items, and how the context is written."""
+
     path: str | None = field(default=None, metadata={
         "help": "jsonl file of {question, choices, answer} records"})
     limit: int | None = field(default=None, metadata={"help": "score only the first N items"})
@@ -40,6 +42,7 @@ class MCItem:
 
 
 def load_items(path: str | Path, limit: int | None = None) -> list[MCItem]:
+    """Read {question, choices, answer} records from a jsonl file (the first `limit`), checking each one."""
     items = []
     for i, rec in enumerate(read_jsonl(path), 1):
         missing = [k for k in ("question", "choices", "answer") if k not in rec]
@@ -70,6 +73,8 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
 
 
 def multiple_choice(model, tokenizer, items: list[MCItem], cfg: MCConfig | None = None) -> dict:
+    """Score every choice of every item by log-likelihood -> `acc` and `acc_norm` (per byte), as
+    lm-eval does."""
     cfg = cfg or MCConfig()
     if not items:
         raise SlmkitError("no multiple-choice items to score")

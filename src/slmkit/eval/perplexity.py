@@ -34,6 +34,8 @@ DEFAULT_LENGTH = 2048
 
 @dataclass
 class PerplexityConfig:
+    """Which perplexity protocols run, and their window lengths, stride and batch size."""
+
     protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS),
                                  metadata={"help": "which protocols to run: window, rolling"})
     window: int | None = field(default=None, metadata={
@@ -85,6 +87,7 @@ def window_requests(n_tokens: int, window: int, stride: int, drop_last: bool) ->
 
 
 def window_perplexity(model, tokenizer, data: TextData, cfg: PerplexityConfig) -> dict:
+    """Protocol (i): token perplexity over windows of the joined token stream (see the module docstring)."""
     window = _default_length(model, cfg.window, "perplexity window")
     stride = cfg.stride or window
     ids = token_stream(tokenizer, data).tolist()
@@ -122,6 +125,8 @@ def count_words(doc: str) -> int:
 
 
 def rolling_perplexity(model, tokenizer, data: TextData, cfg: PerplexityConfig) -> dict:
+    """Protocol (ii): lm-eval's rolling log-likelihood of each document -> word and byte perplexity,
+    bits per byte."""
     max_length = _default_length(model, cfg.max_length, "rolling max_length")
     prefix = prefix_token(tokenizer)
     requests, owner = [], []

@@ -39,11 +39,15 @@ def lookup(metrics: dict, path: str):
 
 
 class Report:
+    """Several models' metrics side by side; `save` writes report.json, report.md and (2+ models)
+    report.png."""
+
     def __init__(self, title: str = "slmkit evaluation"):
         self.title = title
         self.models: dict[str, dict] = {}
 
     def add(self, name: str, metrics: dict) -> None:
+        """Add (or replace) the metrics of the model called `name`."""
         self.models[name] = metrics
 
     def columns(self) -> list[tuple[str, str, str]]:
@@ -54,6 +58,7 @@ class Report:
         return "-" if v is None else fmt.format(v * _SCALE.get(path, 1))
 
     def to_markdown(self) -> str:
+        """The headline metrics as a Markdown table, one row per model."""
         cols = self.columns()
         lines = [f"# {self.title}", "", "| model | " + " | ".join(c[1] for c in cols) + " |",
                  "|---|" + "---:|" * len(cols)]

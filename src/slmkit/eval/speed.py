@@ -25,6 +25,8 @@ from slmkit.progress import progress_bar
 
 @dataclass
 class SpeedConfig:
+    """Prompt length, tokens decoded, warm-up and repeats, and the dtype of each phase."""
+
     prompt_tokens: int = field(default=128, metadata={"help": "prompt length for prefill and decode"})
     new_tokens: int = field(default=64, metadata={"help": "tokens decoded per run"})
     warmup: int = field(default=1, metadata={"help": "untimed runs first"})
@@ -74,6 +76,8 @@ def _decode(model, ids, new_tokens: int) -> tuple[float, list[float]]:
 
 
 def speed(model, tokenizer, cfg: SpeedConfig | None = None) -> dict:
+    """Prefill and decode tok/s, time to first token, per-token latency percentiles, peak RSS and size
+    (see the module docstring)."""
     cfg = cfg or SpeedConfig()
     check_length(model, cfg.prompt_tokens + cfg.new_tokens, "prompt + new tokens")
     stream = token_stream(tokenizer, embedded_text("eval"))

@@ -35,14 +35,20 @@ from slmkit.models.introspect import pad_id
 
 
 class LM(Protocol):
+    """The protocol every collaborator speaks: generate text, score a continuation, and say which token
+    ids it uses."""
+
     name: str
 
     def generate(self, prompts: list[str], max_new_tokens: int = 128,
-                 temperature: float = 0.0) -> list[str]: ...
+                 temperature: float = 0.0) -> list[str]:
+        """One continuation per prompt (greedy at temperature 0)."""
 
-    def loglikelihood(self, context: str, continuation: str) -> float: ...
+    def loglikelihood(self, context: str, continuation: str) -> float:
+        """The sum of the log-probabilities of `continuation`'s tokens after `context`."""
 
-    def tokenizer_fingerprint(self) -> str: ...
+    def tokenizer_fingerprint(self) -> str:
+        """Equal for two models exactly when their tokenizers give the same token ids."""
 
 
 def fingerprint(tokenizer) -> str:

@@ -145,6 +145,7 @@ HOW_TO_ADD = ("to add one, write an ArchSpec entry in slmkit/models/arch.py (ARC
 
 
 def supported() -> list[str]:
+    """The `model_type`s the adapter table covers, sorted."""
     return sorted(ARCHS)
 
 

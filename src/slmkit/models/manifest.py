@@ -72,5 +72,6 @@ def build_manifest(model, extra: dict | None = None) -> dict:
 
 
 def read_manifest(folder: str | Path) -> dict | None:
+    """The `slmkit.json` of a model folder as a dict, or None if it has none."""
     p = Path(folder) / MANIFEST_NAME
     return json.loads(p.read_text()) if p.is_file() else None

@@ -36,6 +36,9 @@ TRAIN_DATA_KEYS = {"data": "default:calib", "sft": None, "seq_len": 512, "max_ro
 
 @dataclass
 class Calibration:
+    """The calibration set a run builds once from the source model and shares between its calibrated
+    stages."""
+
     spec: str = "embedded@0.5,self@0.5"
     n: int = 128
     length: int = 512
@@ -44,6 +47,8 @@ class Calibration:
 
 @dataclass
 class Evaluation:
+    """What is measured on the source model and after every stage."""
+
     texts: list[str] = field(default_factory=lambda: ["default"])   # protocol (i) on each
     ppl_tokens: int = 25600            # leading tokens of each text (0 = all)
     rolling: bool = True               # protocol (ii) (word ppl, bits/byte) on the first text
@@ -56,6 +61,8 @@ class Evaluation:
 
 @dataclass
 class Stage:
+    """One stage as written: its kind, its options, and its line in the file."""
+
     kind: str
     options: dict[str, Any]
     line: int | None = None
@@ -67,6 +74,9 @@ class Stage:
 
 @dataclass
 class Recipe:
+    """A validated recipe: the source model, the stages in order, calibration and evaluation settings,
+    and its file."""
+
     name: str
     model: str
     stages: list[Stage]
@@ -166,6 +176,7 @@ def _allowed_stage_keys(kind: str, method: str | None) -> set[str]:
 
 
 def parse_recipe(text: str, src: str = "<recipe>") -> Recipe:
+    """Parse and validate recipe YAML; `src` names the text in error messages."""
     import yaml
 
     try:

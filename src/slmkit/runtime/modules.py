@@ -11,6 +11,7 @@ from slmkit.runtime.kernels import QuantLinear
 
 
 def is_quantized(model) -> bool:
+    """Whether `model` holds integer-kernel modules (or simulated quantized weights)."""
     return bool(getattr(model, "_slmkit_quantized", None)) or any(
         isinstance(m, QuantLinear) for m in model.modules())
 

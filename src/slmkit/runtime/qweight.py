@@ -21,6 +21,8 @@ MIN_BITS, MAX_BITS = 2, 8
 
 @dataclass
 class QuantizedWeight:
+    """Integer codes `q` [out, in] on a grid: `scale` and `zero` per (row, group), and each column's group."""
+
     q: torch.Tensor        # uint8 [out, in], original column order
     scale: torch.Tensor    # float32 [out, n_groups]
     zero: torch.Tensor     # float32 [out, n_groups] (integer-valued)
@@ -30,6 +32,7 @@ class QuantizedWeight:
     act_bits: int | None = None  # activations quantized per token at run time (SmoothQuant W8A8)
 
     def dequantize(self) -> torch.Tensor:
+        """The float weight [out, in] that the codes stand for."""
         return (self.q.float() - self.zero[:, self.g_idx]) * self.scale[:, self.g_idx]
 
 

@@ -10,6 +10,9 @@ from slmkit.errors import SlmkitError
 
 @dataclass
 class TrainConfig:
+    """Settings of the training loop; `slmkit finetune`/`distill` options and a recipe's training keys
+    are its fields."""
+
     steps: int = field(default=100, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=4, metadata={"help": "sequences per micro-batch (per process)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})

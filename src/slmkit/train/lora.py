@@ -16,6 +16,8 @@ from slmkit.runtime.modules import is_quantized
 
 @dataclass
 class LoRAConfig:
+    """LoRA adapters through peft: rank, scaling, dropout, and which decoder linears get them."""
+
     r: int = field(default=8, metadata={"help": "adapter rank"})
     alpha: float = field(default=16.0, metadata={"help": "scaling numerator (update x alpha / r)"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter input"})

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 
 class Objective(Protocol):
+    """What `train` optimises: `loss(model, batch)` -> (loss, logged values), and any extra
+    `parameters()` it trains."""
     def loss(self, model, batch: dict) -> tuple["torch.Tensor", dict[str, float]]: ...
 
     def parameters(self) -> list["torch.nn.Parameter"]: ...

@@ -22,6 +22,8 @@ from slmkit.runtime.lowrank import Factorized, LowRankLinear
 
 @dataclass
 class SVDConfig:
+    """Truncated SVD of each targeted linear: the share of parameters (or the rank) the factors keep."""
+
     keep: float = field(default=0.8, metadata={
         "help": "fraction of each targeted linear's parameters the two factors keep (0.8 = 20% "
                 "fewer); ignored when `rank` is set"})
@@ -38,6 +40,8 @@ class SVDConfig:
 
 @dataclass
 class ASVDConfig(SVDConfig):
+    """Activation-aware SVD: SVD's settings plus the activation exponent and the calibration passes."""
+
     alpha: float = field(default=0.5, metadata={
         "help": "input channels are weighted by mean|x|^alpha before the SVD (0 = plain SVD)"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})

@@ -38,6 +38,8 @@ _TARGET_HELP = ("a fraction of the parameters to remove (0.25 or '25%'), or the 
 
 @dataclass
 class DepthPruneConfig:
+    """Drop whole decoder layers: how many (`target`) and how they are ranked."""
+
     target: str | float = field(default=0.25, metadata={"help": _TARGET_HELP})
     ranking: Literal["block_influence", "ppl"] = field(default="block_influence", metadata={
         "help": "layer ranking: block_influence = 1 - mean cos(layer input, layer output) over the "
@@ -50,6 +52,8 @@ class DepthPruneConfig:
 
 @dataclass
 class WidthPruneConfig:
+    """Narrow every layer's MLP and attention: how much (`target`), where from, and the width alignment."""
+
     target: str | float = field(default=0.25, metadata={"help": _TARGET_HELP})
     prune: Literal["both", "mlp", "heads"] = field(default="both", metadata={
         "help": "what to narrow: MLP intermediate channels, attention heads (whole KV groups under "

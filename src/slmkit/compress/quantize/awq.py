@@ -79,6 +79,9 @@ NO_CLIP_ROLES = ("q", "k", "qkv")
 
 @dataclass
 class AWQConfig(RTNConfig):
+    """AWQ: RTN's grid plus the scale search (objective, sites, grid) and the optional guarded clipping
+    (see the module docstring)."""
+
     n_grid: int = field(default=20, metadata={
         "help": "points of the scale-exponent grid r = 0, 1/n, ..., (n-1)/n (s = mean|x|^r)"})
     clip: bool = field(default=False, metadata={

@@ -20,6 +20,9 @@ GRID_FIELDS = ("bits", "group_size", "symmetric")
 
 @dataclass
 class RTNConfig:
+    """Round to nearest: the grid, which linears to skip or quantize differently, and optional head and
+    embedding bits."""
+
     bits: int = field(default=4, metadata={"help": "bits per weight, 2-8"})
     group_size: int | None = field(default=128, metadata={
         "help": "input columns sharing one scale; None = per output channel; a size that does not "

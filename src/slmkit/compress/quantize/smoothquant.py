@@ -41,6 +41,8 @@ WEIGHT_BITS = ACT_BITS = 8
 
 @dataclass
 class SmoothQuantConfig:
+    """SmoothQuant W8A8: the migration strength `alpha` and the calibration passes."""
+
     alpha: float = field(default=0.5, metadata={
         "help": "migration strength in [0, 1]: 0 keeps activations as they are (only weights are "
                 "equalised), 1 moves all of the activation range into the weights"})
