@@ -269,25 +269,26 @@ def test_skip_list_leaves_roles_dense():
 
 
 @pytest.mark.parametrize("cfg, calib, match", [
-    (WandaConfig(sparsity=1.0), CALIB, r"\[0, 1\)"),
-    (WandaConfig(sparsity=-0.1), CALIB, r"\[0, 1\)"),
-    (MagnitudeConfig(sparsity="half"), None, r"\[0, 1\)"),
-    (WandaConfig(nm="4:4"), CALIB, "N < M"),
-    (SparseGPTConfig(nm="2-4"), CALIB, "'2:4'"),
-    (WandaConfig(nm="2:4", sparsity=0.7), CALIB, "leave sparsity unset"),
-    (WandaConfig(nm="2:4", owl=True), CALIB, "OWL"),
-    (WandaConfig(), None, "calibration data"),
-    (SparseGPTConfig(), None, "calibration data"),
-    (MagnitudeConfig(owl=True), None, "calibration data"),
-    (MagnitudeConfig(nm="2:6"), None, "divisible by 6"),
-    (SparseGPTConfig(nm="2:4", block_size=30), CALIB, "multiple of M"),
-    (SparseGPTConfig(damp=0), CALIB, "dampening"),
-    (SparseGPTConfig(mask_scope="column"), CALIB, "mask_scope"),
-    (WandaConfig(owl=True, owl_lambda=0.4, sparsity=0.8), CALIB, "owl_lambda"),
+    (lambda: WandaConfig(sparsity=1.0), CALIB, r"\[0, 1\)"),
+    (lambda: WandaConfig(sparsity=-0.1), CALIB, r"\[0, 1\)"),
+    (lambda: MagnitudeConfig(sparsity="half"), None, r"\[0, 1\)"),
+    (lambda: WandaConfig(nm="4:4"), CALIB, "N < M"),
+    (lambda: SparseGPTConfig(nm="2-4"), CALIB, "'2:4'"),
+    (lambda: WandaConfig(nm="2:4", sparsity=0.7), CALIB, "leave sparsity unset"),
+    (lambda: WandaConfig(nm="2:4", owl=True), CALIB, "OWL"),
+    (lambda: WandaConfig(), None, "calibration data"),
+    (lambda: SparseGPTConfig(), None, "calibration data"),
+    (lambda: MagnitudeConfig(owl=True), None, "calibration data"),
+    (lambda: MagnitudeConfig(nm="2:6"), None, "divisible by 6"),
+    (lambda: SparseGPTConfig(nm="2:4", block_size=30), CALIB, "multiple of M"),
+    (lambda: SparseGPTConfig(damp=0), CALIB, "dampening"),
+    (lambda: SparseGPTConfig(mask_scope="column"), CALIB, "mask_scope"),
+    (lambda: WandaConfig(owl=True, owl_lambda=0.4, sparsity=0.8), CALIB, "owl_lambda"),
 ])
 def test_errors(cfg, calib, match):
+    """Refused when the config is made (bad values) or when pruning starts (model, data)."""
     with pytest.raises(SlmkitError, match=match):
-        prune(tiny_model("llama"), cfg, calib)
+        prune(tiny_model("llama"), cfg(), calib)
 
 
 def test_matching_sparsity_with_nm_and_other_refusals():

@@ -1,4 +1,4 @@
-"""One tiny explicit registry: name -> (config class, function).
+"""One tiny explicit registry: name -> (config class, function, and the facts callers need).
 
 No package walking and no import-time magic: every entry is written down where its registry is
 defined, e.g. `slmkit.eval.tasks.TASKS`.
@@ -16,10 +16,19 @@ C = TypeVar("C")
 
 @dataclass(frozen=True)
 class Entry(Generic[C]):
+    """A method: its config class, the function that applies it, a one-line help, whether it
+    needs calibration data (a bool, or a function of the config), and an optional `preflight`
+    check of (model, config) that runs before any heavy work."""
+
     name: str
     config: type[C]
     fn: Callable[..., Any]
     help: str = ""
+    calibrates: bool | Callable[[Any], bool] = True
+    preflight: Callable[[Any, Any], None] | None = None
+
+    def needs_calibration(self, config: C) -> bool:
+        return self.calibrates(config) if callable(self.calibrates) else self.calibrates
 
 
 class Registry:
@@ -29,10 +38,12 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def add(self, name: str, config: type, fn: Callable[..., Any], help: str = "") -> None:
+    def add(self, name: str, config: type, fn: Callable[..., Any], help: str = "", *,
+            calibrates: bool | Callable[[Any], bool] = True,
+            preflight: Callable[[Any, Any], None] | None = None) -> None:
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
-        self._entries[name] = Entry(name, config, fn, help)
+        self._entries[name] = Entry(name, config, fn, help, calibrates, preflight)
 
     def get(self, name: str) -> Entry:
         try:

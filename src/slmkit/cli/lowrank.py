@@ -9,9 +9,8 @@ training, or to hand the model to another tool).
 
 from __future__ import annotations
 
-from slmkit.cli.step import add_step_parser, method_config, run_step
-from slmkit.compress.api import LOWRANK, lowrank
-from slmkit.compress.lowrank.apply import merge_lowrank
+from slmkit.cli.step import add_step_parser, run_command
+from slmkit.compress.api import LOWRANK
 
 REGISTRY = LOWRANK  # method options come from its configs (see step.foreign_options)
 
@@ -25,16 +24,6 @@ def add_parser(sub, argv=()):
 
 
 def run(ns) -> int:
-    cfg = method_config(ns, LOWRANK)
-
-    def apply(model, cfg, calib):
-        report = lowrank(model, cfg, calib)
-        if ns.merge:
-            merge_lowrank(model)
-        print(f"factorized {len(report['layers'])} linears: {report['params_before']:,} -> "
-              f"{report['params_after']:,} parameters")
-        return {k: report[k] for k in ("params_before", "params_after")} | {
-            "layers": len(report["layers"]), "merged": ns.merge}
-
-    run_step(ns, cfg, apply, needs_calib=ns.method == "asvd", verb="factorized")
+    r = run_command(ns, "lowrank", "factorized")[0]["result"]
+    print(f"factorized {r['layers']} linears: {r['params_before']:,} -> {r['params_after']:,} parameters")
     return 0

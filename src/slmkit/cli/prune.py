@@ -8,8 +8,8 @@ physically smaller with a standard config that plain `from_pretrained` loads.
 
 from __future__ import annotations
 
-from slmkit.cli.step import add_step_parser, method_config, run_step
-from slmkit.compress.api import PRUNERS, prune
+from slmkit.cli.step import add_step_parser, run_command
+from slmkit.compress.api import PRUNERS
 
 REGISTRY = PRUNERS  # method options come from its configs (see step.foreign_options)
 
@@ -22,26 +22,9 @@ def add_parser(sub, argv=()):
     return p
 
 
-def _summary(report: dict) -> dict:
-    """The part of a pruning report worth keeping in slmkit.json (structured reports list every
-    removed channel; those indices stay out)."""
-    keep = ("total", "layers") if "total" in report else (
-        "kind", "removed_layers", "params_before", "params_after", "bytes_before", "bytes_after",
-        "fraction_removed", "config_sizes")
-    return {k: report[k] for k in keep if k in report}
-
-
 def run(ns) -> int:
-    cfg = method_config(ns, PRUNERS, {"target_params": "target"})
-    needs_calib = ns.method != "magnitude" or bool(getattr(cfg, "owl", False))
-
-    def apply(model, cfg, calib):
-        report = prune(model, cfg, calib)
-        summary = _summary(report)
-        if "total" in summary:
-            t = summary["total"]
-            print(f"sparsity {t['sparsity']:.4f} over {t['params']:,} target weights")
-        return summary
-
-    run_step(ns, cfg, apply, needs_calib=needs_calib, verb="pruned")
+    report, _ = run_command(ns, "prune", "pruned")
+    total = report["result"].get("total")
+    if total:
+        print(f"sparsity {total['sparsity']:.4f} over {total['params']:,} target weights")
     return 0

@@ -7,9 +7,8 @@ The output is a compressed-tensors checkpoint; `slmkit.models.load` restores the
 
 from __future__ import annotations
 
-from slmkit.cli.step import add_step_parser, method_config, run_step
-from slmkit.compress.api import QUANTIZERS, quantize
-from slmkit.runtime.checkpoint import quantized_modules
+from slmkit.cli.step import add_step_parser, run_command
+from slmkit.compress.api import QUANTIZERS
 
 REGISTRY = QUANTIZERS  # method options come from its configs (see step.foreign_options)
 
@@ -20,15 +19,7 @@ def add_parser(sub, argv=()):
 
 
 def run(ns) -> int:
-    cfg = method_config(ns, QUANTIZERS)
-
-    def apply(model, cfg, calib):
-        quantize(model, cfg, calib)
-        kernels: dict[str, int] = {}
-        for m in quantized_modules(model).values():
-            kernels[type(m).__name__] = kernels.get(type(m).__name__, 0) + 1
-        print("kernels: " + ", ".join(f"{n} x{c}" for n, c in kernels.items()))
-        return {"kernels": kernels}
-
-    run_step(ns, cfg, apply, needs_calib=ns.method != "rtn", verb="quantized")
+    report, _ = run_command(ns, "quantize", "quantized")
+    kernels = report["result"]["kernels"]
+    print("kernels: " + ", ".join(f"{n} x{c}" for n, c in kernels.items()))
     return 0

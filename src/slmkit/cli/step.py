@@ -1,26 +1,16 @@
-"""What every compression command shares: MODEL OUT arguments, calibration options, method
-options derived from the registry's config dataclasses, and the load -> (eval) -> calibrate ->
-apply -> (eval) -> save-with-report sequence."""
+"""What every compression command shares: MODEL OUT arguments, calibration options, the chosen
+method's options derived from its config dataclass, and the run through `slmkit.recipes.steps`
+(the same path a recipe stage takes)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
-from collections.abc import Callable
 
 from slmkit.cli.args import add_config_args, given_options
-from slmkit.data import build_calibration_with_provenance, embedded_text
-from slmkit.errors import SlmkitError
-from slmkit.eval.memory import max_rss_bytes, param_count
-from slmkit.eval.perplexity import PerplexityConfig, window_perplexity
-from slmkit.models import load, save
-from slmkit.models.dtype import resolve_dtype
+from slmkit.data import DEFAULT_SPEC, Calibration
+from slmkit.recipes.steps import STEP_OPTIONS, Step, make_step, run_step
 
-# Half the embedded pydoc text, half text sampled from the model itself: on SmolLM2 W4 (GPTQ)
-# pydoc alone overfits its domain (Austen prose ppl barely better than RTN's), self-generated
-# text alone gives up some in-domain gain; the mix holds up on both (benchmarks/RESULTS.md).
-DEFAULT_CALIB = "embedded@0.5,self@0.5"
 PREFIX = "m"  # argparse dest prefix of method options
 
 
@@ -57,7 +47,7 @@ def add_step_parser(sub, name: str, registry, default: str, help_text: str, doc:
                         "without native bf16)")
     p.add_argument("--save-dtype", default=save_dtype,
                    help=f"dtype of the float weights on disk (default {save_dtype})")
-    p.add_argument("--calib", default=DEFAULT_CALIB,
+    p.add_argument("--calib", default=DEFAULT_SPEC,
                    help="calibration mix, e.g. 'embedded', 'self', 'embedded@0.5,self@0.5', "
                         "'notes.txt@1', 'hf:NAME[:CONFIG]' (default: %(default)s)")
     p.add_argument("--calib-n", type=int, default=128, help="calibration sequences (default 128)")
@@ -96,51 +86,22 @@ def _flag(field: str) -> str:
     return "--" + (field[:-1] if field == "overrides" else field).replace("_", "-")
 
 
-def method_config(ns, registry, aliases: dict[str, str] | None = None):
-    """The chosen method's config from the options given; options of other methods are refused."""
-    cls = registry.get(ns.method).config
-    given = given_options(ns, PREFIX)
-    for flag, field in (aliases or {}).items():  # e.g. --target-params -> target
-        value = getattr(ns, flag, None)
-        if value is not None:
-            given[field] = value
-    fields = {f.name for f in dataclasses.fields(cls)}
-    wrong = sorted(set(given) - fields)
-    if wrong:
-        flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
-        raise SlmkitError(f"{flags} does not apply to --method {ns.method} "
-                          f"(its options: {', '.join(sorted(fields))})")
-    return cls(**given)
+def step_from_args(ns, kind: str) -> Step:
+    """The step the command line asks for: the chosen method's config from the options given
+    (plus `--target-params` / `--merge` where the command has them)."""
+    options = given_options(ns, PREFIX)
+    for extra in STEP_OPTIONS[kind]:
+        if getattr(ns, extra, None) is not None:
+            options[extra] = getattr(ns, extra)
+    return make_step(kind, ns.method, options)
 
 
-def _ppl(model, tok) -> float:
-    return window_perplexity(model, tok, embedded_text("eval"), PerplexityConfig())["token_perplexity"]
-
-
-def run_step(ns, cfg, apply: Callable, needs_calib: bool, verb: str) -> tuple[dict, object]:
-    """Load, calibrate, `apply(model, cfg, calib)`, save with a report -> (report, out folder)."""
-    import torch
-
-    save_dtype = resolve_dtype(ns.save_dtype)      # bad options fail before the model loads
-    model, tok = load(ns.model, ns.dtype)
-    report: dict = {"method": ns.method, "params_before": param_count(model)}
-    if ns.eval:
-        report["ppl_before"] = _ppl(model, tok)
-    calib = None
-    if needs_calib:
-        calib, report["calibration"] = build_calibration_with_provenance(
-            model, tok, ns.calib, n=ns.calib_n, length=ns.calib_len, seed=ns.calib_seed)
-    t0 = time.perf_counter()
-    report["result"] = apply(model, cfg, calib)
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    report["params_after"] = param_count(model)
-    if ns.eval:
-        report["ppl_after"] = _ppl(model, tok)
-    report["peak_rss_mb"] = round(max_rss_bytes() / 2 ** 20, 1)
-    model.to(save_dtype)
-    with torch.no_grad():
-        out = save(model, tok, ns.out, {"report": report}, overwrite=ns.overwrite)
-    report["weights_mb"] = sum(f.stat().st_size for f in out.glob("*.safetensors")) / 2 ** 20
+def run_command(ns, kind: str, verb: str) -> tuple[dict, object]:
+    """Run a compression command through the one step path (`slmkit.recipes.steps.run_step`)."""
+    step = step_from_args(ns, kind)
+    calibration = Calibration(ns.calib, ns.calib_n, ns.calib_len, ns.calib_seed)
+    report, out = run_step(ns.model, step, ns.out, calibration, dtype=ns.dtype, save_dtype=ns.save_dtype,
+                           overwrite=ns.overwrite, measure_ppl=ns.eval)
     print(f"{verb} with {ns.method} in {report['seconds']} s; weights on disk "
           f"{report['weights_mb']:.1f} MB")
     if ns.eval:

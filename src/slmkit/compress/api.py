@@ -9,6 +9,9 @@ from then on, saves as a compressed-tensors checkpoint, and `slmkit.models.load`
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from slmkit.compress.calibrate import HessianCollector, sequential
@@ -16,7 +19,7 @@ from slmkit.compress.lowrank.apply import ASVDConfig, SVDConfig, apply_asvd, app
 from slmkit.compress.prune.apply import apply_magnitude, apply_sparsegpt, apply_wanda
 from slmkit.compress.prune.config import MagnitudeConfig, SparseGPTConfig, WandaConfig
 from slmkit.compress.prune.depth import prune_depth
-from slmkit.compress.prune.structured import DepthPruneConfig, WidthPruneConfig
+from slmkit.compress.prune.structured import DepthPruneConfig, WidthPruneConfig, check_structured
 from slmkit.compress.prune.width import prune_width
 from slmkit.compress.quantize.awq import AWQConfig, apply_awq
 from slmkit.compress.quantize.config import (
@@ -77,7 +80,7 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
 
 
 QUANTIZERS = Registry("quantization method")
-QUANTIZERS.add("rtn", RTNConfig, apply_rtn, "round to nearest, no calibration")
+QUANTIZERS.add("rtn", RTNConfig, apply_rtn, "round to nearest, no calibration", calibrates=False)
 QUANTIZERS.add("gptq", GPTQConfig, apply_gptq, "GPTQ: Hessian-based error compensation")
 QUANTIZERS.add("awq", AWQConfig, apply_awq, "AWQ: activation-aware scales and clipping, then RTN")
 QUANTIZERS.add("smoothquant", SmoothQuantConfig, apply_smoothquant,
@@ -110,14 +113,13 @@ def quantize_head(model, bits: int) -> dict[str, QuantizedWeight]:
     return {name: qw}
 
 
-def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
-    """Quantize `model` in place with the method `cfg` configures; returns the model.
-
-    `calib`: token ids [n, length] for methods that calibrate (see slmkit.data.build_calibration).
-    `pack_weights`: swap in integer kernels (default); False keeps simulated float weights."""
+def check_quantize(model, cfg, *, pack_weights: bool = True) -> None:
+    """Everything `quantize(model, cfg)` would refuse, checked without any heavy work."""
     if is_quantized(model):
         raise SlmkitError("this model is already quantized; start from the original weights")
-    entry = QUANTIZERS.for_config(cfg)
+    QUANTIZERS.for_config(cfg)
+    if hasattr(cfg, "check"):
+        cfg.check()
     if (pack_weights and getattr(cfg, "act_order", False) and not getattr(cfg, "static_groups", True)
             and cfg.group_size):
         raise SlmkitError("act_order without static_groups scatters each group over the columns; "
@@ -128,9 +130,18 @@ def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
     head_bits = getattr(cfg, "head_bits", None)
     if head_bits is not None and not 5 <= head_bits <= 8:
         raise SlmkitError(f"head_bits must be 5-8 (per-channel int8 kernel) or None, not {head_bits!r}")
-    embed_bits = getattr(cfg, "embed_bits", None)
-    if embed_bits is not None:
-        embed_grid(embed_bits, 32)
+    if getattr(cfg, "embed_bits", None) is not None:
+        embed_grid(cfg.embed_bits, 32)
+
+
+def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
+    """Quantize `model` in place with the method `cfg` configures; returns the model.
+
+    `calib`: token ids [n, length] for methods that calibrate (see slmkit.data.build_calibration).
+    `pack_weights`: swap in integer kernels (default); False keeps simulated float weights."""
+    check_quantize(model, cfg, pack_weights=pack_weights)
+    entry = QUANTIZERS.for_config(cfg)
+    head_bits, embed_bits = getattr(cfg, "head_bits", None), getattr(cfg, "embed_bits", None)
     store = entry.fn(model, cfg, calib)
     if head_bits is not None:
         store.update(quantize_head(model, head_bits))
@@ -148,18 +159,28 @@ def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
 
 
 PRUNERS = Registry("pruning method")
-PRUNERS.add("magnitude", MagnitudeConfig, apply_magnitude, "smallest |W| per matrix, no calibration")
+PRUNERS.add("magnitude", MagnitudeConfig, apply_magnitude, "smallest |W| per matrix, no calibration",
+            calibrates=lambda cfg: cfg.owl)
 PRUNERS.add("wanda", WandaConfig, apply_wanda, "Wanda: |W| x input norm, per output row")
 PRUNERS.add("sparsegpt", SparseGPTConfig, apply_sparsegpt, "SparseGPT: OBS mask and weight updates")
 PRUNERS.add("depth", DepthPruneConfig, prune_depth,
-            "structured: drop whole decoder layers (block influence or ppl ranking)")
+            "structured: drop whole decoder layers (block influence or ppl ranking)",
+            preflight=check_structured)
 PRUNERS.add("width", WidthPruneConfig, prune_width,
-            "structured: drop MLP channels and KV head groups, same count in every layer")
+            "structured: drop MLP channels and KV head groups, same count in every layer",
+            preflight=check_structured)
 
 
 LOWRANK = Registry("low-rank method")
-LOWRANK.add("svd", SVDConfig, apply_svd, "truncated SVD of each linear's weight")
+LOWRANK.add("svd", SVDConfig, apply_svd, "truncated SVD of each linear's weight", calibrates=False)
 LOWRANK.add("asvd", ASVDConfig, apply_asvd, "activation-aware SVD: channels weighted by mean|x|^alpha")
+
+
+def check_lowrank(model, cfg) -> None:
+    """What `lowrank(model, cfg)` would refuse before doing any work."""
+    if is_quantized(model):
+        raise SlmkitError("this model is quantized; factorize the float model, then quantize")
+    LOWRANK.for_config(cfg)
 
 
 def lowrank(model, cfg, calib=None) -> dict:
@@ -167,8 +188,7 @@ def lowrank(model, cfg, calib=None) -> dict:
     configures; returns {"layers": [...], "params_before", "params_after"}. Save with
     slmkit.models.save (reload with slmkit.models.load), or merge_lowrank(model) first for a
     dense standard checkpoint."""
-    if is_quantized(model):
-        raise SlmkitError("this model is quantized; factorize the float model, then quantize")
+    check_lowrank(model, cfg)
     entry = LOWRANK.for_config(cfg)
     before = model.num_parameters()
     done = entry.fn(model, cfg, calib)
@@ -180,14 +200,22 @@ def lowrank(model, cfg, calib=None) -> dict:
     return report
 
 
+def check_prune(model, cfg) -> None:
+    """What `prune(model, cfg)` would refuse before doing any work."""
+    if is_quantized(model):
+        raise SlmkitError("this model is quantized; prune the float model, then quantize")
+    entry = PRUNERS.for_config(cfg)
+    if entry.preflight is not None:
+        entry.preflight(model, cfg)
+
+
 def prune(model, cfg, calib=None) -> dict:
     """Prune `model` in place with the method `cfg` configures; returns the method's report
     (unstructured: per target / layer / total sparsity and parameters, see
     slmkit.compress.prune.apply.prune_report), also kept at `model._slmkit_prune_report`.
 
     `calib`: token ids [n, length] for methods that calibrate (see slmkit.data.build_calibration)."""
-    if is_quantized(model):
-        raise SlmkitError("this model is quantized; prune the float model, then quantize")
+    check_prune(model, cfg)
     entry = PRUNERS.for_config(cfg)
     n_steps = len(getattr(model, "_slmkit_steps", []))
     report = entry.fn(model, cfg, calib)
@@ -197,3 +225,18 @@ def prune(model, cfg, calib=None) -> dict:
                 **{k: report[k] for k in ("total", "layers") if k in report}}
         model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), step]
     return report
+
+
+@dataclass(frozen=True)
+class StepKind:
+    """A kind of compression step: its methods, the function that applies one, and the cheap
+    check of (model, config) that runs before calibration."""
+
+    registry: Registry
+    apply: Callable
+    check: Callable
+
+
+STEP_KINDS = {"quantize": StepKind(QUANTIZERS, quantize, check_quantize),
+              "prune": StepKind(PRUNERS, prune, check_prune),
+              "lowrank": StepKind(LOWRANK, lowrank, check_lowrank)}

@@ -43,6 +43,36 @@ SELF = "self"
 EVAL_SPECS = ("default", "default:eval")  # the embedded evaluation text: never calibrate on it
 
 
+DEFAULT_SPEC = "embedded@0.5,self@0.5"
+
+
+@dataclass
+class Calibration:
+    """A calibration set to build: the mix (`spec`, see the module docstring), `n` rows of `length`
+    tokens, the sampling seed. The default mix is half the embedded pydoc calibration text and half
+    text sampled from the model itself: pydoc alone overfits its domain on SmolLM2 W4 (GPTQ), the
+    model's own text alone gives up some in-domain gain (benchmarks/history/quantization.md)."""
+
+    spec: str = DEFAULT_SPEC
+    n: int = 128
+    length: int = 512
+    seed: int = 0
+
+    def check(self) -> None:
+        """Refuse a bad mix, size or missing text source before any model is loaded."""
+        parsed = CalibSpec.parse(self.spec)
+        for name in ("n", "length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "n" else 2):
+                raise SlmkitError(f"calibration {name} must be an integer >= {1 if name == 'n' else 2}, "
+                                  f"not {value!r}")
+        for s in parsed.sources:
+            if s.source not in (EMBEDDED, SELF) and not s.source.startswith(("hf:", "default")) \
+                    and not Path(s.source).expanduser().exists():
+                raise SlmkitError(f"calibration source {s.source!r} does not exist: give a file or "
+                                  f"folder, {EMBEDDED!r}, {SELF!r} or 'hf:NAME[:CONFIG]'")
+
+
 @dataclass(frozen=True)
 class CalibSource:
     source: str    # "embedded", "self", a path, or "hf:NAME[:CONFIG]"

@@ -37,13 +37,9 @@ def _clean_tokenizer_config(folder: Path) -> None:
         p.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def save(model, tokenizer, out: str | Path, manifest: dict | None = None, *,
-         overwrite: bool = False) -> Path:
-    """Write `model` and `tokenizer` to `out` as a standard HF folder with `slmkit.json`.
-
-    The folder is written under a temporary name beside `out` and renamed when complete, so an
-    interrupted or failed save never leaves a folder that looks finished. `manifest` entries
-    (configs applied, metrics, ...) are merged into the base manifest."""
+def check_output(out: str | Path, overwrite: bool = False) -> Path:
+    """The resolved output folder, after checking it may be written: it does not exist (or is
+    empty, or `overwrite`), and its parent can be created. Call it before long work."""
     out = Path(out).expanduser().resolve()
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise SlmkitError(f"output {out} already exists; choose another path or pass overwrite")
@@ -52,6 +48,17 @@ def save(model, tokenizer, out: str | Path, manifest: dict | None = None, *,
     except OSError as e:
         raise SlmkitError(f"cannot create the folder for output {out}: {e.strerror or e} "
                           f"({e.filename or out.parent}); choose another path") from None
+    return out
+
+
+def save(model, tokenizer, out: str | Path, manifest: dict | None = None, *,
+         overwrite: bool = False) -> Path:
+    """Write `model` and `tokenizer` to `out` as a standard HF folder with `slmkit.json`.
+
+    The folder is written under a temporary name beside `out` and renamed when complete, so an
+    interrupted or failed save never leaves a folder that looks finished. `manifest` entries
+    (configs applied, metrics, ...) are merged into the base manifest."""
+    out = check_output(out, overwrite)
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     clear_gguf_markers(model)
     try:

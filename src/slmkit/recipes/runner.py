@@ -17,8 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from slmkit.compress.api import lowrank, prune, quantize
-from slmkit.compress.lowrank.apply import merge_lowrank
+from slmkit.compress.api import STEP_KINDS
 from slmkit.data import build_calibration
 from slmkit.data.chunk import token_stream
 from slmkit.data.sources import TextData, load_text
@@ -33,6 +32,7 @@ from slmkit.models import load, save
 from slmkit.models.gguf_export import export_gguf
 from slmkit.recipes.report import write_report
 from slmkit.recipes.schema import Recipe, Stage, stage_configs
+from slmkit.recipes.steps import apply_step, check_step
 from slmkit.runtime.modules import dequantize, is_quantized
 from slmkit.train import CausalLM, train
 from slmkit.train.lora import LoRAConfig, add_lora, merge_lora
@@ -92,22 +92,10 @@ def _calib(recipe: Recipe, run: Path):
 # ---- stage bodies: (model, tok, stage, recipe, folder) -> (model, tok, info) -------------------
 
 def _compress(model, tok, stage, recipe, folder):
-    cfgs = stage_configs(stage)
-    method, cfg = cfgs["method"], cfgs["config"]
-    needs_calib = not (method in ("magnitude", "rtn", "svd") and not getattr(cfg, "owl", False))
-    calib = _calib(recipe, folder.parent) if needs_calib else None
-    if stage.kind == "prune":
-        report = prune(model, cfg, calib)
-        info = {k: report[k] for k in ("total", "params_before", "params_after", "removed_layers")
-                if k in report}
-    elif stage.kind == "quantize":
-        quantize(model, cfg, calib)
-        info = {"method": method}
-    else:
-        info = {k: v for k, v in lowrank(model, cfg, calib).items() if k != "layers"}
-        if stage.options.get("merge"):
-            merge_lowrank(model)
-    return model, tok, info
+    step = stage_configs(stage)["step"]
+    check_step(step, model)
+    calib = _calib(recipe, folder.parent) if step.needs_calibration else None
+    return model, tok, apply_step(model, step, calib)
 
 
 def _train(model, tok, stage, recipe, folder):
@@ -131,8 +119,7 @@ def _train(model, tok, stage, recipe, folder):
     return model, tok, {"train": summary}
 
 
-STAGE_FUNCTIONS = {"prune": _compress, "quantize": _compress, "lowrank": _compress,
-                   "distill": _train, "finetune": _train}
+STAGE_FUNCTIONS = {**{kind: _compress for kind in STEP_KINDS}, "distill": _train, "finetune": _train}
 
 
 # ---- measurement ------------------------------------------------------------------------------
@@ -199,8 +186,8 @@ def plan(recipe: Recipe, run: Path, model_params: int | None = None) -> list[dic
             tokens = c.steps * c.batch_size * c.grad_accum * stage_configs(stage)["data"]["seq_len"]
             seconds = tokens * p * (6 + (2 if stage.kind == "distill" else 0)) / flops
             mem = p * 4 * (4 + (1 if stage.kind == "distill" else 0))
-        elif stage.kind in ("prune", "quantize", "lowrank"):
-            cheap = stage.method in ("magnitude", "rtn", "svd")
+        elif stage.kind in STEP_KINDS:
+            cheap = not stage_configs(stage)["step"].needs_calibration
             seconds = 0 if cheap else 2 * 2 * p * calib_tokens / flops
             mem = p * 4 * 1.5
         else:

@@ -11,7 +11,7 @@ and the CLI use, validated with the file, line and allowed values in every error
       - quantize: {method: gptq, bits: 4, group_size: 64}
       - export: {type: q4_0}
 
-Stage kinds: prune (PRUNERS methods), quantize (QUANTIZERS), lowrank (LOWRANK, + merge),
+Stage kinds: prune, quantize, lowrank (`slmkit.compress.api.STEP_KINDS`; run by `slmkit.recipes.steps`),
 distill (DistillConfig + TrainConfig fields, teacher, data), finetune (TrainConfig fields, data
 or sft, lora), export (GGUF type), eval (extra evaluation only).
 """
@@ -24,25 +24,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from slmkit.compress.api import LOWRANK, PRUNERS, QUANTIZERS
+from slmkit.compress.api import STEP_KINDS
+from slmkit.data.calib import Calibration
 from slmkit.distill.objectives import DistillConfig
 from slmkit.errors import SlmkitError
+from slmkit.recipes.steps import STEP_OPTIONS, make_step
 from slmkit.train import TrainConfig
 
 STAGE_KINDS = ("prune", "quantize", "lowrank", "distill", "finetune", "export", "eval")
 TRAIN_DATA_KEYS = {"data": "default:calib", "sft": None, "seq_len": 512, "max_rows": None,
                    "eval_data": None}
-
-
-@dataclass
-class Calibration:
-    """The calibration set a run builds once from the source model and shares between its calibrated
-    stages."""
-
-    spec: str = "embedded@0.5,self@0.5"
-    n: int = 128
-    length: int = 512
-    seed: int = 0
 
 
 @dataclass
@@ -130,15 +121,9 @@ def _build(cls, values: dict, src: str, lines: dict, path: tuple):
 def stage_configs(stage: Stage) -> dict:
     """The config objects a stage will run with (validates them)."""
     o = dict(stage.options)
-    if stage.kind in ("prune", "quantize", "lowrank"):
-        reg = {"prune": PRUNERS, "quantize": QUANTIZERS, "lowrank": LOWRANK}[stage.kind]
-        method = o.pop("method", None)
-        if method not in reg.names():
-            raise SlmkitError(f"method {method!r} unknown for {stage.kind}; allowed: {', '.join(reg.names())}")
-        o.pop("merge", None)
-        if "target_params" in o:
-            o["target"] = o.pop("target_params")
-        return {"method": method, "config": reg.get(method).config(**o)}
+    if stage.kind in STEP_KINDS:
+        step = make_step(stage.kind, o.pop("method", None), o)
+        return {"method": step.method, "config": step.config, "step": step}
     if stage.kind in ("distill", "finetune"):
         train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
         kd_fields = {f.name for f in dataclasses.fields(DistillConfig)}
@@ -161,11 +146,9 @@ def stage_configs(stage: Stage) -> dict:
 
 def _allowed_stage_keys(kind: str, method: str | None) -> set[str]:
     names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
-    if kind in ("prune", "quantize", "lowrank"):
-        reg = {"prune": PRUNERS, "quantize": QUANTIZERS, "lowrank": LOWRANK}[kind]
-        base = {"method"} | ({"target_params"} if kind == "prune" else set()) | (
-            {"merge"} if kind == "lowrank" else set())
-        return base | (names(reg.get(method).config) if method in reg.names() else set())
+    if kind in STEP_KINDS:
+        reg = STEP_KINDS[kind].registry
+        return {"method"} | STEP_OPTIONS[kind] | (names(reg.get(method).config) if method in reg else set())
     if kind == "distill":
         return names(TrainConfig) | names(DistillConfig) | set(TRAIN_DATA_KEYS) | {"teacher"}
     if kind == "finetune":

@@ -20,6 +20,8 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from slmkit.errors import SlmkitError
@@ -108,14 +110,16 @@ def _matches(name: str, module: nn.Module, targets: list[str]) -> bool:
 
 
 def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise SlmkitError(f"{folder}: no .safetensors weights next to config.json")
     out: dict[str, torch.Tensor] = {}
     for f in files:
-        out.update(load_file(str(f)))
+        try:
+            out.update(load_file(str(f)))
+        except (SafetensorError, OSError) as e:
+            raise SlmkitError(f"cannot read the weights file {f}: {e}; the file is damaged or "
+                              "incomplete (re-copy or re-create it)") from None
     return out
 
 

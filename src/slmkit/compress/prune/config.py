@@ -41,6 +41,10 @@ class PruneConfig:
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
     calib_dtype: CalibDtype = calib_dtype_field()
 
+    def __post_init__(self) -> None:
+        """Refuse bad values when the config is made (CLI, recipes, Python alike), before any work."""
+        check_config(self)
+
 
 @dataclass
 class MagnitudeConfig(PruneConfig):

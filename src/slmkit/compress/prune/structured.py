@@ -143,6 +143,15 @@ def check_prunable(model: "nn.Module", calib) -> ArchSpec:
     return spec
 
 
+def check_structured(model: "nn.Module", cfg) -> None:
+    """Before any calibration: the model has an adapter, is not quantized, and `cfg.target`
+    names a removable amount of it."""
+    get_arch(model)
+    if is_quantized(model):
+        raise SlmkitError("structured pruning needs the float model; prune before quantizing")
+    parse_target(cfg.target, count_params(model))
+
+
 def check_config(config, what: str, hint: str = "") -> None:
     """Raise a clear error unless `config` survives a save/load round trip (the config class's own
     validation, e.g. phi3's longrope factors sized by hidden_size / heads)."""

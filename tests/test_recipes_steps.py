@@ -1,0 +1,60 @@
+"""One path from a step's config to its output: the command and the recipe stage of the same step
+write the same model; the registry's facts decide calibration; bad options fail in make_step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slmkit.cli.main import main
+from slmkit.data import Calibration
+from slmkit.errors import SlmkitError
+from slmkit.recipes import parse_recipe, run_recipe
+from slmkit.recipes.schema import Evaluation
+from slmkit.recipes.steps import make_step
+
+FAST_EVAL = Evaluation(texts=["default"], ppl_tokens=200, rolling=False, mc=None,
+                       speed_prompt=8, speed_new_tokens=2, speed_repeats=1)
+
+
+def test_the_command_and_the_recipe_stage_write_the_same_model(tiny_dir, tmp_path, capsys):
+    model = str(tiny_dir("llama"))
+    cli_out = tmp_path / "cli"
+    assert main(["quantize", model, str(cli_out), "--method", "gptq", "--bits", "4", "--group-size", "32",
+                 "--calib", "embedded", "--calib-n", "4", "--calib-len", "64", "--save-dtype", "bfloat16"]) == 0
+    recipe = parse_recipe("name: same\nstages:\n  - quantize: {method: gptq, bits: 4, group_size: 32}\n", "r")
+    recipe.model, recipe.evaluation = model, FAST_EVAL
+    recipe.calibration = Calibration(spec="embedded", n=4, length=64)
+    report = run_recipe(recipe, tmp_path / "run", log=lambda m: None)
+    a = load_file(cli_out / "model.safetensors")
+    b = load_file(f"{report['stages'][1]['output']}/model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("kind, method, options, calibrates", [
+    ("quantize", "rtn", {}, False), ("quantize", "gptq", {}, True), ("quantize", "awq", {}, True),
+    ("prune", "magnitude", {}, False), ("prune", "magnitude", {"owl": True}, True),
+    ("prune", "wanda", {}, True), ("prune", "width", {"target_params": "100M"}, True),
+    ("lowrank", "svd", {"merge": True}, False), ("lowrank", "asvd", {}, True),
+])
+def test_the_registry_says_which_steps_calibrate(kind, method, options, calibrates):
+    step = make_step(kind, method, options)
+    assert step.needs_calibration is calibrates
+    if "target_params" in options:
+        assert step.config.target == "100M"
+    assert step.merge is bool(options.get("merge"))
+
+
+@pytest.mark.parametrize("kind, method, options, match", [
+    ("squash", "rtn", {}, "unknown step kind"),
+    ("quantize", "fp4", {}, "unknown for quantize"),
+    ("quantize", "rtn", {"damp": 0.1}, "'damp' is not an option of quantize method 'rtn'"),
+    ("prune", "wanda", {"sparsity": 1.5}, "sparsity"),
+    ("prune", "magnitude", {"target_params": "10M"}, "'target' is not an option"),
+])
+def test_bad_steps_are_refused_when_made(kind, method, options, match):
+    with pytest.raises(SlmkitError, match=match):
+        make_step(kind, method, options)
