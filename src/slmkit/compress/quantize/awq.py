@@ -3,7 +3,8 @@
 A few input channels carry much larger activations than the rest, and the weights that multiply
 them matter most. AWQ multiplies those weight columns by s > 1 before quantizing (and divides the
 activation by s in the op that produces it, `slmkit.compress.smooth`), so their relative rounding
-error shrinks. Per decoder layer, at each of its four input sites (q/k/v, o, gate/up, down):
+error shrinks. Per decoder layer, at each input site (q/k/v, o, gate/up, down) whose producing op
+can absorb a scale (`slmkit.compress.smooth.scale_groups`):
 
 1. scale search: s = mean|x|^r (normalised so sqrt(max(s) * min(s)) = 1) for r on a grid in
    [0, 1); the r whose quantized linears score best wins. r = 0 is plain RTN, so the search never
