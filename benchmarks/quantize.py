@@ -84,38 +84,9 @@ def configs(args):
             # the clip search weighted by diag H alone (default before session 17), or all columns equal
             "gptq-floor0": GPTQConfig(**gptq, clip_search=True, clip_floor=0.0),
             "gptq-uniform": GPTQConfig(**gptq, clip_search=True, clip_floor=1e9),
-            "awq": AWQConfig(**calibrated),
-            "awq-noclip": AWQConfig(**calibrated, clip=False),  # ablation: the scale search alone
-            "awq-noclip-o": AWQConfig(**calibrated, clip=False, sites=["attn_out"]),  # o scaled only
-            "awq-noclip-no-o": AWQConfig(**calibrated, clip=False, sites=["attn_in", "mlp_in", "mlp_out"]),
-            # each output row's error weighted by its Fisher weight E[(dL/dy)^2]
-            "awq-noclip-fisher": AWQConfig(**calibrated, clip=False, output_weights="fisher"),
-            "awq-fisher": AWQConfig(**calibrated, output_weights="fisher"),
-            # the scale objective on a floored Gram (as GPTQ's clip_floor): quiet inputs still count
-            "awq-noclip-sfloor1": AWQConfig(**calibrated, clip=False, scale_floor=1.0),
-            "awq-noclip-sfloor025": AWQConfig(**calibrated, clip=False, scale_floor=0.25),
-            "awq-floor1": AWQConfig(**calibrated, clip_floor=1.0),  # clip errors on a floored Gram
-            "awq-noguard": AWQConfig(**calibrated, clip_guard=False),  # ablation: the clip unguarded
-            "awq-nolayerguard": AWQConfig(**calibrated, layer_guard=False),  # clip guards a, b only
-            "awq-duo": AWQConfig(**calibrated, duo_scaling=True),  # AutoAWQ's weight-aware scales too
-            "awq-duo-noclip": AWQConfig(**calibrated, duo_scaling=True, clip=False),
-            # the scale search scored by the decoder layer's output, as AutoAWQ scores blocks
-            "awq-layer": AWQConfig(**calibrated, scale_objective="layer"),
-            "awq-layer-noclip": AWQConfig(**calibrated, scale_objective="layer", clip=False),
-            "awq-layer-duo": AWQConfig(**calibrated, scale_objective="layer", duo_scaling=True),
-            # closest to llm-compressor's AWQModifier: block-scored, weight-aware scales, no clip
-            "awq-layer-duo-noclip": AWQConfig(**calibrated, scale_objective="layer", duo_scaling=True,
-                                              clip=False),
-            "awq-layer-duo-noclip-no-o": AWQConfig(**calibrated, scale_objective="layer", duo_scaling=True,
-                                                   clip=False, sites=["attn_in", "mlp_in", "mlp_out"]),
-            # o and down scored by the decoder layer's output too
-            "awq-layerall-duo-noclip": AWQConfig(**calibrated, scale_objective="layer_all", duo_scaling=True,
-                                                 clip=False),
-            "awq-layerall-noclip": AWQConfig(**calibrated, scale_objective="layer_all", clip=False),
-            # each site scored by the predicted loss change: first order from the calibration
-            # text's gradient plus the Fisher-weighted output error / 2
-            "awq-loss": AWQConfig(**calibrated, scale_objective="loss"),
-            "awq-loss-noclip": AWQConfig(**calibrated, scale_objective="loss", clip=False)}
+            "awq": AWQConfig(**calibrated),  # the default: the predicted-loss scale objective
+            # the output-MSE scale objective: no gradient pass, for models whose gradient does not fit
+            "awq-linear": AWQConfig(**calibrated, scale_objective="linear")}
 
 
 def peer_args(args, method: str) -> list[str]:

@@ -1,16 +1,15 @@
 """AWQ's loss objective (scale_objective="loss"): the predicted loss change, its gradients and
-Fisher weights carried through folds, the row-wise clip guard, and the objective on tiny models."""
+Fisher weights carried through folds, and the objective on tiny models."""
 
 import pytest
 import torch
+from smooth_models import CALIB, with_outliers
 
-from slmkit.compress.quantize.awq import AWQConfig, fake_quantize, loss_change
+from slmkit.compress.quantize.awq import AWQConfig, loss_change
 from slmkit.compress.quantize.config import RTNConfig
 from slmkit.compress.smooth import ActivationStats, fold_scales, scale_groups, tie_channels
 from slmkit.compress.targets import all_targets, layer_targets
 from slmkit.models.tiny import tiny_model
-
-from smooth_models import CALIB, with_outliers
 
 
 def gen(seed=0):
@@ -65,7 +64,7 @@ def test_awq_loss_objective_lowers_the_loss_on_its_gradient_rows(model_type):
         assert all(p.grad is None for p in model.parameters())
         return model
 
-    common = dict(bits=4, group_size=32, n_grid=5, clip=False)
+    common = dict(bits=4, group_size=32, n_grid=5)
     by_loss = quantized(AWQConfig(**common, scale_objective="loss", gradient_rows=8))
     by_rtn = quantized(RTNConfig(bits=4, group_size=32), None)
     by_mse = quantized(AWQConfig(**common, scale_objective="linear"))
@@ -75,7 +74,6 @@ def test_awq_loss_objective_lowers_the_loss_on_its_gradient_rows(model_type):
     assert all(r["objective"] == "loss" and r["predicted_dl"] <= r["predicted_dl_rtn"] for r in sites)
     assert any(r["ratio"] > 0 for r in sites)
     assert [r["ratio"] for r in sites] != [r["ratio"] for r in by_mse._slmkit_steps[-1]["sites"]]
-
 
 
 def test_rescale_sensitivity_keeps_predicted_loss_changes_after_a_fold():
@@ -108,18 +106,3 @@ def test_rescale_sensitivity_keeps_predicted_loss_changes_after_a_fold():
                                 fisher[o.name]).sum())
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-9)
     assert not torch.equal(grads[o.name], sens.grads[o.name])
-
-
-def test_guard_clip_by_loss_unclips_rows_whose_predicted_loss_it_raises():
-    """A row keeps its clip only where the clip lowers its predicted loss change: with a gradient that
-    rewards the clipped rounding on row 0 and punishes it on row 1, only row 0 stays clipped."""
-    from slmkit.compress.quantize.awq import guard_clip_by_loss
-
-    w = torch.randn(2, 64, generator=gen(5))
-    w[:, 0] = 8.0                                     # an outlier a clip will cut
-    shrink = torch.full((2, 2), 0.5)
-    dw = fake_quantize(w, 4, 32, False, shrink) - fake_quantize(w, 4, 32, False)
-    grad = torch.stack([-dw[0], dw[1]]) * 100          # row 0 gains from the clip, row 1 loses
-    gram, fisher = torch.eye(64) * 1e-6, torch.zeros(2)
-    assert guard_clip_by_loss(w, shrink, gram, grad, fisher, 4, 32, False) == 1
-    assert torch.equal(shrink, torch.tensor([[0.5, 0.5], [1.0, 1.0]]))

@@ -28,7 +28,7 @@ def out_in(model, t):
 @pytest.mark.parametrize("model_type", sorted(ARCHS))
 @pytest.mark.parametrize("cfg", [RTNConfig(bits=3, group_size=32),
                                  GPTQConfig(bits=4, group_size=32, block_size=32),
-                                 AWQConfig(bits=4, group_size=32, n_grid=4, clip_grid=4),
+                                 AWQConfig(bits=4, group_size=32, n_grid=4),
                                  SmoothQuantConfig()],
                          ids=["rtn", "gptq", "awq", "smoothquant"])
 def test_every_method_on_every_architecture_saves_and_reloads(model_type, cfg, tiny_tok, tmp_path):

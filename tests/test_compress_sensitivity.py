@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from slmkit.compress.sensitivity import loss_sensitivity, output_fisher
+from slmkit.compress.sensitivity import loss_sensitivity
 from slmkit.compress.targets import all_targets
 from slmkit.errors import SlmkitError
 from slmkit.models.tiny import tiny_model
@@ -13,12 +13,12 @@ IDS = torch.randint(3, 500, (3, 24), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2"])
-def test_output_fisher_is_the_mean_squared_output_gradient(model_type):
+def test_fisher_is_the_mean_squared_output_gradient(model_type):
     """Per target, E[(dL/dy)^2] over tokens, L each row's summed next-token cross-entropy: the
     same as retaining every output's gradient by hand, row by row (gpt2: Conv1D linears)."""
     model = tiny_model(model_type, seed=2)
     targets = all_targets(model)
-    got = output_fisher(model, IDS, targets)
+    got = loss_sensitivity(model, IDS, targets).fisher
     want = {t.name: torch.zeros(t.weight().shape[0]) for t in targets}
     for row in IDS.split(1):
         outs = {}
@@ -49,14 +49,14 @@ def test_loss_sensitivity_weight_grads_are_the_mean_token_loss_gradient(model_ty
     for t, g in zip(targets, want):
         torch.testing.assert_close(got.grads[t.name], g.T if t.conv1d else g, rtol=1e-4, atol=1e-8)
         assert got.grads[t.name].shape == t.weight().shape
-    fisher = output_fisher(model, IDS, targets)
+    fisher = loss_sensitivity(model, IDS, targets).fisher
     for name in fisher:
         torch.testing.assert_close(got.fisher[name], fisher[name])
     assert loss_sensitivity(model, IDS, targets).grads == {}
 
 
 @pytest.mark.parametrize("weight_grads", [False, True])
-def test_output_fisher_leaves_the_model_as_it_was(weight_grads):
+def test_loss_sensitivity_leaves_the_model_as_it_was(weight_grads):
     """No parameter gradients left (an existing .grad is kept as it was), requires_grad flags and
     train/eval mode restored, works under no_grad."""
     model = tiny_model("llama", seed=0)
@@ -75,7 +75,7 @@ def test_output_fisher_leaves_the_model_as_it_was(weight_grads):
     assert model.training
 
 
-def test_output_fisher_refuses_bad_ids():
+def test_loss_sensitivity_refuses_bad_ids():
     model = tiny_model("llama", seed=0)
     with pytest.raises(SlmkitError, match="length >= 2"):
-        output_fisher(model, IDS[:, :1], all_targets(model))
+        loss_sensitivity(model, IDS[:, :1], all_targets(model))

@@ -69,7 +69,7 @@ print(f"float loss: pydoc {base['pydoc']:.5f}, austen {base['austen']:.5f}")
 print("layer site method r | text: dL = first-order + rest")
 for key, g in sites.items():
     w = torch.cat([t.weight().float() for t in g.linears])
-    s, r, _ = search_scale(st.stats[key].mean_abs, st.stats[key].gram, w, BITS, GS, False, 20, False,
+    s, r, _ = search_scale(st.stats[key].mean_abs, st.stats[key].gram, w, BITS, GS, False, 20,
                            tie=g.prev.tie)
     sizes = [t.weight().shape[0] for t in g.linears]
     originals = [t.weight().clone() for t in g.linears]

@@ -25,7 +25,7 @@ with ActivationStats({i: g.linears[0].module for i, g in o_sites.items()}, gram=
 for i, g in o_sites.items():
     gram, mean = st.stats[i].gram, st.stats[i].mean_abs
     w = g.linears[0].weight().float()
-    s, r, _ = search_scale(mean, gram, w, 4, 128, False, 20, False, tie=g.prev.tie)
+    s, r, _ = search_scale(mean, gram, w, 4, 128, False, 20, tie=g.prev.tie)
     e_rtn = row_output_errors(fake_quantize(w, 4, 128, False) - w, gram)
     e_awq = row_output_errors(fake_quantize(w * s, 4, 128, False) / s - w, gram)
     mag = out.hidden_states[i].float().abs().flatten(0, -2).mean(0)   # the residual entering layer i

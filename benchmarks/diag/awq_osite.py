@@ -50,7 +50,7 @@ S = {name: stats(ids) for name, ids in sets.items()}
 print("layer site r | AWQ/RTN output MSE on: " + " ".join(sets))
 for key, g in sites.items():
     w = torch.cat([t.weight().float() for t in g.linears])
-    s, r, _ = search_scale(S["calib"][key].mean_abs, S["calib"][key].gram, w, 4, gs, False, 20, False,
+    s, r, _ = search_scale(S["calib"][key].mean_abs, S["calib"][key].gram, w, 4, gs, False, 20,
                            tie=g.prev.tie)
     rtn = fake_quantize(w, 4, gs, False) - w
     awq = fake_quantize(w * s, 4, gs, False) / s - w

@@ -82,7 +82,7 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
 QUANTIZERS = Registry("quantization method")
 QUANTIZERS.add("rtn", RTNConfig, apply_rtn, "round to nearest, no calibration", calibrates=False)
 QUANTIZERS.add("gptq", GPTQConfig, apply_gptq, "GPTQ: Hessian-based error compensation")
-QUANTIZERS.add("awq", AWQConfig, apply_awq, "AWQ: activation-aware scales and clipping, then RTN")
+QUANTIZERS.add("awq", AWQConfig, apply_awq, "AWQ: activation-aware scales, then RTN")
 QUANTIZERS.add("smoothquant", SmoothQuantConfig, apply_smoothquant,
                "SmoothQuant W8A8: outliers migrated into weights, int8 weights and activations")
 

@@ -1,24 +1,17 @@
-"""How much each output channel of each linear matters to the model's loss: a diagonal Fisher
-estimate, E[(dL/dy_c)^2] over tokens for output channel c of a linear y = x W^T, where L is the
-next-token cross-entropy on calibration sequences (the empirical Fisher, as SqueezeLLM uses);
-and, optionally, the gradient of the mean token loss with respect to each linear's weight.
+"""How much each linear's output and weight matter to the model's loss, from the float model's
+gradients on calibration sequences (L: the next-token cross-entropy):
 
-A layer-wise objective such as "the linear's output MSE" weighs an error in every output channel
-the same. The model does not: on Qwen2.5-Coder-0.5B, AWQ's scales at o_proj cut o's output MSE
-2-5x on every text and still made perplexity worse, because the rows they made worse (150-200
-of 896, up to 4.5x) include the residual stream's massive dimensions (benchmarks/RESULTS.md).
-Weighting each row's error by its Fisher weight turns the output MSE into a second-order
-estimate of the loss increase, (y_hat - y)^T diag(F) (y_hat - y) / 2, with the usual separable
-approximation E_t[g_tc^2 e_tc^2] ~ E_t[g_tc^2] E_t[e_tc^2].
+- a diagonal Fisher estimate, E[(dL/dy_c)^2] over tokens for output channel c of a linear
+  y = x W^T (the empirical Fisher, as SqueezeLLM uses). Weighting each output channel's error by
+  it turns an output MSE into a second-order estimate of the loss increase,
+  (y_hat - y)^T diag(F) (y_hat - y) / 2, with the separable approximation
+  E_t[g_tc^2 e_tc^2] ~ E_t[g_tc^2] E_t[e_tc^2];
+- with `weight_grads`, the gradient of the mean token loss with respect to each linear's weight,
+  which gives the first-order term <dW, dL/dW> (zero in expectation only where the model has
+  converged on the text).
 
-That estimate leaves out the first-order term <dW, dL/dW>: zero in expectation only where the
-model has converged on the text. On Qwen2.5-Coder-0.5B at 4 bits it is as large as the
-second-order term at most sites and decides whether a quantization step helps or hurts a text
-(benchmarks/diag/awq_first_order.py); the weight gradients give it (`loss_sensitivity`).
-
-`loss_sensitivity` runs one forward and backward pass of the (float) model per calibration
-sequence; only the target weights (with `weight_grads`) and the target linears' outputs take
-gradients.
+`loss_sensitivity` runs one forward and backward pass of the model per calibration sequence;
+only the target weights (with `weight_grads`) and the target linears' outputs take gradients.
 """
 
 from __future__ import annotations
@@ -42,17 +35,13 @@ class Sensitivity:
     #                                     empty unless asked for
 
 
-def output_fisher(model, calib: "torch.Tensor", targets: list["Target"]) -> dict[str, "torch.Tensor"]:
-    """Per target name, E[(dL/dy)^2] [out] over the tokens of `calib` [n, length] (float32, the
-    model's own dtype for the passes), L the summed next-token cross-entropy of each sequence."""
-    return loss_sensitivity(model, calib, targets).fisher
-
-
 def loss_sensitivity(model, calib: "torch.Tensor", targets: list["Target"], *,
                      weight_grads: bool = False) -> Sensitivity:
-    """`output_fisher`'s weights and, with `weight_grads`, each target's weight gradient of the
-    mean next-token loss over `calib` [n, length] (as [out, in], whatever the module's layout;
-    one float32 tensor the size of each weight). The model is left as it was."""
+    """Per target name, the Fisher weights E[(dL/dy)^2] [out] over the tokens of `calib` [n, length]
+    (float32; L the summed next-token cross-entropy of each sequence, the passes in the model's own
+    dtype) and, with `weight_grads`, each target's weight gradient of the mean next-token loss (as
+    [out, in], whatever the module's layout; one float32 tensor the size of each weight). The
+    model is left as it was."""
     import torch
     import torch.nn.functional as F
 

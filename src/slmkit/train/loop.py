@@ -23,8 +23,9 @@ import json
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from slmkit.allocator import active_allocator
 from slmkit.errors import SlmkitError
@@ -181,6 +182,33 @@ def _adamw(params: list, cfg: TrainConfig) -> "torch.optim.AdamW":
     return torch.optim.AdamW(params, **kw)
 
 
+@dataclass
+class _Run:
+    """What the steps of one `train` call share."""
+
+    model: Any
+    objective: Any
+    data: Batches
+    cfg: TrainConfig
+    params: list            # what the optimizer updates: the model's trainable parameters, then `extra`
+    extra: list             # the objective's own parameters
+    opt: Any
+    sched: Any
+    rank: int
+    world: int
+    ckpt: Path | None       # the resumable checkpoint's path (None: no folder, no checkpoint)
+    net: Any = None         # the model, or its DistributedDataParallel wrapper
+    autocast: bool = False  # bf16 autocast for the forward passes
+
+    def save(self, step: int) -> None:
+        """Write the resumable checkpoint (rank 0, with a folder only)."""
+        if self.ckpt is None or self.rank != 0:
+            return
+        _atomic_save({"model": self.model.state_dict(), "extra": [p.detach().clone() for p in self.extra],
+                      "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                      "rng": _rng_state(), "step": step, "config": vars(self.cfg)}, self.ckpt)
+
+
 def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: str | Path | None = None,
           *, eval_data: Batches | None = None, resume: bool = True,
           callback: Callable[[int, dict], None] | None = None) -> dict:
@@ -191,119 +219,25 @@ def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: 
     resume     continue from `out`'s checkpoint if there is one
     callback   called after every optimizer step with (step, record) on rank 0
     """
-    import torch
-
     cfg = cfg or TrainConfig()
     rank, world = _distributed()
     folder = Path(out) if out is not None else None
     if folder is not None and rank == 0:
         folder.mkdir(parents=True, exist_ok=True)
     data.per_epoch(cfg.batch_size, world)  # refuses data smaller than one batch, before any work
-
-    extra = list(objective.parameters())
-    params = [p for p in model.parameters() if p.requires_grad] + extra
-    if not params:
-        raise SlmkitError("nothing to train: no parameter of the model or objective requires grad")
-    opt = _adamw(params, cfg)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio))
-
-    step = 0
-    ckpt = folder / CHECKPOINT if folder is not None else None
-    if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        for p, saved in zip(extra, state["extra"]):
-            p.data.copy_(saved)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
-        step = state["step"]
-        if rank == 0:
-            _rewrite_log(folder / LOG, step)
-    else:
-        torch.manual_seed(cfg.seed)
-        random.seed(cfg.seed)
-        if rank == 0 and folder is not None and (folder / LOG).exists():
-            (folder / LOG).unlink()
-
+    run = _setup(model, objective, data, cfg, folder, rank, world)
+    step = _resume_or_seed(run, folder, resume)
     if cfg.gradient_checkpointing:
         _checkpointing(model, True, cfg.checkpoint_fraction)
-    net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        net = DistributedDataParallel(model)
-    autocast = use_bf16_autocast(cfg.autocast)
-
-    def save_checkpoint() -> None:
-        if ckpt is None or rank != 0:
-            return
-        _atomic_save({"model": model.state_dict(), "extra": [p.detach().clone() for p in extra],
-                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                      "rng": _rng_state(), "step": step, "config": vars(cfg)}, ckpt)
-
+        run.net = DistributedDataParallel(model)
+    run.autocast = use_bf16_autocast(cfg.autocast)
     model.train()
-    tokens_total, t_start, last = 0, time.perf_counter(), {}
     log = open(folder / LOG, "a") if folder is not None and rank == 0 else None
     try:
-        with progress_bar("train", cfg.steps, unit="steps") as advance:
-            advance(step)
-            while step < cfg.steps:
-                t0 = time.perf_counter()
-                loss_sum, tokens, metrics = 0.0, 0, {}
-                for micro in range(cfg.grad_accum):
-                    batch = data.batch(step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed, rank, world)
-                    sync = micro == cfg.grad_accum - 1 or world == 1
-                    # DDP all-reduces gradients on the last micro-batch's backward only
-                    with net.no_sync() if not sync else contextlib.nullcontext():
-                        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                            loss, m = objective.loss(net, batch)
-                        if not torch.isfinite(loss):
-                            raise SlmkitError(f"loss is {float(loss)} at step {step + 1}; lower the "
-                                              f"lr (now {sched.get_last_lr()[0]:.3g}) or check the data")
-                        (loss / cfg.grad_accum).backward()
-                    loss_sum += float(loss.detach()) / cfg.grad_accum
-                    tokens += data.tokens(batch) * world
-                    for k, v in m.items():
-                        metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
-                if world > 1:
-                    if extra:
-                        _all_reduce_grads(extra, world)
-                    loss_sum = _mean_over_ranks(loss_sum, world)
-                grad_norm = None
-                if cfg.max_grad_norm is not None:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                lr = sched.get_last_lr()[0]
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-                dt = time.perf_counter() - t0
-                tokens_total += tokens
-                last = {"step": step, "loss": loss_sum, "lr": lr, "tokens": tokens,
-                        "tok_s": tokens / dt, "seconds": dt, **metrics}
-                if grad_norm is not None:
-                    last["grad_norm"] = grad_norm
-                if eval_data is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                    last["eval_loss"] = evaluate(model, objective, eval_data, cfg.batch_size, autocast)
-                if log is not None and (step % cfg.log_every == 0 or "eval_loss" in last or step == cfg.steps):
-                    log.write(json.dumps(last) + "\n")
-                    log.flush()
-                if cfg.save_every and step % cfg.save_every == 0:
-                    save_checkpoint()
-                if callback is not None and rank == 0:
-                    callback(step, last)
-                advance(1, f"train loss {loss_sum:.3f} · {tokens / dt:,.0f} tok/s")
-        summary = {"steps": step, "tokens": tokens_total, "seconds": time.perf_counter() - t_start,
-                   "final_loss": last.get("loss"), "world_size": world, "bf16_autocast": autocast}
-        summary["tok_s"] = summary["tokens"] / summary["seconds"] if summary["seconds"] > 0 else None
-        summary["allocator"] = active_allocator()
-        if eval_data is not None:
-            summary["eval_loss"] = evaluate(model, objective, eval_data, cfg.batch_size, autocast)
-            if log is not None:
-                log.write(json.dumps({"step": step, "eval_loss": summary["eval_loss"]}) + "\n")
-        save_checkpoint()
+        summary = _loop(run, step, log, eval_data, callback)
     finally:
         if log is not None:
             log.close()
@@ -315,6 +249,121 @@ def train(model, objective, data: Batches, cfg: TrainConfig | None = None, out: 
         curve = plot_curve(folder / LOG, folder / CURVE)
         summary["curve"] = str(curve) if curve else None
     return summary
+
+
+def _setup(model, objective, data: Batches, cfg: TrainConfig, folder: Path | None, rank: int,
+           world: int) -> _Run:
+    """The optimizer (AdamW over the model's trainable parameters and the objective's) and the lr
+    schedule; refuses a run with nothing to train."""
+    import torch
+
+    extra = list(objective.parameters())
+    params = [p for p in model.parameters() if p.requires_grad] + extra
+    if not params:
+        raise SlmkitError("nothing to train: no parameter of the model or objective requires grad")
+    opt = _adamw(params, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio))
+    ckpt = folder / CHECKPOINT if folder is not None else None
+    return _Run(model, objective, data, cfg, params, extra, opt, sched, rank, world, ckpt, net=model)
+
+
+def _resume_or_seed(run: _Run, folder: Path | None, resume: bool) -> int:
+    """With `resume` and a checkpoint, restore everything it holds (and drop the log lines written
+    after it); otherwise seed the RNGs and start a fresh log. Returns the step to start from."""
+    import torch
+
+    if resume and run.ckpt is not None and run.ckpt.exists():
+        state = torch.load(run.ckpt, weights_only=False)
+        run.model.load_state_dict(state["model"])
+        for p, saved in zip(run.extra, state["extra"]):
+            p.data.copy_(saved)
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        if run.rank == 0:
+            _rewrite_log(folder / LOG, state["step"])
+        return state["step"]
+    torch.manual_seed(run.cfg.seed)
+    random.seed(run.cfg.seed)
+    if run.rank == 0 and folder is not None and (folder / LOG).exists():
+        (folder / LOG).unlink()
+    return 0
+
+
+def _loop(run: _Run, step: int, log, eval_data: Batches | None, callback) -> dict:
+    """Optimizer steps from `step` to `cfg.steps`, each followed by the periodic evaluation, log
+    line, checkpoint and callback; then the final evaluation and checkpoint. Returns the summary."""
+    cfg = run.cfg
+    tokens_total, t_start, last = 0, time.perf_counter(), {}
+    with progress_bar("train", cfg.steps, unit="steps") as advance:
+        advance(step)
+        while step < cfg.steps:
+            last, note = _optimizer_step(run, step)
+            step = last["step"]
+            tokens_total += last["tokens"]
+            if eval_data is not None and cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                last["eval_loss"] = evaluate(run.model, run.objective, eval_data, cfg.batch_size, run.autocast)
+            if log is not None and (step % cfg.log_every == 0 or "eval_loss" in last or step == cfg.steps):
+                log.write(json.dumps(last) + "\n")
+                log.flush()
+            if cfg.save_every and step % cfg.save_every == 0:
+                run.save(step)
+            if callback is not None and run.rank == 0:
+                callback(step, last)
+            advance(1, note)
+    summary = {"steps": step, "tokens": tokens_total, "seconds": time.perf_counter() - t_start,
+               "final_loss": last.get("loss"), "world_size": run.world, "bf16_autocast": run.autocast}
+    summary["tok_s"] = summary["tokens"] / summary["seconds"] if summary["seconds"] > 0 else None
+    summary["allocator"] = active_allocator()
+    if eval_data is not None:
+        summary["eval_loss"] = evaluate(run.model, run.objective, eval_data, cfg.batch_size, run.autocast)
+        if log is not None:
+            log.write(json.dumps({"step": step, "eval_loss": summary["eval_loss"]}) + "\n")
+    run.save(step)
+    return summary
+
+
+def _optimizer_step(run: _Run, step: int) -> tuple[dict, str]:
+    """Optimizer step `step + 1`: `grad_accum` micro-batches (gradients all-reduced across ranks),
+    gradient clipping, AdamW, the lr schedule. Returns its log record and the progress bar's note."""
+    import torch
+
+    cfg, world = run.cfg, run.world
+    t0 = time.perf_counter()
+    loss_sum, tokens, metrics = 0.0, 0, {}
+    for micro in range(cfg.grad_accum):
+        batch = run.data.batch(step * cfg.grad_accum + micro, cfg.batch_size, cfg.seed, run.rank, world)
+        sync = micro == cfg.grad_accum - 1 or world == 1
+        # DDP all-reduces gradients on the last micro-batch's backward only
+        with run.net.no_sync() if not sync else contextlib.nullcontext():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run.autocast):
+                loss, m = run.objective.loss(run.net, batch)
+            if not torch.isfinite(loss):
+                raise SlmkitError(f"loss is {float(loss)} at step {step + 1}; lower the "
+                                  f"lr (now {run.sched.get_last_lr()[0]:.3g}) or check the data")
+            (loss / cfg.grad_accum).backward()
+        loss_sum += float(loss.detach()) / cfg.grad_accum
+        tokens += run.data.tokens(batch) * world
+        for k, v in m.items():
+            metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
+    if world > 1:
+        if run.extra:
+            _all_reduce_grads(run.extra, world)
+        loss_sum = _mean_over_ranks(loss_sum, world)
+    grad_norm = None
+    if cfg.max_grad_norm is not None:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, cfg.max_grad_norm))
+    lr = run.sched.get_last_lr()[0]
+    run.opt.step()
+    run.sched.step()
+    run.opt.zero_grad(set_to_none=True)
+    dt = time.perf_counter() - t0
+    record = {"step": step + 1, "loss": loss_sum, "lr": lr, "tokens": tokens,
+              "tok_s": tokens / dt, "seconds": dt, **metrics}
+    if grad_norm is not None:
+        record["grad_norm"] = grad_norm
+    return record, f"train loss {loss_sum:.3f} · {tokens / dt:,.0f} tok/s"
 
 
 def _mean_over_ranks(value: float, world: int) -> float:
