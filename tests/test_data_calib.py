@@ -8,6 +8,7 @@ import random
 
 import pytest
 import torch
+from fixed_models import biased_model
 
 from slmkit.data import TextData, calib, embedded_text, token_stream
 from slmkit.data.calib import (
@@ -37,19 +38,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def biased_model(bias: dict[int, float]):
-    """A tiny llama whose next-token logits are exactly `bias` (other tokens 0), whatever the context."""
-    model = tiny_model("llama")
-    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-        for tok, b in bias.items():
-            head.bias[tok] = b
-    model.lm_head = head
-    return model
 
 
 class ForwardCounter:

@@ -6,6 +6,7 @@ import statistics
 
 import pytest
 import torch
+from fixed_models import biased_model
 
 from slmkit.data import TextData, embedded_text, token_stream
 from slmkit.data.answers import extract_gsm8k
@@ -138,19 +139,6 @@ def test_mc_loglikelihoods_match_direct_computation(tiny_tok):
         assert ll == pytest.approx(direct, abs=1e-4)
 
 
-def constant_logits_model(bias: dict[int, float]):
-    """A tiny llama whose next-token logits are `bias` (other tokens 0) whatever the context."""
-    model = tiny_model("llama")
-    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
-    with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
-        for tok, b in bias.items():
-            head.bias[tok] = b
-    model.lm_head = head
-    return model
-
-
 def test_acc_norm_divides_by_bytes_not_tokens(tiny_tok):
     """Under a context-free model every continuation's log-likelihood is a sum of known per-token
     log-probabilities, so the three rules can be worked out by hand and made to disagree:
@@ -159,7 +147,7 @@ def test_acc_norm_divides_by_bytes_not_tokens(tiny_tok):
     acc_stderr is checked on the same items."""
     choices = ["the", "the the", "ééé"]
     boosted = set(tiny_tok("ééé")["input_ids"])
-    model = constant_logits_model({t: 2.0 for t in boosted})
+    model = biased_model({t: 2.0 for t in boosted})
     logp = torch.log_softmax(model.lm_head.bias.detach().double(), -1)
     context = "Question: Pick one.\nAnswer:"
     ll, n_tokens = {}, {}
