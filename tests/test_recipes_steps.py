@@ -3,6 +3,8 @@ write the same model; the registry's facts decide calibration; bad options fail 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -58,3 +60,29 @@ def test_the_registry_says_which_steps_calibrate(kind, method, options, calibrat
 def test_bad_steps_are_refused_when_made(kind, method, options, match):
     with pytest.raises(SlmkitError, match=match):
         make_step(kind, method, options)
+
+
+def test_every_distillation_objective_runs_from_a_recipe(tiny_dir, tmp_path):
+    prompts = tmp_path / "q.jsonl"
+    prompts.write_text("".join(json.dumps({"question": f"What is {i}?"}) + "\n" for i in range(6)))
+    short = "steps: 2, batch_size: 2, seq_len: 32, max_rows: 8"
+    text = (f"name: kd\nstages:\n"
+            f"  - distill: {{teacher: {tiny_dir('qwen2')}, objective: blackbox, prompts: {prompts}, "
+            f"max_new_tokens: 6, {short}}}\n"
+            f"  - distill: {{teacher: source, objective: cached, teacher_rows: 3, soft_topk: 4, {short}}}\n"
+            f"  - distill: {{teacher: source, loss: rkl, {short}}}\n")
+    recipe = parse_recipe(text, "kd.yaml")
+    recipe.model, recipe.evaluation = str(tiny_dir("llama")), FAST_EVAL
+    report = run_recipe(recipe, tmp_path / "run", log=lambda m: None)
+    blackbox, cached, logits = report["stages"][1:]
+    assert blackbox["info"]["answers"]["kept"] > 0
+    assert len((tmp_path / "run" / "01-distill" / "teacher_answers.jsonl").read_text().splitlines()) == 6
+    assert cached["info"]["teacher_rows"]["kind"] == "self-generated"
+    assert logits["info"]["train"]["steps"] == 2
+
+
+def test_a_black_box_stage_without_its_prompts_fails_when_the_recipe_is_read(tmp_path):
+    with pytest.raises(SlmkitError, match="does not exist"):
+        parse_recipe(f"name: x\nstages:\n  - distill: {{objective: blackbox, prompts: {tmp_path}/none.jsonl}}\n")
+    with pytest.raises(SlmkitError, match="objective 'whitebox' unknown"):
+        parse_recipe("name: x\nstages:\n  - distill: {objective: whitebox}\n")

@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from slmkit.cli.args import add_config_args, config_from_args
-from slmkit.data.selfgen import generate_with_teacher_targets
-from slmkit.data.sources import load_text, read_jsonl
-from slmkit.distill.blackbox import TeacherConfig, filter_answers, teacher_answers
-from slmkit.distill.objectives import Distill, DistillConfig, check_same_tokenizer
+from slmkit.data.sources import load_text
+from slmkit.distill.objectives import Distill, DistillConfig
+from slmkit.distill.teacher_data import BlackboxConfig, CachedConfig, blackbox_data, cached_data
 from slmkit.errors import SlmkitError
-from slmkit.generate.lm import LocalLM
 from slmkit.models import load, save
 from slmkit.models.dtype import resolve_dtype
-from slmkit.train import Batches, CausalLM, TrainConfig, train
+from slmkit.train import CausalLM, TrainConfig, train
 from slmkit.train.lora import LoRAConfig, add_lora, merge_lora
-from slmkit.train.sft import lm_batches, sft_batches, training_batches
+from slmkit.train.sft import lm_batches, training_batches
 
 OBJECTIVES = ("kl", "rkl", "jsd", "skl", "hidden", "blackbox", "cached")
 
@@ -142,20 +141,13 @@ def _distill(ns) -> int:
 
 
 def _blackbox(ns, student, s_tok, teacher, t_tok) -> int:
-    from pathlib import Path
-
     if not ns.prompts:
         raise SlmkitError("--objective blackbox needs --prompts FILE.jsonl (the teacher answers them)")
-    tcfg = TeacherConfig(max_new_tokens=ns.teacher_tokens, prompt_field=ns.prompt_field)
-    cache = Path(ns.out) / "teacher_answers.jsonl"
-    lm = LocalLM(teacher, t_tok, name=ns.teacher, chat=tcfg.chat)
-    answers = teacher_answers(lm, read_jsonl(ns.prompts), cache, tcfg)
-    kept, counts = filter_answers(answers, s_tok, max_tokens=ns.seq_len, check=ns.check)
+    cfg = BlackboxConfig(max_new_tokens=ns.teacher_tokens, prompt_field=ns.prompt_field,
+                         prompts=ns.prompts, check=ns.check)
+    data, counts = blackbox_data(teacher, t_tok, s_tok, cfg, ns.seq_len,
+                                 Path(ns.out) / "teacher_answers.jsonl", ns.teacher)
     print(f"teacher answers: {counts}")
-    if not kept:
-        raise SlmkitError(f"no teacher answer survived the filters ({counts}); relax --check or "
-                          "raise --teacher-tokens")
-    data = sft_batches(s_tok, kept, ns.seq_len)
     _fit_and_save(ns, student, s_tok, CausalLM(), data, None,
                   {"distill": "blackbox", "teacher": ns.teacher, "answers": counts})
     return 0
@@ -163,27 +155,16 @@ def _blackbox(ns, student, s_tok, teacher, t_tok) -> int:
 
 def _cached(ns, student, s_tok, teacher, t_tok) -> int:
     """Distillation from the teacher's cached top-k distributions over rows it wrote itself."""
-    import torch
-
-    check_same_tokenizer(s_tok, t_tok)
     if ns.sft:
         raise SlmkitError("--objective cached trains on rows the teacher writes; --sft does not apply "
                           "(use --objective blackbox for prompt/response data)")
     if ns.teacher_rows < 1:
         raise SlmkitError(f"--teacher-rows must be >= 1, not {ns.teacher_rows}")
-    ids, soft_ids, soft_probs, gen = generate_with_teacher_targets(teacher, t_tok, ns.teacher_rows,
-                                                                   ns.seq_len, ns.soft_topk)
-    held = _held(ns, s_tok)
-    if ns.data:
-        text = _batches(ns, s_tok)[0]
-        k = soft_ids.shape[-1]
-        ids = torch.cat([ids, text.ids])
-        soft_ids = torch.cat([soft_ids, torch.zeros(*text.ids.shape, k, dtype=soft_ids.dtype)])
-        soft_probs = torch.cat([soft_probs, torch.zeros(*text.ids.shape, k, dtype=soft_probs.dtype)])
-    data = Batches(ids, soft_ids=soft_ids, soft_probs=soft_probs)
+    cfg = CachedConfig(ns.teacher_rows, ns.soft_topk, ns.soft_weight)
+    text = _batches(ns, s_tok)[0] if ns.data else None
+    data, gen = cached_data(teacher, t_tok, s_tok, cfg, ns.seq_len, text)
     del teacher
-    _fit_and_save(ns, student, s_tok, CausalLM(soft_weight=ns.soft_weight), data, held,
-                  {"distill": "cached", "teacher": ns.teacher, "soft_weight": ns.soft_weight,
-                   "teacher_rows": {k: v for k, v in gen.items() if k != "cache_path"},
-                   "data": ns.data})
+    _fit_and_save(ns, student, s_tok, CausalLM(soft_weight=cfg.soft_weight), data, _held(ns, s_tok),
+                  {"distill": "cached", "teacher": ns.teacher, "soft_weight": cfg.soft_weight,
+                   "teacher_rows": gen, "data": ns.data})
     return 0

@@ -22,6 +22,7 @@ from slmkit.data import build_calibration
 from slmkit.data.chunk import token_stream
 from slmkit.data.sources import TextData, load_text
 from slmkit.distill import Distill
+from slmkit.distill.teacher_data import blackbox_data, cached_data
 from slmkit.errors import SlmkitError
 from slmkit.eval.mc import MCConfig, load_items, multiple_choice
 from slmkit.eval.memory import PeakRSS, disk_bytes, param_count
@@ -101,22 +102,43 @@ def _compress(model, tok, stage, recipe, folder):
 def _train(model, tok, stage, recipe, folder):
     cfgs = stage_configs(stage)
     d = cfgs["data"]
-    data = training_batches(tok, data=None if d["sft"] else d["data"], sft=d["sft"],
-                            seq_len=d["seq_len"], max_rows=d["max_rows"])
     held = lm_batches(tok, load_text(d["eval_data"]), d["seq_len"]) if d["eval_data"] else None
-    if stage.kind == "distill":
-        teacher_src = recipe.model if cfgs["teacher"] == "source" else cfgs["teacher"]
-        teacher, t_tok = _load(teacher_src)
-        objective = Distill(teacher, cfgs["kd"], model, student_tokenizer=tok, teacher_tokenizer=t_tok)
+    if stage.kind == "distill" and cfgs["objective"] != "logits":
+        data, objective, info = _teacher_written(model, tok, cfgs, recipe, folder)
     else:
-        objective = CausalLM()
+        data = training_batches(tok, data=None if d["sft"] else d["data"], sft=d["sft"],
+                                seq_len=d["seq_len"], max_rows=d["max_rows"])
+        objective, info = CausalLM(), {}
+        if stage.kind == "distill":
+            teacher, t_tok = _load(_teacher(cfgs, recipe))
+            objective = Distill(teacher, cfgs["kd"], model, student_tokenizer=tok, teacher_tokenizer=t_tok)
     target = model
     if stage.kind == "finetune" and cfgs.get("lora"):
         target = add_lora(model, LoRAConfig(**cfgs["lora"]) if isinstance(cfgs["lora"], dict) else None)
     summary = train(target, objective, data, cfgs["train"], folder / "train", eval_data=held)
     if target is not model:
         model = merge_lora(target)
-    return model, tok, {"train": summary}
+    return model, tok, {"train": summary, **info}
+
+
+def _teacher(cfgs: dict, recipe: Recipe) -> str:
+    return recipe.model if cfgs["teacher"] == "source" else cfgs["teacher"]
+
+
+def _teacher_written(model, tok, cfgs: dict, recipe: Recipe, folder: Path):
+    """(batches, objective, info) of a black-box or cached distillation stage: the teacher writes
+    the training data first (the same functions as `slmkit distill`), then leaves memory."""
+    d = cfgs["data"]
+    teacher, t_tok = _load(_teacher(cfgs, recipe))
+    if cfgs["objective"] == "blackbox":
+        data, counts = blackbox_data(teacher, t_tok, tok, cfgs["blackbox"], d["seq_len"],
+                                     folder / "teacher_answers.jsonl", _teacher(cfgs, recipe))
+        return data, CausalLM(), {"answers": counts}
+    text = training_batches(tok, data=d["data"], sft=None, seq_len=d["seq_len"],
+                            max_rows=d["max_rows"]) if cfgs["cached_text"] else None
+    c = cfgs["cached"]
+    data, gen = cached_data(teacher, t_tok, tok, c, d["seq_len"], text)
+    return data, CausalLM(soft_weight=c.soft_weight), {"teacher_rows": gen}
 
 
 STAGE_FUNCTIONS = {**{kind: _compress for kind in STEP_KINDS}, "distill": _train, "finetune": _train}

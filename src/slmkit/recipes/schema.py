@@ -12,7 +12,8 @@ and the CLI use, validated with the file, line and allowed values in every error
       - export: {type: q4_0}
 
 Stage kinds: prune, quantize, lowrank (`slmkit.compress.api.STEP_KINDS`; run by `slmkit.recipes.steps`),
-distill (DistillConfig + TrainConfig fields, teacher, data), finetune (TrainConfig fields, data
+distill (DistillConfig + TrainConfig fields, teacher, data; `objective: blackbox` with BlackboxConfig's
+fields, `objective: cached` with CachedConfig's), finetune (TrainConfig fields, data
 or sft, lora), export (GGUF type), eval (extra evaluation only).
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 from slmkit.compress.api import STEP_KINDS
 from slmkit.data.calib import Calibration
 from slmkit.distill.objectives import DistillConfig
+from slmkit.distill.teacher_data import KINDS, BlackboxConfig, CachedConfig
 from slmkit.errors import SlmkitError
 from slmkit.recipes.steps import STEP_OPTIONS, make_step
 from slmkit.train import TrainConfig
@@ -131,7 +133,15 @@ def stage_configs(stage: Stage) -> dict:
         out = {"train": TrainConfig(**train),
                "data": {k: o.get(k, d) for k, d in TRAIN_DATA_KEYS.items()}}
         if stage.kind == "distill":
+            out["objective"] = o.get("objective", "logits")
+            if out["objective"] not in KINDS:
+                raise SlmkitError(f"distill objective {out['objective']!r} unknown; allowed: {', '.join(KINDS)}")
             out["kd"] = DistillConfig(**{k: v for k, v in o.items() if k in kd_fields})
+            out["blackbox"] = BlackboxConfig(**{k: v for k, v in o.items() if k in names(BlackboxConfig)})
+            out["cached"] = CachedConfig(**{k: v for k, v in o.items() if k in names(CachedConfig)})
+            out["cached_text"] = "data" in o   # cached: text rows join the teacher's only when asked
+            if out["objective"] == "blackbox":
+                out["blackbox"].check_inputs()
             out["teacher"] = o.get("teacher", "source")
         else:
             out["lora"] = o.get("lora")
@@ -144,13 +154,18 @@ def stage_configs(stage: Stage) -> dict:
     return {}
 
 
+def names(cls) -> set[str]:
+    """The field names of a config dataclass."""
+    return {f.name for f in dataclasses.fields(cls)}
+
+
 def _allowed_stage_keys(kind: str, method: str | None) -> set[str]:
-    names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
     if kind in STEP_KINDS:
         reg = STEP_KINDS[kind].registry
         return {"method"} | STEP_OPTIONS[kind] | (names(reg.get(method).config) if method in reg else set())
     if kind == "distill":
-        return names(TrainConfig) | names(DistillConfig) | set(TRAIN_DATA_KEYS) | {"teacher"}
+        return (names(TrainConfig) | names(DistillConfig) | names(BlackboxConfig) | names(CachedConfig)
+                | set(TRAIN_DATA_KEYS) | {"teacher", "objective"})
     if kind == "finetune":
         return names(TrainConfig) | set(TRAIN_DATA_KEYS) | {"lora"}
     if kind == "export":
