@@ -108,14 +108,17 @@ def test_rerun_skips_unchanged_stages_and_redoes_changed_ones(tiny_dir, tmp_path
 
 
 def test_a_failing_stage_keeps_earlier_outputs_and_resumes(tiny_dir, tmp_path):
+    broken = tmp_path / "broken_teacher"    # resolves (it has a config.json), fails when loaded
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
     text = ("name: t\nstages:\n  - prune: {method: magnitude, sparsity: 0.5}\n"
-            "  - distill: {teacher: /nonexistent/teacher, steps: 2, batch_size: 2, seq_len: 32, max_rows: 8}\n")
+            f"  - distill: {{teacher: {broken}, steps: 2, batch_size: 2, seq_len: 32, max_rows: 8}}\n")
     recipe = fast(parse_recipe(text, "t.yaml"), tiny_dir("llama"))
     with pytest.raises(SlmkitError, match=r"stage 2 \(distill, 02-distill\) failed"):
         run_recipe(recipe, tmp_path / "run", log=lambda m: None)
     assert (tmp_path / "run" / "01-prune" / "stage.json").exists()
     assert not (tmp_path / "run" / "02-distill" / "stage.json").exists()
-    fixed = fast(parse_recipe(text.replace("/nonexistent/teacher", "source"), "t.yaml"), tiny_dir("llama"))
+    fixed = fast(parse_recipe(text.replace(str(broken), "source"), "t.yaml"), tiny_dir("llama"))
     logs: list[str] = []
     run_recipe(fixed, tmp_path / "run", log=logs.append)
     assert any("01-prune] unchanged" in m for m in logs) and any("02-distill] running" in m for m in logs)

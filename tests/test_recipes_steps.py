@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from slmkit.cli.main import main
 from slmkit.data import Calibration
 from slmkit.errors import SlmkitError
-from slmkit.recipes import parse_recipe, run_recipe
+from slmkit.recipes import parse_recipe, plan, run_recipe
 from slmkit.recipes.schema import Evaluation
 from slmkit.recipes.steps import make_step
 
@@ -86,3 +86,19 @@ def test_a_black_box_stage_without_its_prompts_fails_when_the_recipe_is_read(tmp
         parse_recipe(f"name: x\nstages:\n  - distill: {{objective: blackbox, prompts: {tmp_path}/none.jsonl}}\n")
     with pytest.raises(SlmkitError, match="objective 'whitebox' unknown"):
         parse_recipe("name: x\nstages:\n  - distill: {objective: whitebox}\n")
+
+
+@pytest.mark.parametrize("stages, evaluation, match", [
+    ("  - distill: {teacher: /nowhere/teacher, steps: 1}\n", "", "/nowhere/teacher"),
+    ("  - quantize: {method: gptq}\n", "", "nowhere.txt"),
+    ("  - eval: {}\n", "evaluation: {texts: [default, /nowhere/prose.txt]}\n", "if-present"),
+])
+def test_a_dry_run_reports_what_the_run_would_miss(tiny_dir, tmp_path, stages, evaluation, match):
+    """`plan` (slmkit shrink --dry-run) fails on a missing teacher, calibration source or
+    evaluation file before any stage runs."""
+    text = f"name: x\n{evaluation}calibration: {{spec: nowhere.txt}}\nstages:\n{stages}"
+    recipe = parse_recipe(text, "x.yaml")
+    recipe.model = str(tiny_dir("llama"))
+    with pytest.raises(SlmkitError, match=match):
+        plan(recipe, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

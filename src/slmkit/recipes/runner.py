@@ -30,7 +30,9 @@ from slmkit.eval.perplexity import PerplexityConfig, perplexity
 from slmkit.eval.speed import SpeedConfig, alternating, speed
 from slmkit.files import write_text_atomic
 from slmkit.models import load, save
+from slmkit.models.default import default_gguf
 from slmkit.models.gguf_export import export_gguf
+from slmkit.models.load import resolve_source
 from slmkit.recipes.report import write_report
 from slmkit.recipes.schema import Recipe, Stage, stage_configs
 from slmkit.recipes.steps import apply_step, check_step
@@ -191,11 +193,41 @@ def measure(model, tok, recipe: Recipe, folder: Path | None) -> dict:
 
 # ---- the run ----------------------------------------------------------------------------------
 
+def _check_source(source: str) -> None:
+    """A model source resolves (the embedded default: its package is installed; not converted here)."""
+    if source == "default":
+        default_gguf()
+    else:
+        resolve_source(source)
+
+
+def check_recipe(recipe: Recipe, run: str | Path) -> None:
+    """Everything a run needs that can be checked without loading a model: the source and every
+    teacher resolve, the calibration sources and evaluation files exist, the run folder can be
+    made. `plan` (`--dry-run`) and `run_recipe` call it first."""
+    _check_source(recipe.model)
+    if any(STAGE_FUNCTIONS.get(s.kind) is _compress and stage_configs(s)["step"].needs_calibration
+           for s in recipe.stages):
+        recipe.calibration.check()
+    for stage in recipe.stages:
+        if stage.kind == "distill" and stage_configs(stage)["teacher"] != "source":
+            _check_source(stage_configs(stage)["teacher"])
+    for spec in [*recipe.evaluation.texts, recipe.evaluation.mc]:
+        if spec and not spec.startswith(IF_PRESENT) and spec not in ("default", "default:eval") \
+                and not spec.startswith("hf:") and not Path(spec).expanduser().exists():
+            raise SlmkitError(f"evaluation file {spec} does not exist (write `if-present:{spec}` "
+                              "to measure without it where it is missing)")
+    run = Path(run)
+    if run.exists() and not run.is_dir():
+        raise SlmkitError(f"run folder {run} is a file; choose another --out")
+
+
 def plan(recipe: Recipe, run: Path, model_params: int | None = None) -> list[dict]:
     """What a run would do: per stage, whether it is already done, and a rough time/memory
     estimate from the parameter count (calibration: two fp32 layer passes over the calibration
     tokens; training: forward + backward (+ teacher forward) per token; ~100 GFLOP/s on 2 AVX2
     cores; memory: fp32 weights, + grads and AdamW state when training, + a teacher)."""
+    check_recipe(recipe, run)
     previous, rows = "source", []
     flops = 100e9
     p = model_params or 135e6
@@ -222,6 +254,7 @@ def plan(recipe: Recipe, run: Path, model_params: int | None = None) -> list[dic
 
 def run_recipe(recipe: Recipe, run: str | Path, *, log=print) -> dict:
     """Run (or resume) `recipe` into the folder `run`; returns the report dict."""
+    check_recipe(recipe, run)
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     (run / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2, default=str))
