@@ -3,8 +3,8 @@
 Training frees and reallocates a step's activations and gradients (a few MB each) every step.
 glibc's malloc raises its mmap threshold after the first large free, and from then on serves
 those blocks from its heap and keeps the freed pages resident: about 1 GB more peak memory for a
-SmolLM2-135M full fine-tune than the step needs (benchmarks/RESULTS.md, session 21). jemalloc
-returns it: 4.70 GB instead of 5.78 GB peak, at 0.91x-1.0x the speed across runs (session 22).
+SmolLM2-135M full fine-tune than the step needs. jemalloc returns it (4.70 GB instead of 5.78 GB
+peak, at 0.91x-1.0x the speed; benchmarks/history/training-throughput.md).
 On a machine that trains models of 1B+ parameters in 24 GB, memory is the binding limit, so
 training commands take jemalloc by default.
 

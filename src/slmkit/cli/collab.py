@@ -39,8 +39,7 @@ def add_parser(sub, argv=()):
                         "(transformers' assisted generation uses 0.4; default 0: always k tokens)")
     g.add_argument("--draft-joint-confidence", type=float, default=0.0, metavar="P",
                    help="end a draft proposal where the product of the draft's top probabilities "
-                        "over it falls below P (with --k 20, 0.5 was the fastest setting measured for "
-                        "the Qwen2.5-Coder 1.5B / 0.5B pair, see benchmarks/RESULTS.md; default 0: off)")
+                        "over it falls below P (e.g. 0.5 with --k 20; default 0: off)")
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--dtype", default="auto", help="decode dtype (auto picks per CPU)")

@@ -14,7 +14,7 @@ to emit x / s. Absorbers, derived from the adapter table (`slmkit.models.arch`):
   every query head in its group, so o's input channels are *tied*: the scale must be equal across
   the query heads sharing a kv head (`Absorber.tie`; `tie_channels` averages statistics over such
   channels). AutoAWQ and llm-awq skip this site under GQA; on Qwen2.5-Coder-0.5B (14 query heads,
-  2 kv heads) a tied scale lowers o_proj's output error up to 4x (benchmarks/RESULTS.md);
+  2 kv heads) a tied scale lowers o_proj's output error up to 4x;
 - for `down`: the rows (and bias) of `up` (or the up half of a fused gate_up) when the adapter says
   `mlp_foldable` (act(gate) * up, or a ReLU MLP); impossible for GELU MLPs (gpt2).
 

@@ -39,7 +39,7 @@ class TrainConfig:
     fused_optimizer: bool = field(default=True, metadata={
         "help": "AdamW as one fused kernel over each parameter (torch >= 2.4 on CPU) instead of "
                 "~10 separate ops per parameter: the same update to float rounding, ~5x less "
-                "optimizer time (benchmarks/RESULTS.md)"})
+                "optimizer time"})
     eval_every: int = field(default=0, metadata={"help": "evaluate every N steps (0 = only at the end)"})
     save_every: int = field(default=0, metadata={
         "help": "write a resumable checkpoint every N steps (0 = only at the end)"})

@@ -60,21 +60,13 @@ class WandaConfig(PruneConfig):
 class SparseGPTConfig(PruneConfig):
     """SparseGPT: OBS mask selection and weight reconstruction (needs calibration data).
 
-    Two defaults differ from the paper, both measured at 50% with the default mix calibration
-    (benchmarks/RESULTS.md, sessions 12-14):
+    Two defaults differ from the paper (measured in benchmarks/history/pruning.md):
     - `mask_scope="row_global"`: masks are chosen within each output row, as Wanda compares,
-      instead of over the whole column block. The paper's block-wide choice strips some output
-      rows far more than others (on Qwen2.5-Coder-0.5B at 50%, rows of one down_proj from 17% to
-      91% sparse). Each row loses its share of the matrix's count, split over the column blocks
+      instead of over the whole column block (which can strip some rows of a matrix far more
+      than others). Each row loses its share of the matrix's count, split over the column blocks
       by the row's initial costs; each block's mask is still chosen at its start on the updated
-      weights. Ratios to dense, pydoc / Austen, bf16 calibration passes (SmolLM2's block row fp32):
-      SmolLM2-135M block 1.57x / 2.03x, "row" (every row of every block loses its share)
-      1.55x / 2.00x, "row_global" 1.54x / 1.93x; Qwen2.5-Coder-0.5B block 1.47x / 2.11x, "row"
-      1.24x / 1.51x, "row_global" 1.26x / 1.51x. "row_global" is the best out of domain on
-      both models.
-    - `damp=0.1`, as GPTQ's, not the paper's 0.01: less of a fit to the calibration inputs. On
-      SmolLM2 (block masks) it moved Austen from 2.08x to 2.03x of dense, for 1.54x -> 1.57x in
-      domain."""
+      weights.
+    - `damp=0.1`, as GPTQ's, not the paper's 0.01: less of a fit to the calibration inputs."""
     block_size: int = field(default=128, metadata={
         "help": "columns per lazy-update block; unstructured masks are chosen per block "
                 "(a multiple of M with `nm`)"})
