@@ -146,7 +146,7 @@ def main() -> int:
             lms["slmkit, self int4"] = LocalLM(q.to(target_m.dtype), tok, "self int4")
         elif d == "self-depth":
             from slmkit.compress import DepthPruneConfig, prune
-            from slmkit.data import build_calibration
+            from slmkit.generate.calibration import build_calibration
             from slmkit.models import get_arch
 
             m = copy.deepcopy(target_m).float()

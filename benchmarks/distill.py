@@ -272,7 +272,7 @@ def throughput(args) -> dict:
 
 def lowrank_part(args, base, tok, ppls) -> dict:
     from slmkit.compress import ASVDConfig, SVDConfig, lowrank
-    from slmkit.data import build_calibration
+    from slmkit.generate.calibration import build_calibration
 
     calib = build_calibration(base, tok, "embedded", n=args.calib_n, length=args.seq_len, seed=0)
     rows = {}
@@ -352,8 +352,8 @@ def recovery(args, base, tok, ppls, dense_ppl, texts) -> dict:
     from _common import RESULTS
 
     from slmkit.compress import DepthPruneConfig, WidthPruneConfig, prune
-    from slmkit.data import build_calibration, build_calibration_with_targets
     from slmkit.distill import Distill, DistillConfig
+    from slmkit.generate.calibration import build_calibration, build_calibration_with_targets
     from slmkit.train import Batches, CausalLM, TrainConfig, train
 
     calib = build_calibration(base, tok, "embedded", n=32, length=args.seq_len, seed=0)

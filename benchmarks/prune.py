@@ -21,6 +21,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _common import RESULTS, eval_texts, model_arg, ppl_function, run_llmc, timed, write_result  # noqa: E402
+
 from slmkit.compress.prune.config import MASK_SCOPES  # noqa: E402
 
 
@@ -79,9 +80,9 @@ def main() -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from slmkit.compress import (PRUNERS, DepthPruneConfig, WidthPruneConfig, prune)
-    from slmkit.data import build_calibration_with_provenance
+    from slmkit.compress import PRUNERS, DepthPruneConfig, WidthPruneConfig, prune
     from slmkit.eval.memory import PeakRSS
+    from slmkit.generate.calibration import build_calibration_with_provenance
     from slmkit.models import load, save
 
     base, tok = load(args.model, "float32")

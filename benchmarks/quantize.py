@@ -109,8 +109,8 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     from slmkit.compress.api import quantize
-    from slmkit.data import build_calibration_with_provenance
     from slmkit.eval.memory import PeakRSS
+    from slmkit.generate.calibration import build_calibration_with_provenance
     from slmkit.models import load, save
 
     base, tok = load(args.model, "float32")

@@ -36,7 +36,7 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from slmkit.data.selfgen import generate_calibration_text, generate_with_teacher_targets
+    from slmkit.generate.selfgen import generate_calibration_text, generate_with_teacher_targets
     from slmkit.models import load
 
     model, tok = load(args.model, "float32")

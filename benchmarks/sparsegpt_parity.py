@@ -44,7 +44,7 @@ def hessians(model, tok, args) -> dict:
 
     from slmkit.compress.calibrate import HessianCollector
     from slmkit.compress.targets import layer_targets
-    from slmkit.data import build_calibration
+    from slmkit.generate.calibration import build_calibration
     from slmkit.models.arch import get_arch
 
     n_layers = len(get_arch(model).decoder_layers(model))

@@ -11,21 +11,20 @@ import torch
 from fixed_models import biased_model
 
 from slmkit.data import TextData, calib, embedded_text, token_stream
-from slmkit.data.calib import (
-    CalibSpec,
-    allocate_rows,
+from slmkit.data.calib import CalibSpec, allocate_rows
+from slmkit.errors import SlmkitError
+from slmkit.generate.calibration import (
     build_calibration,
     build_calibration_with_provenance,
     build_calibration_with_targets,
 )
-from slmkit.data.selfgen import (
+from slmkit.generate.selfgen import (
     _special_ids,
     generate_calibration_text,
     generate_calibration_text_with_provenance,
     generate_with_teacher_targets,
     model_fingerprint,
 )
-from slmkit.errors import SlmkitError
 from slmkit.models.tiny import tiny_model
 
 T1, T2 = 100, 200  # ordinary token ids a biased model prefers

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from slmkit.collab import LocalLM
-from slmkit.data.selfgen import generate_calibration_text
 from slmkit.eval.speed import _decode
+from slmkit.generate.selfgen import generate_calibration_text
 from slmkit.models.kvcache import cache_argument, cache_kwargs, output_cache
 from slmkit.models.tiny import tiny_model
 

@@ -18,8 +18,9 @@ from _common import model_arg, write_result  # noqa: E402
 
 from slmkit.compress.quantize.awq import fake_quantize, search_scale  # noqa: E402
 from slmkit.compress.smooth import ActivationStats, scale_groups  # noqa: E402
-from slmkit.data import build_calibration, embedded_text  # noqa: E402
+from slmkit.data import embedded_text  # noqa: E402
 from slmkit.data.chunk import token_stream  # noqa: E402
+from slmkit.generate.calibration import build_calibration
 from slmkit.models import load  # noqa: E402
 
 AUSTEN = Path(__file__).resolve().parents[3] / "shared" / "data" / "austen_emma.txt"

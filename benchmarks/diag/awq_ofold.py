@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from slmkit.compress.smooth import ActivationStats, fold_scales, scale_groups, tie_channels
-from slmkit.data import build_calibration
+from slmkit.generate.calibration import build_calibration
 from slmkit.models import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -10,7 +10,7 @@ import torch
 
 from slmkit.compress.quantize.awq import fake_quantize, row_output_errors, search_scale
 from slmkit.compress.smooth import ActivationStats, scale_groups
-from slmkit.data import build_calibration
+from slmkit.generate.calibration import build_calibration
 from slmkit.models import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

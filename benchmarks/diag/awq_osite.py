@@ -12,8 +12,9 @@ import torch
 
 from slmkit.compress.quantize.awq import fake_quantize, output_mse, search_scale
 from slmkit.compress.smooth import ActivationStats, scale_groups
-from slmkit.data import build_calibration, embedded_text
+from slmkit.data import embedded_text
 from slmkit.data.chunk import token_stream
+from slmkit.generate.calibration import build_calibration
 from slmkit.models import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

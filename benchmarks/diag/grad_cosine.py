@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
-from slmkit.compress.smooth import scale_groups
-from slmkit.data import build_calibration, embedded_text
-from slmkit.data.chunk import token_stream
 from slmkit.compress.quantize.awq import fake_quantize
+from slmkit.compress.smooth import scale_groups
+from slmkit.data import embedded_text
+from slmkit.data.chunk import token_stream
+from slmkit.generate.calibration import build_calibration
 from slmkit.models import load
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -137,7 +137,7 @@ def check_quantize(model, cfg, *, pack_weights: bool = True) -> None:
 def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
     """Quantize `model` in place with the method `cfg` configures; returns the model.
 
-    `calib`: token ids [n, length] for methods that calibrate (see slmkit.data.build_calibration).
+    `calib`: token ids [n, length] for methods that calibrate (see slmkit.generate.build_calibration).
     `pack_weights`: swap in integer kernels (default); False keeps simulated float weights."""
     check_quantize(model, cfg, pack_weights=pack_weights)
     entry = QUANTIZERS.for_config(cfg)
@@ -214,7 +214,7 @@ def prune(model, cfg, calib=None) -> dict:
     (unstructured: per target / layer / total sparsity and parameters, see
     slmkit.compress.prune.apply.prune_report), also kept at `model._slmkit_prune_report`.
 
-    `calib`: token ids [n, length] for methods that calibrate (see slmkit.data.build_calibration)."""
+    `calib`: token ids [n, length] for methods that calibrate (see slmkit.generate.build_calibration)."""
     check_prune(model, cfg)
     entry = PRUNERS.for_config(cfg)
     n_steps = len(getattr(model, "_slmkit_steps", []))

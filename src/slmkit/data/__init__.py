@@ -1,22 +1,8 @@
-"""Text data: sources (embedded default, files, jsonl, HF datasets), tokenising, calibration sets."""
+"""Text data: sources (embedded default, files, jsonl, HF datasets), tokenising, calibration mixes
+of text. Calibration sets with rows a model writes itself are built by `slmkit.generate.calibration`."""
 
-from slmkit.data.calib import (
-    DEFAULT_SPEC,
-    Calibration,
-    CalibSource,
-    CalibSpec,
-    allocate_rows,
-    build_calibration,
-    build_calibration_with_provenance,
-    build_calibration_with_targets,
-)
+from slmkit.data.calib import DEFAULT_SPEC, Calibration, CalibSource, CalibSpec, allocate_rows
 from slmkit.data.chunk import calibration_set, chunk, encode_docs, token_stream
-from slmkit.data.selfgen import (
-    generate_calibration_text,
-    generate_calibration_text_with_provenance,
-    generate_with_teacher_targets,
-    model_fingerprint,
-)
 from slmkit.data.sources import (
     TextData,
     embedded_text,
@@ -27,8 +13,6 @@ from slmkit.data.sources import (
     text_files,
 )
 
-__all__ = ["DEFAULT_SPEC", "CalibSource", "CalibSpec", "Calibration", "TextData", "allocate_rows", "build_calibration",
-           "build_calibration_with_provenance", "build_calibration_with_targets", "calibration_set",
-           "generate_calibration_text", "generate_calibration_text_with_provenance",
-           "generate_with_teacher_targets", "model_fingerprint", "chunk", "embedded_text", "encode_docs", "hf_dataset",
-           "jsonl_field", "load_text", "read_jsonl", "text_files", "token_stream"]
+__all__ = ["DEFAULT_SPEC", "CalibSource", "CalibSpec", "Calibration", "TextData", "allocate_rows",
+           "calibration_set", "chunk", "embedded_text", "encode_docs", "hf_dataset", "jsonl_field",
+           "load_text", "read_jsonl", "text_files", "token_stream"]

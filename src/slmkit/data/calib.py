@@ -4,7 +4,8 @@ A spec is a comma-separated list of `SOURCE[@WEIGHT]` (weight > 0, default 1, no
 
     embedded                         the embedded calibration text (CPython's pydoc topics, the part
                                      that never overlaps the embedded evaluation text)
-    self                             text sampled from the model being compressed (`selfgen`)
+    self                             text sampled from the model being compressed
+                                     (`slmkit.generate.selfgen`)
     path/file.txt, folder, x.jsonl   the user's text, through `load_text` (jsonl: `field`)
     hf:NAME[:CONFIG]                 a Hugging Face dataset, through `load_text` (split "train")
 
@@ -12,12 +13,10 @@ A spec is a comma-separated list of `SOURCE[@WEIGHT]` (weight > 0, default 1, no
 
 The weight follows the last "@", so a path holding "@" needs an explicit weight ("a@b.txt@1").
 
-`build_calibration` gives `n` rows of `length` tokens: rows are shared out by weight (largest
-remainder, so they sum to exactly `n`; every source gets at least one row when `n` allows), text
-sources are cut at seeded random offsets by `calibration_set`, `self` rows come from
-`generate_calibration_text`, and the rows are shuffled with the seed. The same (model, tokenizer,
-spec, n, length, seed) gives the same tensor. `build_calibration_with_provenance` also returns what
-each source contributed, for the output's `slmkit.json`.
+Rows are shared out by weight (`allocate_rows`: largest remainder, so they sum to exactly `n`;
+every source gets at least one row when `n` allows); text sources are cut at seeded random offsets
+by `calibration_set` (`text_parts`). `slmkit.generate.build_calibration` adds the `self` rows and
+shuffles the set with the seed.
 """
 
 from __future__ import annotations
@@ -30,10 +29,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slmkit.data.chunk import calibration_set
-from slmkit.data.selfgen import generate_calibration_text_with_provenance, generate_with_teacher_targets
 from slmkit.data.sources import embedded_text, load_text
 from slmkit.errors import SlmkitError
-from slmkit.models.introspect import check_length
 
 if TYPE_CHECKING:
     import torch
@@ -163,56 +160,13 @@ def _load_source(source: str, field: str, split: str):
     return load_text(source, field=field, split=split)
 
 
-def _tensor_sha256(ids: torch.Tensor) -> str:
-    return hashlib.sha256(ids.contiguous().numpy().tobytes()).hexdigest()
-
-
-def build_calibration_with_provenance(
-        model, tokenizer, spec: str | CalibSpec, n: int = 128, length: int = 512,
-        seed: int = 0, *, field: str = "text", split: str = "train",
-        selfgen: dict | None = None, cache_dir: str | Path | None = None,
-) -> tuple[torch.Tensor, dict]:
-    """`build_calibration`, also returning the provenance dict:
-
-        {"spec": normalised spec, "n", "length", "seed", "sha256": of the returned ids,
-         "sources": [{"source", "weight", "rows", "tokens",
-                      "text": {name, docs, chars, sha256}            (text sources)
-                      "generation": {fingerprint, parameters, cache} (self)}, ...]}
-    """
-    ids, _, provenance = _build(model, tokenizer, spec, n, length, seed, field=field, split=split,
-                                selfgen=selfgen, cache_dir=cache_dir)
-    return ids, provenance
-
-
-def build_calibration_with_targets(
-        model, tokenizer, spec: str | CalibSpec, n: int = 128, length: int = 512,
-        seed: int = 0, *, topk: int = 32, field: str = "text", split: str = "train",
-        selfgen: dict | None = None, cache_dir: str | Path | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
-    """`build_calibration_with_provenance` (same rows, same order), also returning soft targets
-    (soft_ids int32 [n, length, topk], soft_probs [n, length, topk]) for `slmkit.train.Batches`:
-    the model's own next-token distributions, recorded while it wrote the `self` rows
-    (`slmkit.data.selfgen.generate_with_teacher_targets`), and zeros on every text row."""
-    return _build(model, tokenizer, spec, n, length, seed, field=field, split=split,
-                  selfgen=selfgen, cache_dir=cache_dir, topk=topk)
-
-
-def _build(model, tokenizer, spec, n, length, seed, *, field, split, selfgen, cache_dir, topk=0):
-    """-> (ids, soft_ids, soft_probs, provenance) with topk, else (ids, None, provenance)."""
-    import torch
-
-    if not (isinstance(n, int) and isinstance(length, int)) or n < 1 or length < 2:
-        raise SlmkitError(f"calibration set needs n >= 1 and length >= 2 (got n={n}, length={length})")
-    parsed = CalibSpec.parse(spec)
-    if model is not None:
-        check_length(model, length, "the calibration sequence length")
-    elif parsed.needs_model:
-        raise SlmkitError("calibration source 'self' samples text from the model; pass the model")
-    rows = allocate_rows([s.weight for s in parsed.sources], n)
-
-    # text sources first: a missing file or a too-short text fails before any slow generation
+def text_parts(tokenizer, parsed: CalibSpec, rows: list[int], length: int, seed: int, *,
+               field: str = "text", split: str = "train") -> tuple[dict[int, torch.Tensor], list[dict]]:
+    """The rows of every text source of `parsed` (`rows[i]` rows of `length` tokens from source i;
+    `self` sources are left to the caller) -> ({source index: ids}, a record per source)."""
     parts: dict[int, torch.Tensor] = {}
     records: list[dict] = []
+    n = sum(rows)
     for i, (src, k) in enumerate(zip(parsed.sources, rows)):
         rec = {"source": src.source, "weight": src.weight, "rows": k, "tokens": k * length}
         records.append(rec)
@@ -227,42 +181,8 @@ def _build(model, tokenizer, spec, n, length, seed, *, field, split, selfgen, ca
         except SlmkitError as e:
             raise SlmkitError(f"calibration source {src.source!r} ({k} of {n} rows of {length} "
                               f"tokens): {e}") from None
-    soft: dict[int, tuple[torch.Tensor, torch.Tensor]] = {
-        i: (torch.zeros(*p.shape, topk, dtype=torch.int32), torch.zeros(*p.shape, topk)) for i, p in parts.items()}
-    for i, (src, k) in enumerate(zip(parsed.sources, rows)):
-        if src.source == SELF and k > 0:
-            kwargs = {"seed": seed, "cache_dir": cache_dir, **(selfgen or {})}
-            if topk:
-                parts[i], *soft[i], records[i]["generation"] = generate_with_teacher_targets(
-                    model, tokenizer, k, length, topk, **kwargs)
-            else:
-                parts[i], records[i]["generation"] = generate_calibration_text_with_provenance(
-                    model, tokenizer, k, length, **kwargs)
-
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    ids = torch.cat([parts[i] for i in sorted(parts)])[order]
-    provenance = {"spec": str(parsed), "n": n, "length": length, "seed": seed,
-                  "sha256": _tensor_sha256(ids), "sources": records}
-    if not topk:
-        return ids, None, provenance
-    return (ids, torch.cat([soft[i][0] for i in sorted(parts)])[order],
-            torch.cat([soft[i][1] for i in sorted(parts)])[order], provenance)
+    return parts, records
 
 
-def build_calibration(model, tokenizer, spec: str | CalibSpec, n: int = 128,
-                      length: int = 512, seed: int = 0, *, field: str = "text",
-                      split: str = "train", selfgen: dict | None = None,
-                      cache_dir: str | Path | None = None) -> torch.Tensor:
-    """Calibration rows mixed from `spec` -> LongTensor [n, length] (see the module docstring).
-
-    model       needed for `self` and to check `length` against its context (may be None for a
-                mix of text sources only)
-    field       the jsonl field / dataset column of text sources
-    split       the Hugging Face dataset split (calibrate on "train"; evaluate on "test")
-    selfgen     keyword arguments for `generate_calibration_text` (temperature, top_p, ...)
-    cache_dir   where self-generated rows are cached (default `$SLMKIT_CACHE/selfgen`)
-    """
-    ids, _ = build_calibration_with_provenance(model, tokenizer, spec, n, length, seed,
-                                               field=field, split=split, selfgen=selfgen,
-                                               cache_dir=cache_dir)
-    return ids
+def tensor_sha256(ids: torch.Tensor) -> str:
+    return hashlib.sha256(ids.contiguous().numpy().tobytes()).hexdigest()

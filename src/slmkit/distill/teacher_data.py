@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from slmkit.data.selfgen import generate_with_teacher_targets
 from slmkit.data.sources import read_jsonl
 from slmkit.distill.blackbox import TeacherConfig, filter_answers, teacher_answers
 from slmkit.distill.objectives import check_same_tokenizer
 from slmkit.errors import SlmkitError
 from slmkit.generate.lm import LocalLM
+from slmkit.generate.selfgen import generate_with_teacher_targets
 from slmkit.train import Batches
 from slmkit.train.sft import sft_batches
 

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 from slmkit.compress.api import STEP_KINDS
-from slmkit.data import build_calibration
 from slmkit.data.chunk import token_stream
 from slmkit.data.sources import TextData, load_text
 from slmkit.distill import Distill
@@ -29,6 +28,7 @@ from slmkit.eval.memory import PeakRSS, disk_bytes, param_count
 from slmkit.eval.perplexity import PerplexityConfig, perplexity
 from slmkit.eval.speed import SpeedConfig, alternating, speed
 from slmkit.files import write_text_atomic
+from slmkit.generate.calibration import build_calibration
 from slmkit.models import load, save
 from slmkit.models.default import default_gguf
 from slmkit.models.gguf_export import export_gguf

@@ -24,10 +24,11 @@ import torch
 
 from slmkit.compress.api import STEP_KINDS
 from slmkit.compress.lowrank.apply import merge_lowrank
-from slmkit.data import Calibration, build_calibration_with_provenance, embedded_text
+from slmkit.data import Calibration, embedded_text
 from slmkit.errors import SlmkitError
 from slmkit.eval.memory import max_rss_bytes, param_count
 from slmkit.eval.perplexity import PerplexityConfig, window_perplexity
+from slmkit.generate.calibration import build_calibration_with_provenance
 from slmkit.models import load, save
 from slmkit.models.dtype import resolve_dtype
 from slmkit.models.save import check_output

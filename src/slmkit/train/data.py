@@ -23,7 +23,7 @@ class Batches:
     Optional soft targets, soft_ids [n, length, k] and soft_probs [n, length, k]: at position i,
     a teacher's top-k next-token ids and probabilities for the token at i + 1 (all-zero probs: the
     row or position has none), e.g. recorded while the teacher wrote the row
-    (`slmkit.data.selfgen`); `CausalLM(soft_weight=...)` mixes them into its targets."""
+    (`slmkit.generate.selfgen`); `CausalLM(soft_weight=...)` mixes them into its targets."""
 
     ids: "torch.Tensor"
     labels: "torch.Tensor | None" = None

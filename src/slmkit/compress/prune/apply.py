@@ -69,7 +69,7 @@ class Plan:
 def _need_calib(calib, what: str) -> None:
     if calib is None:
         raise SlmkitError(f"{what} needs calibration data: token ids [n, length] "
-                          "(see slmkit.data.build_calibration)")
+                          "(see slmkit.generate.build_calibration)")
 
 
 def plan_layers(model, cfg: PruneConfig, calib, sparsity: float) -> Plan:

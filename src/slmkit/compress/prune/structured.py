@@ -139,7 +139,7 @@ def check_prunable(model: "nn.Module", calib) -> ArchSpec:
         raise SlmkitError("structured pruning needs the float model; prune before quantizing")
     if calib is None:
         raise SlmkitError("structured pruning needs calibration data: token ids [n, length] "
-                          "(see slmkit.data.build_calibration)")
+                          "(see slmkit.generate.build_calibration)")
     return spec
 
 
