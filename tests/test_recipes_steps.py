@@ -102,3 +102,10 @@ def test_a_dry_run_reports_what_the_run_would_miss(tiny_dir, tmp_path, stages, e
     with pytest.raises(SlmkitError, match=match):
         plan(recipe, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_every_stage_kind_has_a_runner():
+    from slmkit.recipes.runner import STAGE_RUNNERS
+    from slmkit.recipes.schema import STAGE_KINDS
+
+    assert set(STAGE_RUNNERS) == set(STAGE_KINDS)

@@ -17,6 +17,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from slmkit.compress.api import STEP_KINDS
 from slmkit.data.chunk import token_stream
 from slmkit.data.sources import TextData, load_text
@@ -75,8 +77,6 @@ def _calib(recipe: Recipe, run: Path):
     """The run's calibration ids: built once, from the source model (its self-generated rows
     included), saved in RUN/calibration-<key>.pt and reused by every calibrated stage — so the
     stages see the same data, and a pruned model does not write its own calibration text."""
-    import torch
-
     c = recipe.calibration
     key = hashlib.sha256(json.dumps([recipe.model, dataclasses.asdict(c)], sort_keys=True,
                                     default=str).encode()).hexdigest()[:12]
@@ -144,6 +144,24 @@ def _teacher_written(model, tok, cfgs: dict, recipe: Recipe, folder: Path):
 
 
 STAGE_FUNCTIONS = {**{kind: _compress for kind in STEP_KINDS}, "distill": _train, "finetune": _train}
+
+
+def _model_stage(stage: Stage, current: str, recipe: Recipe, folder: Path) -> dict:
+    """A stage that changes the model: apply it, write RUN/NN-kind/model in bf16 (what one ships;
+    sizes compare with the bf16 source), and measure it exactly as written."""
+    model, tok = _load(current)
+    model, tok, info = STAGE_FUNCTIONS[stage.kind](model, tok, stage, recipe, folder)
+    model.to(getattr(torch, SAVE_DTYPE))
+    out = save(model, tok, folder / "model", {"recipe_stage": stage.kind}, overwrite=True)
+    model.float()
+    return {"output": str(out), "info": info, "metrics": measure(model, tok, recipe, out)}
+
+
+def _eval_stage(stage: Stage, current: str, recipe: Recipe, folder: Path) -> dict:
+    """An eval stage: measure the input as it is."""
+    model, tok = _load(current)
+    out = Path(current)
+    return {"output": current, "info": {}, "metrics": measure(model, tok, recipe, out if out.is_dir() else None)}
 
 
 # ---- measurement ------------------------------------------------------------------------------
@@ -293,26 +311,7 @@ def run_recipe(recipe: Recipe, run: str | Path, *, log=print) -> dict:
         t0 = time.perf_counter()
         try:
             with PeakRSS() as mem:
-                if stage.kind == "export":
-                    rec = _export(stage, current, folder)
-                else:
-                    model, tok = _load(current)
-                    info: dict = {}
-                    if stage.kind in STAGE_FUNCTIONS:
-                        model, tok, info = STAGE_FUNCTIONS[stage.kind](model, tok, stage, recipe, folder)
-                        # written in bf16 (what one ships; sizes compare with the bf16 source),
-                        # then measured exactly as written: the float weights round-trip
-                        import torch
-
-                        model.to(getattr(torch, SAVE_DTYPE))
-                        out = save(model, tok, folder / "model", {"recipe_stage": stage.kind},
-                                   overwrite=True)
-                        model.float()
-                    else:  # eval: measure the input as it is
-                        out = Path(current)
-                    metrics = measure(model, tok, recipe, out if out.is_dir() else None)
-                    rec = {"output": str(out), "info": info, "metrics": metrics}
-                    del model
+                rec = STAGE_RUNNERS[stage.kind](stage, current, recipe, folder)
         except SlmkitError as e:
             raise SlmkitError(f"stage {i} ({stage.kind}, {folder.name}) failed: {e}; earlier stages "
                               f"are kept in {run} and re-running resumes here") from e
@@ -347,7 +346,8 @@ def side_by_side_speed(source: str, final: str, recipe: Recipe, rounds: int = 2)
     return out
 
 
-def _export(stage: Stage, current: str, folder: Path) -> dict:
+def _export(stage: Stage, current: str, recipe: Recipe, folder: Path) -> dict:
+    """An export stage: the input as a GGUF file of the stage's type."""
     t = stage_configs(stage)["type"]
     model, tok = _load(current)
     if is_quantized(model):
@@ -357,3 +357,6 @@ def _export(stage: Stage, current: str, folder: Path) -> dict:
             "metrics": {"params": sum(p.numel() for p in model.parameters()),
                         "disk_mb": path.stat().st_size / 2 ** 20}}
 
+
+# every stage kind of the schema (`schema.STAGE_KINDS`) -> (stage, input, recipe, folder) -> record
+STAGE_RUNNERS = {**{kind: _model_stage for kind in STAGE_FUNCTIONS}, "export": _export, "eval": _eval_stage}
