@@ -80,7 +80,6 @@ def configs(args):
             # the default with bf16 calibration passes (float32 statistics), whatever --calib-dtype says
             "gptq-bf16": GPTQConfig(**{**gptq, "calib_dtype": "bfloat16"}, clip_search=args.gptq_clip_search),
             # per row, the better of the clip-searched and the plain-grid runs
-            "gptq-guard": GPTQConfig(**gptq, clip_search=True, clip_guard=True),
             # the clip search weighted by diag H alone (default before session 17), or all columns equal
             "gptq-floor0": GPTQConfig(**gptq, clip_search=True, clip_floor=0.0),
             "gptq-uniform": GPTQConfig(**gptq, clip_search=True, clip_floor=1e9),

@@ -97,8 +97,7 @@ def test_gptq_keeps_outputs_closer_to_the_original_than_rtn(model_type):
 
     rtn_err = mse_to_original(RTNConfig(bits=3, group_size=32))
     gptq_err = mse_to_original(GPTQConfig(bits=3, group_size=32, block_size=32))
-    guarded_err = mse_to_original(GPTQConfig(bits=3, group_size=32, block_size=32, clip_guard=True))
-    assert gptq_err < rtn_err and guarded_err < rtn_err
+    assert gptq_err < rtn_err
 
 
 def test_skip_list_and_errors():

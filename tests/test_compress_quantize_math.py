@@ -4,8 +4,7 @@ import pytest
 import torch
 from layer_inputs import correlated_inputs, gen
 
-from slmkit.compress.quantize import gptq as gptq_module
-from slmkit.compress.quantize.gptq import gptq, gptq_clip_guarded
+from slmkit.compress.quantize.gptq import gptq
 from slmkit.compress.quantize.grid_search import search_grid
 from slmkit.errors import SlmkitError
 from slmkit.runtime.qweight import grid, quantize_column, rtn
@@ -96,29 +95,6 @@ def test_gptq_output_error_is_below_rtn_on_correlated_inputs(act_order, static_g
     assert q_gptq.q.dtype == torch.uint8 and int(q_gptq.q.max()) <= 15
     if static_groups or not act_order:
         assert torch.equal(q_gptq.g_idx, torch.arange(96) // (group_size or 96))
-
-
-@pytest.mark.parametrize("stack_rows", [1024, 0])  # one stacked pass, or two separate runs
-@pytest.mark.parametrize("act_order, static_groups", [(False, False), (True, False), (True, True)])
-def test_clip_guarded_gptq_takes_each_rows_better_run(act_order, static_groups, stack_rows, monkeypatch):
-    """Per row, the guarded result is the clip-searched or the plain-grid GPTQ row, whichever has
-    the lower output error; so its total error is at most either run's."""
-    monkeypatch.setattr(gptq_module, "STACK_ROWS", stack_rows)
-    x = correlated_inputs()
-    w = torch.randn(64, 96, generator=gen(8)) ** 3  # heavy tails, so clipping wins on some rows
-    H = 2 * x.T @ x / x.shape[0]
-    kw = dict(act_order=act_order, static_groups=static_groups, block_size=32)
-    runs = [gptq(w, H, 3, 32, clip_search=c, **kw) for c in (True, False)]
-    guarded = gptq_clip_guarded(w, H, 3, 32, **kw)
-
-    def row_err(qw):
-        return (x @ (qw.dequantize() - w).T).pow(2).mean(0)      # [out]
-    errs = [row_err(r) for r in runs]
-    picked = row_err(guarded)
-    torch.testing.assert_close(picked, torch.minimum(*errs), rtol=1e-4, atol=1e-7)
-    assert 0 < (errs[1] < errs[0]).sum() < 64  # both runs contribute rows here
-    assert picked.sum() < min(e.sum() for e in errs)
-    assert torch.equal(guarded.g_idx, runs[0].g_idx) and int(guarded.q.max()) <= 7
 
 
 @pytest.mark.parametrize("act_order, static_groups", [(False, False), (True, False), (True, True)])

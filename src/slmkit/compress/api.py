@@ -29,7 +29,7 @@ from slmkit.compress.quantize.config import (
     grid_for,
 )
 from slmkit.compress.quantize.embedding import quantize_embeddings
-from slmkit.compress.quantize.gptq import gptq, gptq_clip_guarded
+from slmkit.compress.quantize.gptq import gptq
 from slmkit.compress.quantize.smoothquant import SmoothQuantConfig, apply_smoothquant
 from slmkit.compress.targets import Target, all_targets, layer_targets
 from slmkit.errors import SlmkitError
@@ -69,8 +69,7 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
             try:
                 args = (t.weight(), hc.H[t.name], *grid_for(cfg, t), cfg.damp, cfg.block_size,
                         cfg.act_order, cfg.static_groups)
-                qw = gptq_clip_guarded(*args, clip_floor=cfg.clip_floor) if cfg.clip_search and cfg.clip_guard \
-                    else gptq(*args, cfg.clip_search, cfg.clip_floor)
+                qw = gptq(*args, cfg.clip_search, cfg.clip_floor)
             except SlmkitError as e:
                 raise SlmkitError(f"{t.name}: {e}") from None
             _store(t, qw, store)

@@ -70,9 +70,6 @@ class GPTQConfig(RTNConfig):
     clip_floor: float = field(default=1.0, metadata={
         "help": "the clip search weighs column j by diag(H)_j + clip_floor * mean(diag H): above 0, "
                 "weights of inputs the calibration text leaves quiet are not clipped for free"})
-    clip_guard: bool = field(default=False, metadata={
-        "help": "with clip_search, also run GPTQ on plain min/max grids and keep, per output row, "
-                "whichever has the lower output error on the calibration inputs (2x the GPTQ math)"})
     batch_size: int = field(default=8, metadata={"help": "calibration sequences per forward"})
     calib_dtype: CalibDtype = calib_dtype_field()
 

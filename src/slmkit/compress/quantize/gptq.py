@@ -97,44 +97,6 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
     return QuantizedWeight(Q.to(torch.uint8), scale, zero, g_idx, bits, group_size)
 
 
-# Stacking the guard's two runs costs about one run up to ~1000 rows; on taller weights the
-# stacked column updates outgrow the cache and two separate runs are faster (2 AVX-512 cores:
-# 896 x 4864 20 s stacked vs 31 s as two runs, 4864 x 896 5.7 s vs 4.3 s, 1536 x 1536 equal).
-STACK_ROWS = 1024
-
-
-def gptq_clip_guarded(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,
-                      symmetric: bool = False, damp: float = 0.01, block_size: int = 128,
-                      act_order: bool = False, static_groups: bool = False,
-                      clip_floor: float = 0.0) -> QuantizedWeight:
-    """GPTQ with the clip-searched grids and with plain min/max grids, keeping per output row
-    whichever has the lower output error on the calibration inputs, dW H dW^T. GPTQ treats rows
-    independently (the updates only mix a row's own columns), so any mix of the two runs' rows is
-    a valid result and the layer's error is never above either run's. Up to `STACK_ROWS` rows both
-    runs go through one GPTQ pass over the weight stacked on itself (top copy clip-searched, bottom
-    copy plain), which shares the column loop's per-column overhead. The clip search picks a
-    group's range by its own diag(H)-weighted rounding error, before GPTQ moves the weights; on
-    some rows that range costs more once the updates and the cross-column terms are counted."""
-    rows = w.shape[0]
-    if rows <= STACK_ROWS:
-        both = gptq(torch.cat([w, w]), hessian, bits, group_size, symmetric, damp, block_size,
-                    act_order, static_groups, clip_search=torch.arange(2 * rows) < rows,
-                    clip_floor=clip_floor)
-    else:
-        runs = [gptq(w, hessian, bits, group_size, symmetric, damp, block_size, act_order,
-                     static_groups, clip, clip_floor) for clip in (True, False)]
-        both = QuantizedWeight(*(torch.cat([getattr(r, f) for r in runs]) for f in ("q", "scale", "zero")),
-                               runs[0].g_idx, bits, group_size)
-    W, H = w.detach().float(), hessian.detach().float()
-    dw = both.dequantize() - torch.cat([W, W])
-    error = ((dw @ H) * dw).sum(-1)                                   # [2 * out]
-    plain = (error[rows:] < error[:rows])[:, None]
-    return QuantizedWeight(torch.where(plain, both.q[rows:], both.q[:rows]),
-                           torch.where(plain, both.scale[rows:], both.scale[:rows]),
-                           torch.where(plain, both.zero[rows:], both.zero[:rows]),
-                           both.g_idx, bits, group_size)
-
-
 def check_damp(damp: float, method: str) -> None:
     if not 0 < damp < 1:
         raise SlmkitError(f"{method} dampening must be in (0, 1), not {damp!r}")
