@@ -97,24 +97,6 @@ def test_gptq_output_error_is_below_rtn_on_correlated_inputs(act_order, static_g
         assert torch.equal(q_gptq.g_idx, torch.arange(96) // (group_size or 96))
 
 
-@pytest.mark.parametrize("act_order, static_groups", [(False, False), (True, False), (True, True)])
-def test_gptq_clip_row_mask_matches_the_two_whole_runs_row_by_row(act_order, static_groups):
-    """A row mask gives each row the run its mask picks (the clip guard's one stacked pass)."""
-    x = correlated_inputs()
-    w = torch.randn(64, 96, generator=gen(9)) ** 3
-    H = 2 * x.T @ x / x.shape[0]
-    kw = dict(act_order=act_order, static_groups=static_groups, block_size=32)
-    clip, plain = (gptq(w, H, 3, 32, clip_search=c, **kw) for c in (True, False))
-    mask = torch.arange(64) % 3 == 0
-    mixed = gptq(w, H, 3, 32, clip_search=mask, **kw)
-    for field in ("q", "scale", "zero"):
-        want = torch.where(mask[:, None], getattr(clip, field), getattr(plain, field))
-        torch.testing.assert_close(getattr(mixed, field).float(), want.float(), rtol=1e-5, atol=1e-6)
-    assert not torch.equal(clip.q, plain.q)  # the two runs differ, so the mask is doing something
-    with pytest.raises(SlmkitError, match="mask"):
-        gptq(w, H, 3, 32, clip_search=mask[:10])
-
-
 def test_clip_floor_keeps_the_clip_search_from_clipping_a_quiet_inputs_outlier_weights():
     """Column 0 holds each row's largest weight but its input is nearly silent in calibration:
     weighed by diag H alone the clip search clips those weights for free; with a floor it does

@@ -23,10 +23,12 @@ from slmkit.runtime.qweight import QuantizedWeight, check_bits, grid, group_inde
 def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,
          symmetric: bool = False, damp: float = 0.01, block_size: int = 128,
          act_order: bool = False, static_groups: bool = False,
-         clip_search: bool | torch.Tensor = False, clip_floor: float = 0.0) -> QuantizedWeight:
-    """clip_search: True/False for every row, or a bool mask [out] of the rows that get it.
-    clip_floor: the clip search weighs column j's rounding error by diag(H)_j + clip_floor *
-    mean(diag H), so columns the calibration text leaves quiet still count (0 = diag H alone)."""
+         clip_search: bool = False, clip_floor: float = 0.0) -> QuantizedWeight:
+    """GPTQ of w [out, in] given the inputs' Hessian X^T X [in, in] -> its QuantizedWeight.
+    clip_search: each group's range is shrunk to the clipping with the least rounding error
+    (`grid_search.search_grid`) instead of min/max. clip_floor: that search weighs column j's
+    rounding error by diag(H)_j + clip_floor * mean(diag H), so columns the calibration text
+    leaves quiet still count (0 = diag H alone)."""
     check_bits(bits, group_size)
     W, H = prepare_hessian(w, hessian, damp, "GPTQ")
     rows, cols = W.shape
@@ -36,18 +38,11 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
     check_clip_floor(clip_floor)
     importance = torch.diag(H)
     importance = importance + clip_floor * importance.mean()
-    clip_rows = torch.full((rows,), bool(clip_search)) if isinstance(clip_search, bool) else clip_search
-    if clip_rows.shape != (rows,) or clip_rows.dtype != torch.bool:
-        raise SlmkitError(f"GPTQ clip_search mask must be a bool tensor of shape ({rows},)")
 
     def make_grid(w_group: torch.Tensor, cols_of: torch.Tensor):
-        if not clip_rows.any():
-            return grid(w_group, bits, symmetric)
-        if clip_rows.all():
+        if clip_search:
             return search_grid(w_group, bits, symmetric, importance[cols_of])
-        s, z = grid(w_group, bits, symmetric)
-        s[clip_rows], z[clip_rows] = search_grid(w_group[clip_rows], bits, symmetric, importance[cols_of])
-        return s, z
+        return grid(w_group, bits, symmetric)
 
     static = None
     if static_groups:
