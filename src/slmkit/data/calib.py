@@ -64,10 +64,8 @@ class Calibration:
                 raise SlmkitError(f"calibration {name} must be an integer >= {1 if name == 'n' else 2}, "
                                   f"not {value!r}")
         for s in parsed.sources:
-            if s.source not in (EMBEDDED, SELF) and not s.source.startswith(("hf:", "default")) \
-                    and not Path(s.source).expanduser().exists():
-                raise SlmkitError(f"calibration source {s.source!r} does not exist: give a file or "
-                                  f"folder, {EMBEDDED!r}, {SELF!r} or 'hf:NAME[:CONFIG]'")
+            if s.source != SELF:
+                check_text_source(s.source)
 
 
 @dataclass(frozen=True)
@@ -150,13 +148,18 @@ def allocate_rows(weights: Sequence[float], n: int) -> list[int]:
     return rows
 
 
-def _load_source(source: str, field: str, split: str):
-    if source == EMBEDDED:
-        return embedded_text("calib")
-    if not source.startswith("hf:") and not source.startswith("default") \
+def check_text_source(source: str) -> None:
+    """Refuse a text source that is neither embedded, a dataset, nor an existing file or folder."""
+    if source != EMBEDDED and not source.startswith(("hf:", "default")) \
             and not Path(source).expanduser().exists():
         raise SlmkitError(f"unknown calibration source {source!r}: not a file or folder, nor one "
                           f"of {EMBEDDED!r}, {SELF!r}, 'hf:NAME[:CONFIG]'")
+
+
+def _load_source(source: str, field: str, split: str):
+    if source == EMBEDDED:
+        return embedded_text("calib")
+    check_text_source(source)
     return load_text(source, field=field, split=split)
 
 

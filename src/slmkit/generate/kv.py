@@ -38,6 +38,7 @@ class KVBatch:
 
     def __init__(self, model, cache, mask: torch.Tensor, positions: torch.Tensor, narrow: bool = True):
         self.model, self.cache, self.narrow = model, cache, narrow
+        self._extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
         self.mask = mask              # [rows, length] 1 = a real token, 0 = left padding
         self.positions = positions    # [rows] position id of each row's last token
 
@@ -69,10 +70,9 @@ class KVBatch:
         return self._forward(torch.tensor(tokens)[:, None], self.positions[:, None] + 1)
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        extra = {"logits_to_keep": 1} if accepts_logits_to_keep(self.model) else {}
         with torch.inference_mode(), _narrow(self.model, self.narrow):
             out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                             use_cache=True, **cache_kwargs(self.model, self.cache), **extra)
+                             use_cache=True, **cache_kwargs(self.model, self.cache), **self._extra)
         self.cache, self.positions = output_cache(out), positions[:, -1]
         return out.logits[:, -1].float()
 

@@ -228,8 +228,9 @@ def check_recipe(recipe: Recipe, run: str | Path) -> None:
            for s in recipe.stages):
         recipe.calibration.check()
     for stage in recipe.stages:
-        if stage.kind == "distill" and stage_configs(stage)["teacher"] != "source":
-            _check_source(stage_configs(stage)["teacher"])
+        teacher = stage_configs(stage)["teacher"] if stage.kind == "distill" else "source"
+        if teacher != "source":
+            _check_source(teacher)
     for spec in [*recipe.evaluation.texts, recipe.evaluation.mc]:
         if spec and not spec.startswith(IF_PRESENT) and spec not in ("default", "default:eval") \
                 and not spec.startswith("hf:") and not Path(spec).expanduser().exists():
