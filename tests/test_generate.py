@@ -131,3 +131,33 @@ def test_empty_prompt_and_stop_strings_without_tokenizer_are_refused():
         engine.add([])
     with pytest.raises(SlmkitError, match="tokenizer"):
         engine.add([1, 2], Sampling(stop=("x",)))
+
+
+def test_a_stop_string_late_in_a_long_text_cuts_at_its_first_occurrence(tiny_tok):
+    model = tiny_model("llama")
+    free = generate(model, tiny_tok, [PROMPTS[1]], greedy(60))[0]
+    late = tiny_tok.decode(free.token_ids[:50], skip_special_tokens=True)
+    stop = late[-6:]                                   # may span several tokens
+    first = free.text.find(stop)
+    cut = generate(model, tiny_tok, [PROMPTS[1]], greedy(60, stop=(stop,)))[0]
+    assert cut.finish_reason == "stop" and cut.text == free.text[:first]
+    assert cut.token_ids == free.token_ids[:len(cut.token_ids)] and len(cut.token_ids) <= 50
+
+
+def test_a_picker_chooses_for_all_rows_and_logprobs_stay_the_models(tiny_tok):
+    model = tiny_model("qwen2")
+    calls = []
+
+    def picker(logits, seqs):
+        calls.append((logits.shape[0], [len(s.token_ids) for s in seqs]))
+        return [7 + i for i in range(logits.shape[0])]
+
+    engine = Engine(model, tiny_tok, picker=picker)
+    ids = [engine.add(p, greedy(3, logprobs=0)) for p in PROMPTS[:2]]
+    engine.run()
+    done = [engine.result(i) for i in ids]
+    assert [c.token_ids for c in done] == [[7, 7, 7], [8, 8, 8]]
+    assert calls == [(2, [0, 0]), (2, [1, 1]), (2, [2, 2])]
+    logits = model(torch.tensor([PROMPTS[0] + [7, 7]])).logits[0, -3:].float()
+    want = torch.log_softmax(logits, -1)[:, 7]
+    assert torch.allclose(torch.tensor(done[0].logprobs), want, atol=1e-4)

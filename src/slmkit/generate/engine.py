@@ -12,18 +12,23 @@ merges them into the batch, so a new request waits at most one step, never for o
 Each sequence has its own sampling settings and random stream, so what it generates does not
 depend on which others share its batch (up to float rounding of the padded matmuls). The
 per-sequence state is `slmkit.generate.kv.KVBatch`; `generate()` is the simple call on top.
+
+A `picker` replaces the per-sequence draw with one choice over all rows of a forward: it gets the
+rows' float32 logits [rows, vocab] and their completions so far, and returns one token per row
+(stop rules and log-probabilities still apply). Self-generated calibration uses it for its
+batch-wide random stream, temperature schedule and document restarts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
 from slmkit.errors import SlmkitError
 from slmkit.generate.kv import KVBatch
-from slmkit.generate.sampling import Sampling, next_token
+from slmkit.generate.sampling import Sampling, next_token, token_logprobs
 from slmkit.models.introspect import eos_ids, pad_id
 
 
@@ -49,6 +54,9 @@ class Completion:
     text: str | None = None            # decoded (without special tokens), cut before a stop string
 
 
+Picker = Callable[[torch.Tensor, "list[Completion]"], "list[int]"]
+
+
 class _Seq:
     def __init__(self, sid: int, prompt: list[int], s: Sampling):
         self.done = Completion(sid, list(prompt), logprobs=[] if s.logprobs is not None else None,
@@ -68,13 +76,15 @@ class Engine:
     """A step-level decoding engine for one Hugging Face causal LM (see the module docstring).
 
     `max_batch`: sequences decoded together at most; later ones wait. `narrow`: run few-token
-    forwards through `slmkit.models.narrow` (faster on CPUs, same computation)."""
+    forwards through `slmkit.models.narrow` (faster on CPUs, same computation). `picker`: one
+token choice over all rows of a forward instead of each sequence's own (see the module docstring)."""
 
-    def __init__(self, model, tokenizer=None, *, max_batch: int = 16, narrow: bool = True):
+    def __init__(self, model, tokenizer=None, *, max_batch: int = 16, narrow: bool = True,
+                 picker: Picker | None = None):
         if max_batch < 1:
             raise SlmkitError(f"max_batch must be >= 1, not {max_batch!r}")
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.max_batch, self.narrow = max_batch, narrow
+        self.max_batch, self.narrow, self.picker = max_batch, narrow, picker
         self.eos = eos_ids(model, tokenizer)
         self.pad = pad_id(tokenizer) if tokenizer is not None else 0
         self._next_id = 0
@@ -103,13 +113,13 @@ class Engine:
         outs: list[StepOutput] = []
         if self._running:
             logits = self._state.decode([q.done.token_ids[-1] for q in self._running])
-            outs += [self._advance(q, row) for q, row in zip(self._running, logits)]
+            outs += self._advance(self._running, logits)
         room = self.max_batch - len(self._running)
         new, self._waiting = self._waiting[:room], self._waiting[room:]
         if new:
             logits, state = KVBatch.prefill(self.model, [q.done.prompt_ids for q in new], self.pad,
                                             self.narrow)
-            outs += [self._advance(q, row) for q, row in zip(new, logits)]
+            outs += self._advance(new, logits)
             self._state = state if self._state is None else self._state.merge(state)
             self._running += new
         self._drop_finished()
@@ -139,8 +149,15 @@ class Engine:
             self.step()
 
     # ---- internals ------------------------------------------------------------------------
-    def _advance(self, q: _Seq, logits: torch.Tensor) -> StepOutput:
-        token, logprob, top = next_token(logits, q.s, q.generator, q.seen())
+    def _advance(self, seqs: list[_Seq], logits: torch.Tensor) -> list[StepOutput]:
+        if self.picker is None:
+            picks = [next_token(row, q.s, q.generator, q.seen()) for q, row in zip(seqs, logits)]
+        else:
+            tokens = self.picker(logits, [q.done for q in seqs])
+            picks = [(t, *token_logprobs(row, t, q.s.logprobs)) for q, row, t in zip(seqs, logits, tokens)]
+        return [self._record(q, *pick) for q, pick in zip(seqs, picks)]
+
+    def _record(self, q: _Seq, token: int, logprob: float | None, top) -> StepOutput:
         d = q.done
         d.token_ids.append(token)
         if d.logprobs is not None:
@@ -159,6 +176,13 @@ class Engine:
         return StepOutput(d.id, token, logprob, top, reason)
 
     def _hit_stop(self, q: _Seq) -> bool:
+        """Whether the text now holds a stop string (then `text` is cut before its first one).
+        Only the last tokens that can hold a new stop string are decoded each step (a character
+        takes at most 4 byte-level tokens), the whole text once a stop string shows there."""
+        tail = q.done.token_ids[-(4 * max(len(s) for s in q.s.stop) + 4):]
+        recent = self.tokenizer.decode(tail, skip_special_tokens=True)
+        if not any(s in recent for s in q.s.stop):
+            return False
         text = self.tokenizer.decode(q.done.token_ids, skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in q.s.stop) if i >= 0), default=-1)
         if cut < 0:

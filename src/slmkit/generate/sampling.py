@@ -88,11 +88,18 @@ def next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator | N
         token = int(shaped.argmax())
     else:
         token = int(torch.multinomial(torch.softmax(shaped, -1), 1, generator=generator))
-    if s.logprobs is None:
-        return token, None, None
-    logp = torch.log_softmax(logits, -1)
+    return (token, *token_logprobs(logits, token, s.logprobs))
+
+
+def token_logprobs(logits: torch.Tensor, token: int,
+                   n: int | None) -> tuple[float | None, list[tuple[int, float]] | None]:
+    """(log-probability of `token`, the top-`n` alternatives) under one row of logits [vocab]:
+    (None, None) when `n` is None, no alternatives when it is 0."""
+    if n is None:
+        return None, None
+    logp = torch.log_softmax(logits.float(), -1)
     top = None
-    if s.logprobs:
-        values, ids = torch.topk(logp, min(s.logprobs, logp.shape[-1]))
+    if n:
+        values, ids = torch.topk(logp, min(n, logp.shape[-1]))
         top = list(zip(ids.tolist(), values.tolist()))
-    return token, float(logp[token]), top
+    return float(logp[token]), top

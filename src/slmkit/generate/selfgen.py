@@ -12,7 +12,8 @@ sees BOS first in real use); a model without BOS is prompted with its EOS (the u
 separator), which is not kept. Sampling never stops at EOS: after an EOS the next token is a fresh
 BOS (or, without BOS, the model goes on after its separator), and the temperature schedule restarts.
 
-Rows are sampled in batches with a KV cache (all rows stay at the same position, so no padding), in
+Rows are sampled in batches on the generation engine (`slmkit.generate.Engine`, with a picker that
+chooses every row's token at once; all rows stay at the same position, so no padding), in
 the model's own dtype under `torch.inference_mode`, with one seeded `torch.Generator`: the same
 (model weights, n, length, seed, sampling parameters, batch size) gives the same tokens. Results are
 cached under `$SLMKIT_CACHE/selfgen/`, keyed by a fingerprint of the model's weights and config and
@@ -43,9 +44,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from slmkit.errors import SlmkitError
+from slmkit.generate.engine import Engine
+from slmkit.generate.sampling import Sampling
 from slmkit.models.default import cache_dir as slmkit_cache
 from slmkit.models.introspect import check_length, eos_ids
-from slmkit.models.kvcache import cache_kwargs, output_cache
 from slmkit.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -134,11 +136,65 @@ def _looping(out: list, nxt: torch.Tensor, since_start: torch.Tensor, window: in
     return (kinds <= distinct) & (since_start >= window)
 
 
+class _Picker:
+    """The next token of every row of a batch, the self-calibration way (an `Engine` picker): one
+    random stream for the batch, the temperature schedule from each document's start, min-p and
+    top-p, EOS -> a fresh BOS (or the separator starts a new document), loop restarts; with
+    `topk`, the model's own top-k prediction at every position (see `_generate_batch`)."""
+
+    def __init__(self, first: torch.Tensor, keep_first: bool, length: int, bos: int | None,
+                 eos: set[int], temps: tuple[float, float], steps: int, top_p: float,
+                 gen: torch.Generator, min_p: float, loop: tuple[int, int], topk: int):
+        import torch
+
+        b = first.shape[0]
+        self.last, self.out = first, ([first] if keep_first else [])
+        self.eos_t = torch.tensor(sorted(eos), dtype=torch.long)
+        self.bos, self.force_bos = bos, bos is not None and bos not in eos  # else EOS starts a document
+        self.restart = bos if self.force_bos else (min(eos) if eos else None)
+        self.temps, self.steps, self.top_p, self.gen, self.min_p = temps, steps, top_p, gen, min_p
+        self.loop, self.topk, self.restarts = loop, topk, 0
+        self.since_start = torch.zeros(b, dtype=torch.long)   # tokens sampled since the document start
+        self.soft_ids = torch.zeros(b, length, topk, dtype=torch.int32)
+        self.soft_probs = torch.zeros(b, length, topk)
+
+    def __call__(self, logits: torch.Tensor, seqs) -> list[int]:
+        import torch
+
+        out, pos = self.out, len(self.out) - 1
+        if self.topk and out:                            # the prediction made at position len(out) - 1
+            top = torch.softmax(logits, -1).topk(self.topk, dim=-1)
+            self.soft_ids[:, pos], self.soft_probs[:, pos] = top.indices.int(), top.values
+        after_eos = torch.isin(self.last, self.eos_t)
+        if not self.force_bos:                           # EOS is the separator: a new document
+            self.since_start = torch.where(after_eos, 0, self.since_start)
+        frac = self.since_start.clamp(max=self.steps).float() / self.steps
+        t = self.temps[0] + frac * (self.temps[1] - self.temps[0])
+        nxt = _sample(logits, t, self.top_p, self.gen, self.min_p)
+        self.since_start = self.since_start + 1
+        forced = torch.zeros_like(after_eos)
+        if self.restart is not None:                     # a degenerate loop ends its document
+            forced = _looping(out, nxt, self.since_start, *self.loop) & ~after_eos
+            self.restarts += int(forced.sum())
+            nxt = torch.where(forced, torch.full_like(nxt, self.restart), nxt)
+            if self.force_bos:
+                self.since_start = torch.where(forced, 0, self.since_start)
+        if self.force_bos:                               # EOS -> a fresh BOS, schedule restarts
+            nxt = torch.where(after_eos, torch.full_like(nxt, self.bos), nxt)
+            self.since_start = torch.where(after_eos, 0, self.since_start)
+            forced = forced | after_eos
+        if self.topk and out:
+            self.soft_probs[forced, pos] = 0.0
+        out.append(nxt)
+        self.last = nxt
+        return nxt.tolist()
+
+
 def _generate_batch(model, b: int, length: int, bos: int | None, eos: set[int], vocab: int,
                     temps: tuple[float, float], steps: int, top_p: float,
                     gen: torch.Generator, advance, min_p: float = 0.0,
                     loop: tuple[int, int] = (0, 0), topk: int = 0):
-    """Sample `b` rows of exactly `length` tokens with a KV cache ->
+    """Sample `b` rows of exactly `length` tokens on the generation engine ->
     (LongTensor [b, length], how many documents the loop guard ended, soft targets or None).
 
     With `topk`, soft targets (ids int32 [b, length, topk], probs float32 [b, length, topk]) hold at
@@ -147,53 +203,23 @@ def _generate_batch(model, b: int, length: int, bos: int | None, eos: set[int], 
     restart) rather than sampled, and at the last position."""
     import torch
 
-    device = next(model.parameters()).device
-    eos_t = torch.tensor(sorted(eos), dtype=torch.long)
-    force_bos = bos is not None and bos not in eos       # else the EOS itself starts a document
-    if bos is not None:
-        last = torch.full((b,), bos, dtype=torch.long)
-        out = [last]                                     # BOS is the row's first token
-    elif eos:
-        last, out = torch.full((b,), min(eos), dtype=torch.long), []  # separator prompt, not kept
+    if bos is not None:                                  # BOS is the row's first token
+        first, keep = torch.full((b,), bos, dtype=torch.long), True
+    elif eos:                                            # the separator prompts, and is not kept
+        first, keep = torch.full((b,), min(eos), dtype=torch.long), False
     else:                                                # no special tokens at all: a random seed token
-        last, out = torch.randint(0, vocab, (b,), generator=gen), []
-    since_start = torch.zeros(b, dtype=torch.long)       # tokens sampled since the document start
-    restart = bos if force_bos else (min(eos) if eos else None)
-    restarts = 0
-    advance(len(out) * b)
-    cache = None
-    soft_ids = torch.zeros(b, length, topk, dtype=torch.int32)
-    soft_probs = torch.zeros(b, length, topk)
-    while len(out) < length:
-        res = model(input_ids=last[:, None].to(device), use_cache=True, **cache_kwargs(model, cache))
-        cache = output_cache(res)
-        if topk and out:                                 # the prediction made at position len(out) - 1
-            top = torch.softmax(res.logits[:, -1, :].float().cpu(), -1).topk(topk, dim=-1)
-            soft_ids[:, len(out) - 1], soft_probs[:, len(out) - 1] = top.indices.int(), top.values
-        after_eos = torch.isin(last, eos_t)
-        if not force_bos:                                # EOS is the separator: a new document
-            since_start = torch.where(after_eos, 0, since_start)
-        frac = since_start.clamp(max=steps).float() / steps
-        t = temps[0] + frac * (temps[1] - temps[0])
-        nxt = _sample(res.logits[:, -1, :].float().cpu(), t, top_p, gen, min_p)
-        since_start = since_start + 1
-        if restart is not None:                          # a degenerate loop ends its document
-            looping = _looping(out, nxt, since_start, *loop) & ~after_eos
-            restarts += int(looping.sum())
-            nxt = torch.where(looping, torch.full_like(nxt, restart), nxt)
-            if force_bos:
-                since_start = torch.where(looping, 0, since_start)
-        forced = looping if restart is not None else torch.zeros_like(after_eos)
-        if force_bos:                                    # EOS -> a fresh BOS, schedule restarts
-            nxt = torch.where(after_eos, torch.full_like(nxt, bos), nxt)
-            since_start = torch.where(after_eos, 0, since_start)
-            forced = forced | after_eos
-        if topk and out:
-            soft_probs[forced, len(out) - 1] = 0.0
-        out.append(nxt)
-        last = nxt
+        first, keep = torch.randint(0, vocab, (b,), generator=gen), False
+    picker = _Picker(first, keep, length, bos, eos, temps, steps, top_p, gen, min_p, loop, topk)
+    advance(len(picker.out) * b)
+    engine = Engine(model, max_batch=b, narrow=False, picker=picker)
+    todo = Sampling(max_new_tokens=length - len(picker.out), ignore_eos=True)
+    for token in first.tolist():
+        engine.add([token], todo)
+    while engine.has_work():
+        engine.step()
         advance(b)
-    return torch.stack(out, dim=1), restarts, ((soft_ids, soft_probs) if topk else None)
+    soft = (picker.soft_ids, picker.soft_probs) if topk else None
+    return torch.stack(picker.out, dim=1), picker.restarts, soft
 
 
 # ---- cache -----------------------------------------------------------------------------------
