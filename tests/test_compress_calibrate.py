@@ -39,47 +39,6 @@ def test_each_layer_sees_exactly_the_hidden_states_of_a_full_forward(model_type)
         torch.testing.assert_close(torch.cat(seen[i]), ref[i], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_type", sorted(ARCHS))
-def test_layer_probe_scores_the_first_rows_of_the_layer_output(model_type):
-    """run.probe(3) with batches of 2 takes a whole batch and one row of the next (slicing masks
-    and per-row position tables); its error is 0 until a weight changes, and then equals the MSE
-    between the edited and the original layer's outputs on those 3 sequences of a full pass."""
-    extra = {"layer_types": ["sliding_attention", "full_attention"]} if model_type == "gemma3_text" else {}
-    model = tiny_model(model_type, seed=5, num_hidden_layers=2, **extra)
-    errors: list[float] = []
-
-    def outputs(layer, run):  # the layer's outputs over every calibration batch
-        outs = []
-        hook = layer.register_forward_hook(
-            lambda m, a, out: outs.append((out[0] if isinstance(out, tuple) else out).clone()))
-        run()
-        hook.remove()
-        return torch.cat(outs)
-
-    def on_layer(i, layer, run):
-        if i != 1:
-            return
-        before = outputs(layer, run)[:3]
-        error = run.probe(3)
-        errors.append(error())
-        linear = next(t for t in all_targets(model) if t.layer == 1 and t.role in ("o", "qkv"))
-        with torch.no_grad():
-            linear.module.weight.mul_(1.05)
-        errors.append(error())
-        errors.append((outputs(layer, run)[:3] - before).pow(2).mean().item())
-
-    sequential(model, calib_ids(), on_layer, batch_size=2)
-    assert errors[0] == 0 and errors[1] > 0
-    assert errors[1] == pytest.approx(errors[2], rel=1e-3)
-
-
-def test_layer_probe_refuses_zero_rows():
-    def on_layer(i, layer, run):
-        run.probe(0)
-    with pytest.raises(SlmkitError, match="at least 1"):
-        sequential(tiny_model("llama"), calib_ids(n=2), on_layer, batch_size=2)
-
-
 def test_edits_propagate_to_the_next_layer():
     """Zeroing a layer's output projections makes it the identity (residual only), so the next
     layer must receive that layer's own inputs: later layers see the edited model."""

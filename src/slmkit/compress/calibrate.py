@@ -7,8 +7,7 @@ SparseGPT, ...), so only one decoder layer's activations are held at a time.
    the hidden states through untouched. Cost: the embeddings, and nothing else of substance.
 2. For each layer in order: `on_layer(index, layer, run)` — the method registers its hooks and
    calls `run()` to push every batch through the layer (collecting statistics), then edits the
-   layer's weights (`run.probe(rows)` scores candidate weights by the layer's output on a few
-   sequences, see `LayerPass`). The loop then pushes the batches through the edited layer once more; those
+   layer's weights. The loop then pushes the batches through the edited layer once more; those
    outputs are the next layer's inputs ("true sequential": later layers calibrate on what the
    compressed earlier layers actually produce).
 
@@ -108,28 +107,9 @@ def _run_layer(layer, hidden: "torch.Tensor", call: LayerCall) -> "torch.Tensor"
     return out
 
 
-def _take_rows(obj: Any, batch: int, rows: int) -> Any:
-    """The first `rows` sequences of a layer call's argument: tensors whose first dimension is the
-    batch are sliced (inside tuples, lists and dicts too); everything else (shared rotary tables
-    [1, L, d], None, flags) is passed as is."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj[:rows] if obj.ndim and obj.shape[0] == batch else obj
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_take_rows(o, batch, rows) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _take_rows(v, batch, rows) for k, v in obj.items()}
-    return obj
-
-
 class LayerPass:
     """What `on_layer` receives as `run`. `run()` pushes every calibration batch through the
-    layer (in the calibration precision), for statistics hooks. `run.probe(rows)` is for methods
-    that score candidate weights by the whole layer's output: it computes the layer's float32
-    output on the first `rows` calibration sequences now, as the reference, and returns a function
-    giving the mean squared difference between the layer's output on those rows (with whatever
-    weights it has then) and that reference."""
+    layer (in the calibration precision), for statistics hooks."""
 
     def __init__(self, layer: "nn.Module", hidden: list["torch.Tensor"], calls: list[LayerCall], precision):
         self.layer, self.hidden, self.calls, self.precision = layer, hidden, calls, precision
@@ -140,31 +120,6 @@ class LayerPass:
         with torch.inference_mode(), self.precision:
             for h, call in zip(self.hidden, self.calls):
                 _run_layer(self.layer, h, call)
-
-    def probe(self, rows: int) -> Callable[[], float]:
-        import torch
-
-        if rows < 1:
-            raise SlmkitError(f"a layer probe needs at least 1 calibration sequence, not {rows}")
-        sample: list[tuple[torch.Tensor, LayerCall]] = []
-        for h, call in zip(self.hidden, self.calls):
-            take = min(rows, h.shape[0])
-            sample.append((h[:take], LayerCall(_take_rows(call.args, h.shape[0], take),
-                                               _take_rows(call.kwargs, h.shape[0], take))))
-            rows -= take
-            if rows == 0:
-                break
-
-        def outputs() -> list["torch.Tensor"]:  # float32 even inside the passes' bf16 autocast:
-            with torch.inference_mode(), torch.autocast("cpu", enabled=False):  # errors ~1e-3 matter
-                return [_run_layer(self.layer, h, call).float() for h, call in sample]
-
-        reference = outputs()
-
-        def error() -> float:
-            sq = sum(((o - r) ** 2).sum().item() for o, r in zip(outputs(), reference))
-            return sq / sum(r.numel() for r in reference)
-        return error
 
 
 def sequential(model: "nn.Module", calib: "torch.Tensor",

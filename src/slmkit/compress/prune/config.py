@@ -15,8 +15,8 @@ from slmkit.compress.quantize.gptq import check_damp
 from slmkit.errors import SlmkitError
 
 DEFAULT_SPARSITY = 0.5
-MaskScope = Literal["block", "row", "row_global"]
-MASK_SCOPES = ("block", "row", "row_global")
+MaskScope = Literal["block", "row_global"]
+MASK_SCOPES = ("block", "row_global")
 
 
 @dataclass
@@ -66,16 +66,16 @@ class SparseGPTConfig(PruneConfig):
       than others). Each row loses its share of the matrix's count, split over the column blocks
       by the row's initial costs; each block's mask is still chosen at its start on the updated
       weights.
-    - `damp=0.1`, as GPTQ's, not the paper's 0.01: less of a fit to the calibration inputs."""
+    - `damp=0.1`, as GPTQ's, not the paper's 0.01: less of a fit to the calibration inputs.
+    `mask_scope="block", damp=0.01` reproduces the paper and llm-compressor."""
     block_size: int = field(default=128, metadata={
         "help": "columns per lazy-update block; unstructured masks are chosen per block "
                 "(a multiple of M with `nm`)"})
     damp: float = field(default=0.1, metadata={"help": "fraction of mean(diag H) added to H's diagonal"})
     mask_scope: MaskScope = field(default="row_global", metadata={
-        "help": "unstructured masks compare costs within each row of a column block ('row', as "
-                "Wanda's per-output groups), within each row with the row's count split over the "
-                "blocks by its initial costs ('row_global'), or over the whole block ('block', the "
-                "paper)"})
+        "help": "unstructured masks compare costs within each row, the row's count split over the "
+                "column blocks by its initial costs ('row_global'), or over the whole block ('block': "
+                "the paper's and llm-compressor's choice, to reproduce them)"})
 
 
 def check_config(cfg: PruneConfig) -> tuple[float, tuple[int, int] | None]:

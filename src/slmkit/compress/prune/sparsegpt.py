@@ -8,11 +8,10 @@ Pruning w_ij costs (OBS) w_ij^2 / U_jj^2, measured on the weights as updated so 
 chosen adaptively, as in the paper and its reference code:
 - unstructured: at the start of each block of `block_size` columns, the lowest-cost entries of
   the whole block (all rows together); the block's count is its share of round(s * numel), so
-  the matrix gets exactly that many zeros. Two per-row variants (`scope`) choose within each
-  output row instead, as Wanda does: "row" gives each row of each block its share of the block's
-  count; "row_global" gives each row its share of the matrix's count and splits it over the
-  blocks by the row's initial costs (the blocks where the row's weights are cheap to prune lose
-  more), the mask of each block still chosen at its start on the updated weights;
+  the matrix gets exactly that many zeros (`scope="block"`). `scope="row_global"` chooses within
+  each output row instead, as Wanda does: each row gets its share of the matrix's count, split
+  over the blocks by the row's initial costs (the blocks where the row's weights are cheap to
+  prune lose more), the mask of each block still chosen at its start on the updated weights;
 - N:M: at the start of every group of M columns, the M - N lowest-cost entries of each row.
 Pruned weights become exact zeros; the others absorb the compensation ("lazy" updates: within
 a block column by column, to later blocks once per block, as GPTQ).
@@ -36,7 +35,7 @@ def sparsegpt(w: torch.Tensor, hessian: torch.Tensor, sparsity: float,
 
     `damp`: fraction of mean(diag H) added to H's diagonal; inputs that never fire (diag H = 0)
     have their weights zeroed (they are free to prune: cost 0).
-    `scope` (unstructured only): "block" (the paper), "row" or "row_global" (see the module doc)."""
+    `scope` (unstructured only): "block" (the paper) or "row_global" (see the module doc)."""
     if block_size < 1:
         raise SlmkitError(f"SparseGPT block_size must be >= 1, not {block_size}")
     if scope not in MASK_SCOPES:
@@ -65,8 +64,6 @@ def sparsegpt(w: torch.Tensor, hessian: torch.Tensor, sparsity: float,
             cost = W1 ** 2 / d[None, :] ** 2                          # [out, b]
             if scope == "block":
                 mask1 = lowest_mask(cost, k)
-            elif scope == "row":
-                mask1 = row_mask(cost, k / cost.numel())
             else:
                 mask1 = lowest_per_row(cost, budget[:, i1:i2].sum(1))
         else:
