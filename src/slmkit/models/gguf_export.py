@@ -10,8 +10,13 @@ Written as llama.cpp's `convert_hf_to_gguf.py` (and `llama-quantize` for q4_0) w
 - the tokenizer (byte-level BPE only): model "gpt2", llama.cpp's pre-tokenizer name (it picks the
   split regex), tokens, token types, merges, special ids, add_bos / add_eos, chat template.
 
-Tensor types (`type`): 1-D tensors (norms, biases) stay f32, the rest are f32 / f16 / bf16 as
-asked. q8_0 and q4_0 need rows of whole 32-element blocks: other tensors fall back to f16 as in
+Calibrated tensors: a linear that slmkit quantized onto a GGUF block grid (`gguf_type` q8_0, q5_0 or
+q4_0: `slmkit.runtime.ggml_blocks`) is written with its own integers and scales, whatever `type`
+says, so llama.cpp computes exactly the weights slmkit calibrated (listed under
+`slmkit.calibrated_tensors`). Any other quantized linear is dequantized and re-quantized to `type`.
+
+Tensor types (`type`) of the other tensors: 1-D tensors (norms, biases) stay f32, the rest are
+f32 / f16 / bf16 as asked. q8_0 and q4_0 need rows of whole 32-element blocks: other tensors fall back to f16 as in
 llama.cpp (listed under the metadata key `slmkit.fallback_tensors`). With q4_0 the output head (or
 the tied embedding) is q8_0 (llama-quantize uses Q6_K, which `gguf` cannot write, or Q8_0 where Q6_K
 does not fit) and an untied `token_embd` is q4_0, as llama-quantize makes them.
@@ -30,12 +35,15 @@ from typing import TYPE_CHECKING
 from slmkit.errors import SlmkitError
 from slmkit.models.arch import get_arch
 from slmkit.models.default import default_gguf
+from slmkit.runtime.ggml_blocks import BLOCK_TYPES, encode, gguf_type
+from slmkit.runtime.qweight import QuantizedWeight
 
 if TYPE_CHECKING:
     import torch
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 FALLBACK_KEY = "slmkit.fallback_tensors"
+CALIBRATED_KEY = "slmkit.calibrated_tensors"
 BLOCK = 32  # elements per Q8_0 / Q4_0 block: a row must be a whole number of blocks
 _FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}  # gguf.LlamaFileType values
 
@@ -72,18 +80,21 @@ def tensor_type(gguf_name: str, shape: tuple, type: str, has_output: bool) -> tu
     return ("F16", True) if shape[-1] % BLOCK else (want, False)
 
 
-def named_weights(model) -> dict[str, "torch.Tensor"]:
+def named_weights(model) -> dict[str, "torch.Tensor | QuantizedWeight"]:
     """HF parameter name -> tensor, where a slmkit quantized kernel module (one with a
-    `dense_weight()` method) contributes the dense [out, in] weight instead of its packed buffers."""
+    `dense_weight()` method) contributes the dense [out, in] weight instead of its packed buffers,
+    or its `QuantizedWeight` when that lies on a GGUF block grid."""
     import torch
 
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor | QuantizedWeight] = {}
     packed: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(p) for p in packed):
             continue
         if callable(getattr(module, "dense_weight", None)):
-            out[f"{name}.weight"] = module.dense_weight().detach()
+            qw = module.quantized_weight() if callable(getattr(module, "quantized_weight", None)) else None
+            on_grid = qw is not None and gguf_type(qw) is not None
+            out[f"{name}.weight"] = qw if on_grid else module.dense_weight().detach()
             if isinstance(getattr(module, "bias", None), torch.Tensor):
                 out[f"{name}.bias"] = module.bias.detach()
             packed.append(name + ".")
@@ -93,9 +104,13 @@ def named_weights(model) -> dict[str, "torch.Tensor"]:
     return out
 
 
-def permute_qk(w: "torch.Tensor", n_head: int) -> "torch.Tensor":
+def permute_qk(w, n_head: int):
     """llama.cpp's `LlamaModel.permute`: within each head, rows (first half, second half) become
-    interleaved pairs, so llama.cpp's adjacent-pair rope equals HF's rotate_half rope."""
+    interleaved pairs, so llama.cpp's adjacent-pair rope equals HF's rotate_half rope. A
+    `QuantizedWeight` has its codes, scales and zero points permuted alike."""
+    if isinstance(w, QuantizedWeight):
+        return QuantizedWeight(permute_qk(w.q, n_head), permute_qk(w.scale, n_head),
+                               permute_qk(w.zero, n_head), w.g_idx, w.bits, w.group_size, w.act_bits)
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))
 
@@ -119,7 +134,7 @@ def _gguf_tensors(model, spec: GGUFArch) -> tuple[dict[str, "torch.Tensor"], boo
         if name is None:
             unknown.append(hf_name)
             continue
-        t = t.float()
+        t = t if isinstance(t, QuantizedWeight) else t.float()
         if spec.permute_qk and ".attn_q." in name:
             t = permute_qk(t, cfg.num_attention_heads)
         elif spec.permute_qk and ".attn_k." in name:
@@ -342,14 +357,20 @@ def export_gguf(model, tokenizer, path: str | os.PathLike, type: str = "f16", *,
     if type.startswith("q"):
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _write_tokenizer(w, tokenizer, model, pre)
-    fallbacks = []
+    fallbacks, calibrated = [], []
     for name, t in tensors.items():
+        if isinstance(t, QuantizedWeight):
+            w.add_tensor(name, encode(t), raw_dtype=gguf.GGMLQuantizationType[BLOCK_TYPES[gguf_type(t)].name])
+            calibrated.append(name)
+            continue
         qname, fell_back = tensor_type(name, tuple(t.shape), type, has_output)
         fallbacks += [name] if fell_back else []
         data, qt = t.contiguous().numpy(), gguf.GGMLQuantizationType[qname]
         w.add_tensor(name, data if qname == "F32" else gguf.quants.quantize(data, qt), raw_dtype=qt)
     if fallbacks:
         w.add_array(FALLBACK_KEY, fallbacks)
+    if calibrated:
+        w.add_array(CALIBRATED_KEY, calibrated)
 
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
@@ -376,10 +397,10 @@ def _read_header(path: Path) -> tuple[dict, dict[str, str]]:
     try:
         from transformers.integrations.gguf.reader import GgufHeader, read_gguf_metadata
 
-        meta, _ = read_gguf_metadata(str(path), (FALLBACK_KEY,))
+        meta, _ = read_gguf_metadata(str(path), (FALLBACK_KEY, CALIBRATED_KEY))
         return meta, {t.name: gguf.GGMLQuantizationType(t.ggml_type).name
                       for t in GgufHeader.from_file(str(path)).tensors}
-    except (ImportError, AttributeError):
+    except (ImportError, AttributeError, ValueError):  # ValueError: a type it cannot read (Q5_0)
         r = gguf.GGUFReader(path)
         return ({k: f.contents() for k, f in r.fields.items()},
                 {t.name: t.tensor_type.name for t in r.tensors})
@@ -387,11 +408,13 @@ def _read_header(path: Path) -> tuple[dict, dict[str, str]]:
 
 def describe_gguf(path: str | os.PathLike) -> dict:
     """A GGUF file's summary: architecture, size in bytes, tensor name -> ggml type, tensors per
-    type, the tensors that fell back to f16 (`slmkit.fallback_tensors`), the pre-tokenizer name."""
+    type, the tensors that fell back to f16 (`slmkit.fallback_tensors`), those written with slmkit's
+    calibrated integers (`slmkit.calibrated_tensors`), the pre-tokenizer name."""
     from collections import Counter
 
     meta, types = _read_header(Path(path))
     return {"architecture": meta["general.architecture"], "bytes": Path(path).stat().st_size,
             "tensor_types": types, "type_counts": dict(Counter(types.values())),
             "fallback_tensors": list(meta.get(FALLBACK_KEY, [])),
+            "calibrated_tensors": list(meta.get(CALIBRATED_KEY, [])),
             "pre_tokenizer": meta.get("tokenizer.ggml.pre")}

@@ -5,7 +5,10 @@ A weight matrix W [out, in] is cut along `in` into groups of `group_size` column
 may be shorter when `group_size` does not divide `in`; `group_size=None` = one group per row, i.e.
 per-channel). Each (row, group) gets a scale and an integer zero point; integers are unsigned in
 [0, 2^bits - 1] and dequantize as (q - zero) * scale. Symmetric grids fix zero = 2^(bits-1) and
-scale = max|w| / (2^(bits-1) - 1); asymmetric grids span [min(w, 0), max(w, 0)].
+scale = max|w| / (2^(bits-1) - 1); asymmetric grids span [min(w, 0), max(w, 0)]. The "gguf" grid
+is symmetric as GGUF's Q8_0 / Q5_0 / Q4_0 store it (`slmkit.runtime.ggml_blocks`): the row's
+extreme value lands on the full negative level (scale = extreme / -2^(bits-1), negative when the
+extreme is positive) and scales are float16 values.
 """
 
 from __future__ import annotations
@@ -43,9 +46,18 @@ def check_bits(bits: int, group_size: int | None, in_features: int | None = None
         raise SlmkitError(f"group_size must be a positive integer or None (per-channel), not {group_size!r}")
 
 
-def grid(w: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point per row of `w` [rows, cols] -> ([rows], [rows])."""
+GGUF = "gguf"  # the `symmetric` value of GGUF's block grids
+
+
+def grid(w: torch.Tensor, bits: int, symmetric: bool | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point per row of `w` [rows, cols] -> ([rows], [rows]); `symmetric`: False,
+    True or "gguf" (see the module docstring)."""
     maxq = 2 ** bits - 1
+    if symmetric == GGUF:
+        extreme = w.gather(1, w.abs().argmax(dim=1, keepdim=True))[:, 0]
+        scale = (extreme / -(2 ** (bits - 1))).clamp(-65504, 65504).half().float()
+        scale = torch.where(scale != 0, scale, torch.ones_like(scale))
+        return scale, torch.full_like(scale, 2 ** (bits - 1))
     if symmetric:
         amax = w.abs().amax(dim=1)
         scale = amax / (2 ** (bits - 1) - 1 if bits > 1 else 1)
@@ -70,7 +82,7 @@ def group_index(in_features: int, group_size: int | None) -> torch.Tensor:
 
 
 def rtn(w: torch.Tensor, bits: int = 4, group_size: int | None = 128,
-        symmetric: bool = False) -> QuantizedWeight:
+        symmetric: bool | str = False) -> QuantizedWeight:
     """Quantize `w` [out, in] to the nearest grid point, group by group."""
     check_bits(bits, group_size)
     w = w.detach().float()

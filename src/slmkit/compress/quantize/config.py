@@ -10,12 +10,13 @@ from slmkit.compress.calibrate import CalibDtype, calib_dtype_field
 from slmkit.compress.quantize.gptq import check_clip_floor, check_damp
 from slmkit.errors import SlmkitError
 from slmkit.runtime.embedding import embed_grid
-from slmkit.runtime.qweight import check_bits
+from slmkit.runtime.ggml_blocks import BLOCK, block_type
+from slmkit.runtime.qweight import GGUF, check_bits
 
 if TYPE_CHECKING:
     from slmkit.compress.targets import Target
 
-GRID_FIELDS = ("bits", "group_size", "symmetric")
+GRID_FIELDS = ("bits", "group_size", "symmetric", "gguf_type")
 
 
 @dataclass
@@ -28,11 +29,15 @@ class RTNConfig:
         "help": "input columns sharing one scale; None = per output channel; a size that does not "
                 "divide a layer's in_features leaves a shorter last group"})
     symmetric: bool = field(default=False, metadata={"help": "symmetric grid (zero point fixed)"})
+    gguf_type: str | None = field(default=None, metadata={
+        "help": "quantize onto a GGUF block type (q4_0, q5_0 or q8_0: its bits, groups of 32 and "
+                "its symmetric grid with float16 scales, in place of bits, group_size and "
+                "symmetric), so `slmkit export gguf` writes the integers and scales unchanged"})
     skip: list[str] = field(default_factory=list, metadata={
         "help": "roles (q, k, v, o, gate, up, down, ...) or name patterns to leave unquantized"})
     overrides: dict[str, dict] = field(default_factory=dict, metadata={
-        "help": "per-module grids: role or name pattern -> {bits, group_size, symmetric}, e.g. "
-                "{'down': {'bits': 8}}; the first matching entry wins"})
+        "help": "per-module grids: role or name pattern -> {bits, group_size, symmetric} or "
+                "{gguf_type}, e.g. {'down': {'bits': 8}}; the first matching entry wins"})
     head_bits: int | None = field(default=None, metadata={
         "help": "also quantize the output head (lm_head) per output channel, symmetric, to this "
                 "many bits (5-8; 8 is near-lossless and takes ~30% off the head's decode time); a head "
@@ -44,6 +49,8 @@ class RTNConfig:
 
     def __post_init__(self) -> None:
         """Refuse out-of-range grids when the config is made (CLI, recipes, Python alike)."""
+        if self.gguf_type is not None:
+            self.bits, self.group_size, self.symmetric = gguf_grid(self.gguf_type)
         check_bits(self.bits, self.group_size)
         if self.head_bits is not None and not (isinstance(self.head_bits, int) and 5 <= self.head_bits <= 8):
             raise SlmkitError(f"head_bits must be 5-8 (per-channel int8 kernel) or None, not {self.head_bits!r}")
@@ -89,13 +96,24 @@ def check_overrides(cfg) -> None:
         if unknown:
             raise SlmkitError(f"override {pattern!r}: unknown setting(s) {sorted(unknown)}; "
                               f"allowed: {', '.join(GRID_FIELDS)}")
+        if "gguf_type" in values:
+            gguf_grid(values["gguf_type"])
         check_bits(values.get("bits", cfg.bits), values.get("group_size", cfg.group_size))
+
+
+def gguf_grid(name) -> tuple[int, int, str]:
+    """(bits, group_size, symmetric) of a GGUF block type's grid."""
+    if not isinstance(name, str):
+        raise SlmkitError(f"gguf_type must be one of q4_0, q5_0, q8_0, not {name!r}")
+    return block_type(name).bits, BLOCK, GGUF
 
 
 def grid_for(cfg, target: "Target") -> tuple[int, int | None, bool]:
     """(bits, group_size, symmetric) for one target: the config's, or its first matching override."""
     for pattern, values in cfg.overrides.items():
         if pattern == target.role or fnmatch.fnmatch(target.name, pattern):
+            if "gguf_type" in values:
+                return gguf_grid(values["gguf_type"])
             return (values.get("bits", cfg.bits), values.get("group_size", cfg.group_size),
                     values.get("symmetric", cfg.symmetric))
     return cfg.bits, cfg.group_size, cfg.symmetric

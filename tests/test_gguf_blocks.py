@@ -1,0 +1,127 @@
+"""GGUF block grids: slmkit's Q8_0 / Q5_0 / Q4_0 grids and their bytes. The bytes dequantize, in
+gguf-py's reader (and in ggml itself when llama-cpp-python is installed), to exactly the weights
+slmkit computes; a model quantized onto them exports with its integers and scales unchanged."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from slmkit.compress import GPTQConfig, RTNConfig, quantize
+from slmkit.errors import SlmkitError
+from slmkit.models import tiny
+from slmkit.models.gguf_export import describe_gguf, export_gguf, permute_qk
+from slmkit.runtime import ggml_blocks as gb
+from slmkit.runtime.qweight import GGUF, rtn
+
+TYPES = list(gb.BLOCK_TYPES)
+
+
+def weights(rows=48, cols=256, seed=0) -> torch.Tensor:
+    w = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.05
+    w[3, 5], w[4, 40] = 0.9, -0.7        # a positive and a negative extreme in their blocks
+    w[5, 64:96] = 0                      # an all-zero block
+    w[6, 100] = 1e-6                     # a block whose scale is a float16 subnormal
+    w[6, 96:100] = 0
+    w[6, 101:128] = 0
+    return w
+
+
+def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and np.array_equal(a.astype(np.float32).view(np.uint32),
+                                                 b.astype(np.float32).view(np.uint32))
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_the_bytes_dequantize_in_gguf_to_exactly_slmkits_weights(name):
+    qw = rtn(weights(), gb.BLOCK_TYPES[name].bits, 32, GGUF)
+    assert gb.gguf_type(qw) == name
+    raw = gb.encode(qw)
+    assert raw.shape == (48, 256 // 32 * gb.BLOCK_TYPES[name].block_bytes)
+    theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[gb.BLOCK_TYPES[name].name])
+    assert bits_equal(theirs, qw.dequantize().numpy())
+    back = gb.decode(raw, name, 256)
+    assert torch.equal(back.q, qw.q) and torch.equal(back.scale, qw.scale)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_the_grid_puts_each_blocks_extreme_on_the_full_negative_level(name):
+    bits = gb.BLOCK_TYPES[name].bits
+    qw = rtn(weights(), bits, 32, GGUF)
+    assert (qw.scale.half().float() == qw.scale).all()
+    assert qw.q[3, 5] == 0 and qw.q[4, 40] == 0             # code 0 = -2^(bits-1) levels
+    assert qw.scale[3, 0] < 0 < qw.scale[4, 1]
+    # no worse than llama.cpp's own rounding (gguf-py's port of it) on the same weights
+    w = weights()
+    theirs = gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType[
+        gb.BLOCK_TYPES[name].name]), gguf.GGMLQuantizationType[gb.BLOCK_TYPES[name].name])
+    ours = (qw.dequantize() - w).square().mean()
+    assert ours <= (torch.from_numpy(theirs) - w).square().mean() * 1.01
+
+
+def test_only_exact_grids_are_gguf_grids():
+    w = weights()
+    assert gb.gguf_type(rtn(w, 4, 32, True)) is None          # scale max|w| / 7: not float16
+    assert gb.gguf_type(rtn(w, 4, 32, False)) is None         # zero points vary
+    assert gb.gguf_type(rtn(w, 4, 64, GGUF)) is None          # blocks of 64
+    assert gb.gguf_type(rtn(w, 6, 32, GGUF)) is None          # no 6-bit block type here
+    assert gb.gguf_type(rtn(w[:, :200], 4, 32, GGUF)) is None  # a row of 6.25 blocks
+    qw = rtn(w, 4, 32, GGUF)
+    qw.scale[0, 0] *= 1.0001
+    assert gb.gguf_type(qw) is None
+    with pytest.raises(SlmkitError, match="not on"):
+        gb.encode(qw)
+    with pytest.raises(SlmkitError, match="q5_0"):
+        gb.encode(rtn(w, 4, 32, GGUF), "q5_0")
+
+
+def test_a_gguf_type_sets_the_grid_and_bad_ones_are_refused():
+    cfg = RTNConfig(gguf_type="q5_0")
+    assert (cfg.bits, cfg.group_size, cfg.symmetric) == (5, 32, GGUF)
+    with pytest.raises(SlmkitError, match="q4_k"):
+        RTNConfig(gguf_type="q4_k")
+    with pytest.raises(SlmkitError, match="gguf_type"):
+        quantize(tiny.tiny_model("llama"), RTNConfig(overrides={"down": {"gguf_type": 8}}))
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_a_model_quantized_onto_gguf_grids_exports_its_integers_unchanged(tmp_path, model_type, method):
+    model = tiny.tiny_model(model_type, initializer_range=0.1)
+    tok = tiny.tiny_tokenizer()
+    grids = dict(gguf_type="q4_0", overrides={"down": {"gguf_type": "q8_0"}, "v": {"gguf_type": "q5_0"}})
+    if method == "rtn":
+        quantize(model, RTNConfig(**grids))
+    else:
+        calib = torch.randint(3, 500, (4, 32), generator=torch.Generator().manual_seed(1))
+        quantize(model, GPTQConfig(**grids), calib)
+    path = export_gguf(model, tok, tmp_path / "m.gguf", "q8_0")
+    info = describe_gguf(path)
+    layers = model.config.num_hidden_layers
+    assert len(info["calibrated_tensors"]) == 7 * layers
+    types = info["tensor_types"]
+    assert types["blk.0.ffn_down.weight"] == "Q8_0" and types["blk.0.attn_v.weight"] == "Q5_0"
+    assert types["blk.1.ffn_up.weight"] == "Q4_0" and types["blk.1.attn_q.weight"] == "Q4_0"
+
+    reader = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    cfg = model.config
+    for i, layer in enumerate(model.model.layers):
+        for gname, module in [("attn_q", layer.self_attn.q_proj), ("attn_k", layer.self_attn.k_proj),
+                              ("attn_v", layer.self_attn.v_proj), ("ffn_down", layer.mlp.down_proj)]:
+            t = reader[f"blk.{i}.{gname}.weight"]
+            theirs = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+            ours = module.dense_weight().float()
+            if model_type == "llama" and gname in ("attn_q", "attn_k"):
+                heads = cfg.num_attention_heads if gname == "attn_q" else cfg.num_key_value_heads
+                ours = permute_qk(ours, heads)
+            assert bits_equal(theirs, ours.numpy()), (model_type, i, gname)
+
+
+def test_requantized_linears_are_not_listed_as_calibrated(tmp_path):
+    model = tiny.tiny_model("qwen2")
+    quantize(model, RTNConfig(bits=4, group_size=32))       # asymmetric: not a GGUF grid
+    info = describe_gguf(export_gguf(model, tiny.tiny_tokenizer(), tmp_path / "m.gguf", "q4_0"))
+    assert info["calibrated_tensors"] == []
+    assert info["tensor_types"]["blk.0.ffn_up.weight"] == "Q4_0"
