@@ -125,3 +125,51 @@ def test_requantized_linears_are_not_listed_as_calibrated(tmp_path):
     info = describe_gguf(export_gguf(model, tiny.tiny_tokenizer(), tmp_path / "m.gguf", "q4_0"))
     assert info["calibrated_tensors"] == []
     assert info["tensor_types"]["blk.0.ffn_up.weight"] == "Q4_0"
+
+
+def _ggml_to_float():
+    """ggml's own dequantizer (`ggml_get_type_traits(type)->to_float`) from the library that
+    llama-cpp-python ships, or None when it is not installed."""
+    import ctypes
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("llama_cpp")
+    if spec is None:
+        return None
+    libs = sorted(Path(spec.origin).parent.glob("lib/libggml-base.*")) or \
+        sorted(Path(spec.origin).parent.glob("lib/libggml.*"))
+    if not libs:
+        return None
+    lib = ctypes.CDLL(str(libs[0]))
+    to_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+
+    class Traits(ctypes.Structure):
+        _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
+                    ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
+                    ("is_quantized", ctypes.c_bool), ("to_float", to_float_t),
+                    ("from_float_ref", ctypes.c_void_p)]
+
+    lib.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
+    lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
+
+    def to_float(raw: np.ndarray, type_id: int, n: int) -> np.ndarray:
+        traits = lib.ggml_get_type_traits(type_id).contents
+        assert traits.blck_size == gb.BLOCK
+        out = np.empty(n, dtype=np.float32)
+        src = np.ascontiguousarray(raw)
+        traits.to_float(src.ctypes.data, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n)
+        return out
+
+    return to_float
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_ggml_itself_dequantizes_the_bytes_to_exactly_slmkits_weights(name):
+    to_float = _ggml_to_float()
+    if to_float is None:
+        pytest.skip("llama-cpp-python (slmkit[llamacpp]) is not installed")
+    qw = rtn(weights(), gb.BLOCK_TYPES[name].bits, 32, GGUF)
+    type_id = int(gguf.GGMLQuantizationType[gb.BLOCK_TYPES[name].name])
+    theirs = to_float(gb.encode(qw), type_id, qw.q.numel()).reshape(qw.q.shape)
+    assert bits_equal(theirs, qw.dequantize().numpy())

@@ -64,8 +64,14 @@ def progress_bar(description: str, total: float, unit: str = "tok") -> Iterator[
     """`with progress_bar("ppl", n) as advance: advance(k)`; shows the rate and the time left.
     `advance(k, "new description")` also replaces the description (e.g. a running loss)."""
     from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     console = Console(stderr=True)
     if not console.is_terminal:

@@ -17,7 +17,8 @@ def add_parser(subparsers, argv=()) -> argparse.ArgumentParser:
                        description="Export MODEL (and its tokenizer) to OUT as GGUF. f32/f16/bf16 "
                        "keep the weights; q8_0 and q4_0 quantize them (norms stay f32; tensors whose "
                        "rows are not a multiple of 32 fall back to f16; with q4_0 the output head "
-                       "stays q8_0).")
+                       "stays q8_0). Linears quantized onto a GGUF block grid (quantize --gguf-type) "
+                       "are written with their own integers and scales, whatever --type says.")
     g.add_argument("model", help="hub id, model folder, .gguf file, or 'default'")
     g.add_argument("out", help="the .gguf file to write")
     g.add_argument("--type", default="f16", choices=GGUF_TYPES,
