@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from slmkit.compress import GPTQConfig, RTNConfig, quantize
+from slmkit.compress import AWQConfig, GPTQConfig, RTNConfig, quantize
 from slmkit.errors import SlmkitError
 from slmkit.models import tiny
 from slmkit.models.gguf_export import describe_gguf, export_gguf, permute_qk
@@ -87,7 +87,7 @@ def test_a_gguf_type_sets_the_grid_and_bad_ones_are_refused():
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-@pytest.mark.parametrize("method", ["rtn", "gptq"])
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
 def test_a_model_quantized_onto_gguf_grids_exports_its_integers_unchanged(tmp_path, model_type, method):
     model = tiny.tiny_model(model_type, initializer_range=0.1)
     tok = tiny.tiny_tokenizer()
@@ -96,7 +96,7 @@ def test_a_model_quantized_onto_gguf_grids_exports_its_integers_unchanged(tmp_pa
         quantize(model, RTNConfig(**grids))
     else:
         calib = torch.randint(3, 500, (4, 32), generator=torch.Generator().manual_seed(1))
-        quantize(model, GPTQConfig(**grids), calib)
+        quantize(model, (GPTQConfig if method == "gptq" else AWQConfig)(**grids), calib)
     path = export_gguf(model, tok, tmp_path / "m.gguf", "q8_0")
     info = describe_gguf(path)
     layers = model.config.num_hidden_layers
