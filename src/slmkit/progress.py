@@ -49,7 +49,12 @@ class _Lines:
         return f"{self._count()} ({100 * self.done / max(self.total, 1e-9):.0f}%), {_clock(elapsed)} elapsed, ~{eta} left"
 
     def _print(self, status: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {self.description}: {status}", file=sys.stderr, flush=True)
+        note(f"{self.description}: {status}")
+
+
+def note(message: str) -> None:
+    """One line on stderr about work that is about to start (what it costs, where it goes)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _interval() -> float:
