@@ -14,7 +14,8 @@ import torch
 from slmkit.errors import SlmkitError
 from slmkit.models import gguf_export as ge
 from slmkit.models import tiny
-from slmkit.models.gguf_export import describe_gguf, detect_pre, export_gguf
+from slmkit.models.gguf_export import describe_gguf, export_gguf
+from slmkit.models.gguf_tokenizer import detect_pre
 
 SAMPLE = "def add(x, y):\n    return x + y  # The quick brown fox, 2024!\n\nÜnïcode  spaces"
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gemma3_text"]
