@@ -116,8 +116,9 @@ build_llamacpp() {
         echo "build seconds (configure + build, -j2): $secs"
         echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m), $(nproc) cores"
     } > "$out/BUILD-INFO"
-    "$out/bin/llama-quantize" --help >/dev/null 2>&1 || true   # prints usage; a missing lib would fail here
+    # static llama/ggml: only system libs may be left to resolve, and the binary must start
     ldd "$out/bin/llama-quantize" | grep -q "not found" && { echo "[peers] llamacpp: unresolved libs" >&2; exit 1; }
+    "$out/bin/llama-bench" --version 2>&1 | head -1
     echo "$want" > "$stamp"
     echo "[peers] llamacpp: ready ($out/bin, llama.cpp $commit, built in ${secs}s)"
 }
