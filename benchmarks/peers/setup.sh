@@ -96,6 +96,7 @@ build_llamacpp() {
     fi
     # 3) configure + build the tools only (-j2: the machine has 2 cores).
     [[ -z "${FORCE:-}" ]] || rm -rf "$out/build"
+    local fresh=yes; [[ -d "$out/build" ]] && fresh="no (incremental)"
     local t0=$SECONDS
     echo "[peers] llamacpp: building ${LLAMACPP_TARGETS[*]} from $src/vendor/llama.cpp"
     cmake -S "$src/vendor/llama.cpp" -B "$out/build" "${LLAMACPP_CMAKE_ARGS[@]}" >"$out/cmake-configure.log" 2>&1 \
@@ -113,7 +114,7 @@ build_llamacpp() {
         echo "llama.cpp commit: $commit"
         echo "cmake args: ${LLAMACPP_CMAKE_ARGS[*]}"
         echo "targets: ${LLAMACPP_TARGETS[*]}"
-        echo "build seconds (configure + build, -j2): $secs"
+        echo "build seconds (configure + build, -j2): $secs; fresh build dir: $fresh"
         echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m), $(nproc) cores"
     } > "$out/BUILD-INFO"
     # static llama/ggml: only system libs may be left to resolve, and the binary must start
