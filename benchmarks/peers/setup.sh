@@ -36,15 +36,20 @@ LLAMACPP_CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_N
 
 usage() { echo "usage: $0 llmc|gptqmodel|trl|llamacpp|all" >&2; exit 2; }
 
+up_to_date() {  # name, stamp file, wanted stamp, where: true (and says so) unless FORCE or changed
+    if [[ -z "${FORCE:-}" && -f "$2" && "$(cat "$2")" == "$3" ]]; then
+        echo "[peers] $1: up to date ($4)"
+        return 0
+    fi
+    return 1
+}
+
 make_venv() {  # name, then requirement strings
     local name="$1"; shift
     local venv="$PEERS/$name"
     local stamp="$venv/.slmkit-peer-stamp"
     local want="$TORCH_PIN $*"
-    if [[ -z "${FORCE:-}" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-        echo "[peers] $name: up to date ($venv)"
-        return 0
-    fi
+    up_to_date "$name" "$stamp" "$want" "$venv" && return 0
     echo "[peers] $name: creating $venv with $PYTHON"
     mkdir -p "$PEERS"
     rm -f "$stamp"
@@ -73,10 +78,7 @@ build_llamacpp() {
     local out="$PEERS/llamacpp"
     local stamp="$out/.slmkit-peer-stamp"
     local want="llama-cpp-python==$LLAMACPP_PY_VERSION ${LLAMACPP_CMAKE_ARGS[*]} ${LLAMACPP_TARGETS[*]}"
-    if [[ -z "${FORCE:-}" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-        echo "[peers] llamacpp: up to date ($out/bin)"
-        return 0
-    fi
+    up_to_date llamacpp "$stamp" "$want" "$out/bin" && return 0
     command -v cmake >/dev/null 2>&1 || { echo "[peers] llamacpp: cmake missing (apt-get install -y cmake)" >&2; exit 1; }
     mkdir -p "$out" "$PEERS/cache"
     rm -f "$stamp"
