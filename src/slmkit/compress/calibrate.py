@@ -15,7 +15,7 @@ Precision (`dtype`, every calibrating config's `calib_dtype`, float32 by default
 matched it on SmolLM2 GPTQ, not yet measured side by side on Qwen2.5): the passes run a float32 model
 under bf16 autocast for "bfloat16", and for "auto" where it picks bf16 for prefill-like work
 (CPUs with AMX / AVX512-BF16, where a SmolLM2 layer pass over 8 x 512 tokens takes 0.08 s in bf16 vs 0.25 s in float32), and in
-float32 elsewhere (on AVX2-only CPUs bf16 matmuls are emulated and ~5x slower). Hidden states
+float32 elsewhere (on AVX2-only CPUs bf16 matmuls are emulated and ~6x slower). Hidden states
 between layers stay float32 (the residual stream adds in float32), the statistics hooks see
 float32 inputs, and Hessians and norms accumulate in float32 either way.
 """

@@ -5,7 +5,7 @@ Measured on the two kinds of CPU this project runs on (benchmarks/dtype_phase.py
 * CPUs with native bf16 (`avx512_bf16` or `amx_bf16` flags): bf16 prefill is ~3x faster than
   fp32 and decode about equal -> bf16 for both phases.
 * AVX2-only CPUs: bf16 decode (one token at a time, memory bound) is ~1.8x faster, but bf16
-  prefill (long matmuls, emulated bf16) is ~5x *slower* than fp32 -> fp32 for prefill-like work
+  prefill (long matmuls, emulated bf16) is ~6x *slower* than fp32 -> fp32 for prefill-like work
   (scoring, perplexity, calibration) and bf16 for token-by-token decoding — of float weights.
   A model whose linears are integer-quantized reads int4/int8 weights whatever the activation
   dtype, so bf16 buys nothing there and its emulated elementwise ops cost: fp32 decode
