@@ -215,4 +215,39 @@ def lowrank() -> Section:
     return section("Low-rank factorisation", intro, body, runs, "low-rank")
 
 
-SECTIONS = [gptq_peer, awq_peer, quant_defaults, quant_speed, pruning, structured, lowrank]
+GGUF_ORDER = ["source bf16", "llama Q8_0", "slmkit gptq:q8_0", "llama Q4_K_M", "llama Q4_K_M imatrix",
+              "slmkit gptq:q5_0", "llama Q4_0", "slmkit gptq:q4_0", "slmkit rtn:q4_0"]
+GGUF_LABELS = {"source bf16": "source (bf16 GGUF)", "slmkit gptq:q8_0": "**slmkit GPTQ onto Q8_0**",
+               "slmkit gptq:q5_0": "**slmkit GPTQ onto Q5_0**", "slmkit gptq:q4_0": "**slmkit GPTQ onto Q4_0**",
+               "slmkit rtn:q4_0": "slmkit RTN onto Q4_0"}
+
+
+def gguf_files() -> Section:
+    name = "gguf_compare_smollm2.json"
+    runs = Runs(name)
+    d = runs[name]
+    rows = d["rows"]
+    texts = list(rows["source bf16"]["ppl"])
+    src = rows["source bf16"]["ppl"]
+    out = []
+    for key in [k for k in GGUF_ORDER if k in rows] + [k for k in rows if k not in GGUF_ORDER]:
+        r = rows[key]
+        cells = []
+        for t in texts:
+            cells += [f(r["ppl"][t]), "-" if key == "source bf16" else pct(r["ppl"][t], src[t])]
+        speed = r.get("decode_tok_s")
+        out.append([GGUF_LABELS.get(key, key), f(r["bytes"] / 1e6, 1), *cells,
+                    f(speed, 1) if speed else "-"])
+    head = ["SmolLM2-135M, GGUF", "MB"] + [h for t in texts for h in (f"ppl {t}", "rise")] + ["decode tok/s"]
+    body = table(head, out)
+    intro = [f"Every file measured by llama.cpp itself: `llama-perplexity` (windows of {d['ctx']} tokens, the "
+             f"second half of each scored, the first {d['chunks']} windows of each text) and `llama-bench` "
+             f"(tg128, {d['threads']} threads). llama.cpp's rows come from `llama-quantize` of the source; "
+             "the imatrix row from `llama-imatrix` on slmkit's own calibration text. slmkit's rows are "
+             "quantized onto GGUF block grids and written unchanged, the tied embedding/head table as Q8_0. "
+             "The source is a dequantized Q4_1 GGUF, so no row uses Q4_1. Decode speed: \"-\" where not yet "
+             "measured on a quiet machine."]
+    return section("GGUF: slmkit's calibrated files beside llama.cpp's quantizations", intro, body, runs, "gguf")
+
+
+SECTIONS = [gptq_peer, awq_peer, quant_defaults, gguf_files, quant_speed, pruning, structured, lowrank]

@@ -100,12 +100,19 @@ def test_a_model_quantized_onto_gguf_grids_exports_its_integers_unchanged(tmp_pa
     path = export_gguf(model, tok, tmp_path / "m.gguf", "q8_0")
     info = describe_gguf(path)
     layers = model.config.num_hidden_layers
-    assert len(info["calibrated_tensors"]) == 7 * layers
+    assert info["calibrated_tensors"] == 7 * layers
     types = info["tensor_types"]
     assert types["blk.0.ffn_down.weight"] == "Q8_0" and types["blk.0.attn_v.weight"] == "Q5_0"
     assert types["blk.1.ffn_up.weight"] == "Q4_0" and types["blk.1.attn_q.weight"] == "Q4_0"
 
-    reader = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    file = gguf.GGUFReader(path)
+    held: dict[str, int] = {}                 # weights per type: the file type names the largest share
+    for t in file.tensors:
+        if len(t.shape) > 1:
+            held[t.tensor_type.name] = held.get(t.tensor_type.name, 0) + int(t.n_elements)
+    most = max(held, key=held.get)
+    assert file.fields["general.file_type"].contents() == int(gguf.LlamaFileType[f"MOSTLY_{most}"])
+    reader = {t.name: t for t in file.tensors}
     cfg = model.config
     for i, layer in enumerate(model.model.layers):
         for gname, module in [("attn_q", layer.self_attn.q_proj), ("attn_k", layer.self_attn.k_proj),
@@ -123,7 +130,7 @@ def test_requantized_linears_are_not_listed_as_calibrated(tmp_path):
     model = tiny.tiny_model("qwen2")
     quantize(model, RTNConfig(bits=4, group_size=32))       # asymmetric: not a GGUF grid
     info = describe_gguf(export_gguf(model, tiny.tiny_tokenizer(), tmp_path / "m.gguf", "q4_0"))
-    assert info["calibrated_tensors"] == []
+    assert info["calibrated_tensors"] == 0
     assert info["tensor_types"]["blk.0.ffn_up.weight"] == "Q4_0"
 
 

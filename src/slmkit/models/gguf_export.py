@@ -12,8 +12,8 @@ Written as llama.cpp's `convert_hf_to_gguf.py` (and `llama-quantize` for q4_0) w
 
 Calibrated tensors: a linear that slmkit quantized onto a GGUF block grid (`gguf_type` q8_0, q5_0 or
 q4_0: `slmkit.runtime.ggml_blocks`) is written with its own integers and scales, whatever `type`
-says, so llama.cpp computes exactly the weights slmkit calibrated (listed under
-`slmkit.calibrated_tensors`). Any other quantized linear is dequantized and re-quantized to `type`.
+says, so llama.cpp computes exactly the weights slmkit calibrated (counted under
+`slmkit.calibrated_tensors`; `general.file_type` names the type that holds most weights). Any other quantized linear is dequantized and re-quantized to `type`.
 
 Tensor types (`type`) of the other tensors: 1-D tensors (norms, biases) stay f32, the rest are
 f32 / f16 / bf16 as asked. q8_0 and q4_0 need rows of whole 32-element blocks: other tensors fall back to f16 as in
@@ -45,7 +45,7 @@ GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 FALLBACK_KEY = "slmkit.fallback_tensors"
 CALIBRATED_KEY = "slmkit.calibrated_tensors"
 BLOCK = 32  # elements per Q8_0 / Q4_0 block: a row must be a whole number of blocks
-_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "bf16": 32}  # gguf.LlamaFileType values
+_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q5_0": 8, "bf16": 32}  # gguf.LlamaFileType values
 
 
 @dataclass(frozen=True)
@@ -270,24 +270,29 @@ def export_gguf(model, tokenizer, path: str | os.PathLike, type: str = "f16", *,
     # has no such architecture): never write that exact name
     w.add_name(name if name != "mistral" else "mistral-model")
     _write_hparams(w, model.config, spec)
-    w.add_file_type(_FILE_TYPE[type])
-    if type.startswith("q"):
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     write_tokenizer(w, tokenizer, model, pre or _source_pre(model))
-    fallbacks, calibrated = [], []
+    fallbacks, calibrated, weights = [], [], {}
     for name, t in tensors.items():
         if isinstance(t, QuantizedWeight):
-            w.add_tensor(name, encode(t), raw_dtype=gguf.GGMLQuantizationType[BLOCK_TYPES[gguf_type(t)].name])
+            key = gguf_type(t)
+            w.add_tensor(name, encode(t), raw_dtype=gguf.GGMLQuantizationType[BLOCK_TYPES[key].name])
             calibrated.append(name)
+            weights[key] = weights.get(key, 0) + t.q.numel()
             continue
         qname, fell_back = tensor_type(name, tuple(t.shape), type, has_output)
         fallbacks += [name] if fell_back else []
+        if qname != "F32":
+            weights[qname.lower()] = weights.get(qname.lower(), 0) + t.numel()
         data, qt = t.contiguous().numpy(), gguf.GGMLQuantizationType[qname]
         w.add_tensor(name, data if qname == "F32" else gguf.quants.quantize(data, qt), raw_dtype=qt)
+    most = max(weights, key=weights.get) if weights else type
+    w.add_file_type(_FILE_TYPE.get(most, _FILE_TYPE[type]))
+    if most.startswith("q"):
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     if fallbacks:
         w.add_array(FALLBACK_KEY, fallbacks)
     if calibrated:
-        w.add_array(CALIBRATED_KEY, calibrated)
+        w.add_uint32(CALIBRATED_KEY, len(calibrated))
 
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
@@ -326,12 +331,12 @@ def _read_header(path: Path) -> tuple[dict, dict[str, str]]:
 def describe_gguf(path: str | os.PathLike) -> dict:
     """A GGUF file's summary: architecture, size in bytes, tensor name -> ggml type, tensors per
     type, the tensors that fell back to f16 (`slmkit.fallback_tensors`), those written with slmkit's
-    calibrated integers (`slmkit.calibrated_tensors`), the pre-tokenizer name."""
+    calibrated integers (how many: `slmkit.calibrated_tensors`), the pre-tokenizer name."""
     from collections import Counter
 
     meta, types = _read_header(Path(path))
     return {"architecture": meta["general.architecture"], "bytes": Path(path).stat().st_size,
             "tensor_types": types, "type_counts": dict(Counter(types.values())),
             "fallback_tensors": list(meta.get(FALLBACK_KEY, [])),
-            "calibrated_tensors": list(meta.get(CALIBRATED_KEY, [])),
+            "calibrated_tensors": int(meta.get(CALIBRATED_KEY, 0)),
             "pre_tokenizer": meta.get("tokenizer.ggml.pre")}
