@@ -12,8 +12,8 @@ Written as llama.cpp's `convert_hf_to_gguf.py` (and `llama-quantize` for q4_0) w
 
 Calibrated tensors: a linear that slmkit quantized onto a GGUF block grid (`gguf_type` q8_0, q5_0 or
 q4_0: `slmkit.runtime.ggml_blocks`) is written with its own integers and scales, whatever `type`
-says, so llama.cpp computes exactly the weights slmkit calibrated (counted under
-`slmkit.calibrated_tensors`; `general.file_type` names the type that holds most weights). Any other quantized linear is dequantized and re-quantized to `type`.
+says, so llama.cpp computes exactly the weights slmkit calibrated (`general.file_type` names
+the type that holds most weights; no metadata beyond llama.cpp's own keys). Any other quantized linear is dequantized and re-quantized to `type`.
 
 Tensor types (`type`) of the other tensors: 1-D tensors (norms, biases) stay f32, the rest are
 f32 / f16 / bf16 as asked. q8_0 and q4_0 need rows of whole 32-element blocks: other tensors fall back to f16 as in
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 FALLBACK_KEY = "slmkit.fallback_tensors"
-CALIBRATED_KEY = "slmkit.calibrated_tensors"
 BLOCK = 32  # elements per Q8_0 / Q4_0 block: a row must be a whole number of blocks
 _FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q5_0": 8, "bf16": 32}  # gguf.LlamaFileType values
 
@@ -271,12 +270,11 @@ def export_gguf(model, tokenizer, path: str | os.PathLike, type: str = "f16", *,
     w.add_name(name if name != "mistral" else "mistral-model")
     _write_hparams(w, model.config, spec)
     write_tokenizer(w, tokenizer, model, pre or _source_pre(model))
-    fallbacks, calibrated, weights = [], [], {}
+    fallbacks, weights = [], {}
     for name, t in tensors.items():
         if isinstance(t, QuantizedWeight):
             key = gguf_type(t)
             w.add_tensor(name, encode(t), raw_dtype=gguf.GGMLQuantizationType[BLOCK_TYPES[key].name])
-            calibrated.append(name)
             weights[key] = weights.get(key, 0) + t.q.numel()
             continue
         qname, fell_back = tensor_type(name, tuple(t.shape), type, has_output)
@@ -291,8 +289,6 @@ def export_gguf(model, tokenizer, path: str | os.PathLike, type: str = "f16", *,
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     if fallbacks:
         w.add_array(FALLBACK_KEY, fallbacks)
-    if calibrated:
-        w.add_uint32(CALIBRATED_KEY, len(calibrated))
 
     tmp = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
@@ -319,7 +315,7 @@ def _read_header(path: Path) -> tuple[dict, dict[str, str]]:
     try:
         from transformers.integrations.gguf.reader import GgufHeader, read_gguf_metadata
 
-        meta, _ = read_gguf_metadata(str(path), (FALLBACK_KEY, CALIBRATED_KEY))
+        meta, _ = read_gguf_metadata(str(path), (FALLBACK_KEY,))
         return meta, {t.name: gguf.GGMLQuantizationType(t.ggml_type).name
                       for t in GgufHeader.from_file(str(path)).tensors}
     except (ImportError, AttributeError, ValueError):  # ValueError: a type it cannot read (Q5_0)
@@ -330,13 +326,11 @@ def _read_header(path: Path) -> tuple[dict, dict[str, str]]:
 
 def describe_gguf(path: str | os.PathLike) -> dict:
     """A GGUF file's summary: architecture, size in bytes, tensor name -> ggml type, tensors per
-    type, the tensors that fell back to f16 (`slmkit.fallback_tensors`), those written with slmkit's
-    calibrated integers (how many: `slmkit.calibrated_tensors`), the pre-tokenizer name."""
+    type, the tensors that fell back to f16 (`slmkit.fallback_tensors`), the pre-tokenizer name."""
     from collections import Counter
 
     meta, types = _read_header(Path(path))
     return {"architecture": meta["general.architecture"], "bytes": Path(path).stat().st_size,
             "tensor_types": types, "type_counts": dict(Counter(types.values())),
             "fallback_tensors": list(meta.get(FALLBACK_KEY, [])),
-            "calibrated_tensors": int(meta.get(CALIBRATED_KEY, 0)),
             "pre_tokenizer": meta.get("tokenizer.ggml.pre")}
