@@ -245,8 +245,9 @@ def gguf_files() -> Section:
              f"(tg128, {d['threads']} threads). llama.cpp's rows come from `llama-quantize` of the source; "
              "the imatrix row from `llama-imatrix` on slmkit's own calibration text. slmkit's rows are "
              "quantized onto GGUF block grids and written unchanged, the tied embedding/head table as Q8_0. "
-             "The source is a dequantized Q4_1 GGUF, so no row uses Q4_1. Decode speed: \"-\" where not yet "
-             "measured on a quiet machine."]
+             "The source is a dequantized Q4_1 GGUF, so no row uses Q4_1. Decode tok/s: the median of "
+             f"{len(rows['source bf16'].get('decode_tok_s_runs', []))} runs, the files interleaved; files of the same "
+             "tensor types run the same kernels, so their differences here are the VM's run-to-run noise."]
     return section("GGUF: slmkit's calibrated files beside llama.cpp's quantizations", intro, body, runs, "gguf")
 
 

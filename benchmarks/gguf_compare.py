@@ -68,7 +68,7 @@ def texts(args, work: Path) -> dict[str, Path]:
 
     out = {"pydoc (eval part)": work / "pydoc_eval.txt", "austen": work / "austen.txt"}
     if not out["pydoc (eval part)"].exists():
-        out["pydoc (eval part)"].write_text(load_text("default").text)
+        out["pydoc (eval part)"].write_text("\n\n".join(load_text("default").docs))
     if not out["austen"].exists():
         out["austen"].write_text(AUSTEN.read_text())
     return out
