@@ -14,9 +14,15 @@ from slmkit.errors import SlmkitError
 from slmkit.models import tiny
 from slmkit.models.gguf_export import describe_gguf, export_gguf, permute_qk
 from slmkit.runtime import ggml_blocks as gb
-from slmkit.runtime.qweight import GGUF, rtn
+from slmkit.runtime.qweight import GGUF, rtn, split_q6_k
 
 TYPES = list(gb.BLOCK_TYPES)
+ZERO_TYPES = [k for k, t in gb.BLOCK_TYPES.items() if t.weights == t.group]   # one float16 scale per block
+
+
+def on_grid(name: str, w: torch.Tensor):
+    t = gb.BLOCK_TYPES[name]
+    return rtn(w, t.bits, t.group, GGUF)
 
 
 def weights(rows=48, cols=256, seed=0) -> torch.Tensor:
@@ -36,17 +42,18 @@ def bits_equal(a: np.ndarray, b: np.ndarray) -> bool:
 
 @pytest.mark.parametrize("name", TYPES)
 def test_the_bytes_dequantize_in_gguf_to_exactly_slmkits_weights(name):
-    qw = rtn(weights(), gb.BLOCK_TYPES[name].bits, 32, GGUF)
+    qw = on_grid(name, weights())
     assert gb.gguf_type(qw) == name
     raw = gb.encode(qw)
-    assert raw.shape == (48, 256 // 32 * gb.BLOCK_TYPES[name].block_bytes)
+    t = gb.BLOCK_TYPES[name]
+    assert raw.shape == (48, 256 // t.weights * t.block_bytes)
     theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[gb.BLOCK_TYPES[name].name])
     assert bits_equal(theirs, qw.dequantize().numpy())
     back = gb.decode(raw, name, 256)
     assert torch.equal(back.q, qw.q) and torch.equal(back.scale, qw.scale)
 
 
-@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("name", ZERO_TYPES)
 def test_the_grid_puts_each_blocks_extreme_on_the_full_negative_level(name):
     bits = gb.BLOCK_TYPES[name].bits
     qw = rtn(weights(), bits, 32, GGUF)
@@ -80,6 +87,15 @@ def test_only_exact_grids_are_gguf_grids():
 def test_a_gguf_type_sets_the_grid_and_bad_ones_are_refused():
     cfg = RTNConfig(gguf_type="q5_0")
     assert (cfg.bits, cfg.group_size, cfg.symmetric) == (5, 32, GGUF)
+    cfg = RTNConfig(gguf_type="q6_k")
+    assert (cfg.bits, cfg.group_size, cfg.symmetric) == (6, 16, GGUF)
+    model = tiny.tiny_model("llama", intermediate_size=256)
+    with pytest.raises(SlmkitError, match="256-weight blocks, and this linear has 64 inputs"):
+        quantize(model, RTNConfig(gguf_type="q6_k"))
+    with pytest.raises(SlmkitError, match="static_groups"):
+        calib = torch.randint(3, 500, (2, 16), generator=torch.Generator().manual_seed(1))
+        quantize(model, GPTQConfig(overrides={"down": {"gguf_type": "q6_k"}}, static_groups=False,
+                                   act_order=False), calib)
     with pytest.raises(SlmkitError, match="q4_k"):
         RTNConfig(gguf_type="q4_k")
     with pytest.raises(SlmkitError, match="gguf_type"):
@@ -89,9 +105,10 @@ def test_a_gguf_type_sets_the_grid_and_bad_ones_are_refused():
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
 @pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
 def test_a_model_quantized_onto_gguf_grids_exports_its_integers_unchanged(tmp_path, model_type, method):
-    model = tiny.tiny_model(model_type, initializer_range=0.1)
+    model = tiny.tiny_model(model_type, initializer_range=0.1, intermediate_size=256)
     tok = tiny.tiny_tokenizer()
-    grids = dict(gguf_type="q4_0", overrides={"down": {"gguf_type": "q8_0"}, "v": {"gguf_type": "q5_0"}})
+    grids = dict(gguf_type="q4_0", overrides={"down": {"gguf_type": "q6_k"}, "v": {"gguf_type": "q5_0"},
+                                              "up": {"gguf_type": "q8_0"}})
     if method == "rtn":
         quantize(model, RTNConfig(**grids))
     else:
@@ -100,8 +117,8 @@ def test_a_model_quantized_onto_gguf_grids_exports_its_integers_unchanged(tmp_pa
     path = export_gguf(model, tok, tmp_path / "m.gguf", "q8_0")
     info = describe_gguf(path)
     types = info["tensor_types"]
-    assert types["blk.0.ffn_down.weight"] == "Q8_0" and types["blk.0.attn_v.weight"] == "Q5_0"
-    assert types["blk.1.ffn_up.weight"] == "Q4_0" and types["blk.1.attn_q.weight"] == "Q4_0"
+    assert types["blk.0.ffn_down.weight"] == "Q6_K" and types["blk.0.attn_v.weight"] == "Q5_0"
+    assert types["blk.1.ffn_up.weight"] == "Q8_0" and types["blk.1.attn_q.weight"] == "Q4_0"
 
     file = gguf.GGUFReader(path)
     held: dict[str, int] = {}                 # weights per type: the file type names the largest share
@@ -114,7 +131,8 @@ def test_a_model_quantized_onto_gguf_grids_exports_its_integers_unchanged(tmp_pa
     cfg = model.config
     for i, layer in enumerate(model.model.layers):
         for gname, module in [("attn_q", layer.self_attn.q_proj), ("attn_k", layer.self_attn.k_proj),
-                              ("attn_v", layer.self_attn.v_proj), ("ffn_down", layer.mlp.down_proj)]:
+                              ("attn_v", layer.self_attn.v_proj), ("ffn_down", layer.mlp.down_proj),
+                              ("ffn_up", layer.mlp.up_proj)]:
             t = reader[f"blk.{i}.{gname}.weight"]
             theirs = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
             ours = module.dense_weight().float()
@@ -161,9 +179,9 @@ def _ggml_to_float():
     lib.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
     lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
 
-    def to_float(raw: np.ndarray, type_id: int, n: int) -> np.ndarray:
+    def to_float(raw: np.ndarray, type_id: int, n: int, block: int) -> np.ndarray:
         traits = lib.ggml_get_type_traits(type_id).contents
-        assert traits.blck_size == gb.BLOCK
+        assert traits.blck_size == block
         out = np.empty(n, dtype=np.float32)
         src = np.ascontiguousarray(raw)
         traits.to_float(src.ctypes.data, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n)
@@ -177,7 +195,22 @@ def test_ggml_itself_dequantizes_the_bytes_to_exactly_slmkits_weights(name):
     to_float = _ggml_to_float()
     if to_float is None:
         pytest.skip("llama-cpp-python (slmkit[llamacpp]) is not installed")
-    qw = rtn(weights(), gb.BLOCK_TYPES[name].bits, 32, GGUF)
+    qw = on_grid(name, weights())
     type_id = int(gguf.GGMLQuantizationType[gb.BLOCK_TYPES[name].name])
-    theirs = to_float(gb.encode(qw), type_id, qw.q.numel()).reshape(qw.q.shape)
+    theirs = to_float(gb.encode(qw), type_id, qw.q.numel(), gb.BLOCK_TYPES[name].weights).reshape(qw.q.shape)
     assert bits_equal(theirs, qw.dequantize().numpy())
+
+
+def test_q6_k_scales_are_a_float16_d_times_int8_sub_scales_per_256_weights():
+    w = weights(cols=512)
+    qw = on_grid("q6_k", w)
+    d, sub = split_q6_k(qw.scale)
+    assert torch.equal(d.half().float(), d) and torch.equal((d[..., None] * sub).reshape(qw.scale.shape), qw.scale)
+    assert (sub.abs().amax(-1) == 127).all() and (sub != 0).all()
+    plain = rtn(w, 6, 16, True)                         # one float32 scale per 16 weights
+    err = (qw.dequantize() - w).square().mean()
+    assert err < 1.5 * (plain.dequantize() - w).square().mean()   # the two-level scales cost little
+    unsnapped = rtn(w, 6, 16, True)
+    unsnapped.zero.fill_(32)
+    assert gb.gguf_type(unsnapped) is None
+    assert gb.gguf_type(rtn(w[:, :384], 6, 16, GGUF)) is None  # 1.5 blocks per row

@@ -8,7 +8,8 @@ per-channel). Each (row, group) gets a scale and an integer zero point; integers
 scale = max|w| / (2^(bits-1) - 1); asymmetric grids span [min(w, 0), max(w, 0)]. The "gguf" grid
 is symmetric as GGUF's Q8_0 / Q5_0 / Q4_0 store it (`slmkit.runtime.ggml_blocks`): the row's
 extreme value lands on the full negative level (scale = extreme / -2^(bits-1), negative when the
-extreme is positive) and scales are float16 values.
+extreme is positive) and scales are float16 values; at 6 bits in groups of 16 (Q6_K) a group's
+scale is a float16 d per 256 weights times an int8 sub-scale (`storable`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,29 @@ def grid(w: torch.Tensor, bits: int, symmetric: bool | str) -> tuple[torch.Tenso
     return scale, zero
 
 
+SUB_SCALE_MAX = 127  # GGUF's Q6_K: int8 sub-scales; the largest |scale| of a 256-weight block is 127 d
+
+
+def split_q6_k(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group scales [rows, groups of 16] -> (d [rows, blocks] float16 values, sub-scales [rows,
+    blocks, 16] rounded to integers in [-128, 127]), d = max |scale| / 127 per 16 groups."""
+    s = scale.float().reshape(scale.shape[0], -1, 16)
+    d = (s.abs().amax(-1) / SUB_SCALE_MAX).half().float()
+    d = torch.where(d > 0, d, torch.ones_like(d))
+    return d, torch.round(s / d[..., None]).clamp(-128, 127)
+
+
+def storable(scale: torch.Tensor, bits: int, group_size: int | None, symmetric) -> torch.Tensor:
+    """Group scales [rows, groups] as the grid stores them: for the "gguf" grid of 6 bits in groups
+    of 16 (GGUF's Q6_K), per 16 groups a float16 d and int8 multiples of it (the nearest; never 0);
+    any other grid's unchanged."""
+    if not (symmetric == GGUF and bits == 6 and group_size == 16 and scale.shape[1] % 16 == 0):
+        return scale
+    d, sub = split_q6_k(scale)
+    sub = torch.where(sub == 0, torch.ones_like(sub), sub)
+    return (d[..., None] * sub).reshape(scale.shape)
+
+
 def quantize_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
     """Integer codes of `w` on the grid (broadcasting scale/zero) as float."""
     return torch.clamp(torch.round(w / scale) + zero, 0, 2 ** bits - 1)
@@ -90,11 +114,10 @@ def rtn(w: torch.Tensor, bits: int = 4, group_size: int | None = 128,
     n_groups = int(g_idx[-1]) + 1
     scale = torch.empty(w.shape[0], n_groups)
     zero = torch.empty(w.shape[0], n_groups)
-    q = torch.empty_like(w, dtype=torch.uint8)
     g = group_size or w.shape[1]
     for j in range(n_groups):
         cols = slice(j * g, min((j + 1) * g, w.shape[1]))
-        s, z = grid(w[:, cols], bits, symmetric)
-        scale[:, j], zero[:, j] = s, z
-        q[:, cols] = quantize_column(w[:, cols], s[:, None], z[:, None], bits).to(torch.uint8)
+        scale[:, j], zero[:, j] = grid(w[:, cols], bits, symmetric)
+    scale = storable(scale, bits, group_size, symmetric)
+    q = quantize_column(w, scale[:, g_idx], zero[:, g_idx], bits).to(torch.uint8)
     return QuantizedWeight(q, scale, zero, g_idx, bits, group_size)

@@ -10,7 +10,7 @@ from slmkit.compress.calibrate import CalibDtype, calib_dtype_field
 from slmkit.compress.quantize.gptq import check_clip_floor, check_damp
 from slmkit.errors import SlmkitError
 from slmkit.runtime.embedding import embed_grid
-from slmkit.runtime.ggml_blocks import BLOCK, block_type
+from slmkit.runtime.ggml_blocks import block_type
 from slmkit.runtime.qweight import GGUF, check_bits
 
 if TYPE_CHECKING:
@@ -30,9 +30,10 @@ class RTNConfig:
                 "divide a layer's in_features leaves a shorter last group"})
     symmetric: bool = field(default=False, metadata={"help": "symmetric grid (zero point fixed)"})
     gguf_type: str | None = field(default=None, metadata={
-        "help": "quantize onto a GGUF block type (q4_0, q5_0 or q8_0: its bits, groups of 32 and "
-                "its symmetric grid with float16 scales, in place of bits, group_size and "
-                "symmetric), so `slmkit export gguf` writes the integers and scales unchanged"})
+        "help": "quantize onto a GGUF block type (q4_0, q5_0, q8_0, or q6_k for rows of whole "
+                "256-weight blocks: its bits, group size and symmetric grid in place of bits, "
+                "group_size and symmetric), so `slmkit export gguf` writes the integers and scales "
+                "unchanged"})
     skip: list[str] = field(default_factory=list, metadata={
         "help": "roles (q, k, v, o, gate, up, down, ...) or name patterns to leave unquantized"})
     overrides: dict[str, dict] = field(default_factory=dict, metadata={
@@ -104,8 +105,9 @@ def check_overrides(cfg) -> None:
 def gguf_grid(name) -> tuple[int, int, str]:
     """(bits, group_size, symmetric) of a GGUF block type's grid."""
     if not isinstance(name, str):
-        raise SlmkitError(f"gguf_type must be one of q4_0, q5_0, q8_0, not {name!r}")
-    return block_type(name).bits, BLOCK, GGUF
+        raise SlmkitError(f"gguf_type must be one of q4_0, q5_0, q8_0, q6_k, not {name!r}")
+    t = block_type(name)
+    return t.bits, t.group, GGUF
 
 
 def grid_for(cfg, target: "Target") -> tuple[int, int | None, bool]:

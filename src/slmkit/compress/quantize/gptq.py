@@ -17,7 +17,15 @@ import torch
 
 from slmkit.compress.quantize.grid_search import search_grid
 from slmkit.errors import SlmkitError
-from slmkit.runtime.qweight import QuantizedWeight, check_bits, grid, group_index, quantize_column
+from slmkit.runtime.qweight import (
+    GGUF,
+    QuantizedWeight,
+    check_bits,
+    grid,
+    group_index,
+    quantize_column,
+    storable,
+)
 
 
 def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int | None = 128,
@@ -48,6 +56,11 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
     if static_groups:
         static = [make_grid(W[:, j * g: min((j + 1) * g, cols)], torch.arange(j * g, min((j + 1) * g, cols)))
                   for j in range(n_groups)]
+        stored = storable(torch.stack([s for s, _ in static], 1), bits, group_size, symmetric)
+        static = [(stored[:, j], z) for j, (_, z) in enumerate(static)]
+    elif symmetric == GGUF and bits == 6:
+        raise SlmkitError("the Q6_K grid sets each group's scale from its whole 256-weight block: "
+                          "use static_groups=True")
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
 
