@@ -216,12 +216,14 @@ def lowrank() -> Section:
 
 
 GGUF_ORDER = ["source bf16", "llama Q8_0", "slmkit gptq:q8_0", "llama Q4_K_M", "llama Q4_K_M imatrix",
-              "slmkit gptq:q5_0", "slmkit gptq:q4_0+down=q8_0", "llama Q4_0", "slmkit gptq:q4_0",
+              "slmkit gptq:q5_0", "slmkit gptq:q5_0+down=q6_k+gate=q4_0", "slmkit gptq:q4_0+down=q8_0",
+              "llama Q4_0", "slmkit gptq:q4_0",
               "slmkit rtn:q4_0"]
 GGUF_LABELS = {"source bf16": "source (bf16 GGUF)", "slmkit gptq:q8_0": "**slmkit GPTQ onto Q8_0**",
                "slmkit gptq:q5_0": "**slmkit GPTQ onto Q5_0**", "slmkit gptq:q4_0": "**slmkit GPTQ onto Q4_0**",
                "slmkit rtn:q4_0": "slmkit RTN onto Q4_0",
-               "slmkit gptq:q4_0+down=q8_0": "slmkit GPTQ onto Q4_0, ffn_down Q8_0"}
+               "slmkit gptq:q4_0+down=q8_0": "slmkit GPTQ onto Q4_0, ffn_down Q8_0",
+               "slmkit gptq:q5_0+down=q6_k+gate=q4_0": "slmkit GPTQ onto Q5_0, ffn_down Q6_K, ffn_gate Q4_0"}
 
 
 def gguf_files() -> Section:
