@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from slmkit.compress import AWQConfig, GPTQConfig, RTNConfig, quantize
+from slmkit.compress.api import check_quantize
 from slmkit.errors import SlmkitError
 from slmkit.models import tiny
 from slmkit.models.gguf_export import describe_gguf, export_gguf, permute_qk
@@ -92,10 +93,12 @@ def test_a_gguf_type_sets_the_grid_and_bad_ones_are_refused():
     model = tiny.tiny_model("llama", intermediate_size=256)
     with pytest.raises(SlmkitError, match="256-weight blocks, and this linear has 64 inputs"):
         quantize(model, RTNConfig(gguf_type="q6_k"))
+    dynamic = GPTQConfig(overrides={"down": {"gguf_type": "q6_k"}}, static_groups=False, act_order=False)
+    with pytest.raises(SlmkitError, match="static_groups"):
+        check_quantize(model, dynamic)                      # before any calibration pass
     with pytest.raises(SlmkitError, match="static_groups"):
         calib = torch.randint(3, 500, (2, 16), generator=torch.Generator().manual_seed(1))
-        quantize(model, GPTQConfig(overrides={"down": {"gguf_type": "q6_k"}}, static_groups=False,
-                                   act_order=False), calib)
+        quantize(model, dynamic, calib)
     with pytest.raises(SlmkitError, match="q4_k"):
         RTNConfig(gguf_type="q4_k")
     with pytest.raises(SlmkitError, match="gguf_type"):

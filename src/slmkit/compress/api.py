@@ -39,7 +39,7 @@ from slmkit.runtime.embedding import embed_grid
 from slmkit.runtime.fuse import fuse_shared_inputs
 from slmkit.runtime.kernels import make_linear
 from slmkit.runtime.modules import is_quantized
-from slmkit.runtime.qweight import GGUF, QuantizedWeight, check_bits, rtn
+from slmkit.runtime.qweight import QuantizedWeight, check_bits, rtn, two_level
 
 
 def _store(t: Target, qw: QuantizedWeight, store: dict) -> None:
@@ -126,7 +126,7 @@ def check_quantize(model, cfg, *, pack_weights: bool = True) -> None:
                           "static_groups=True (or pack_weights=False for a simulation)")
     if hasattr(cfg, "overrides"):
         check_overrides(cfg)
-        check_block_rows(model, cfg)
+        check_gguf_grids(model, cfg)
     head_bits = getattr(cfg, "head_bits", None)
     if head_bits is not None and not 5 <= head_bits <= 8:
         raise SlmkitError(f"head_bits must be 5-8 (per-channel int8 kernel) or None, not {head_bits!r}")
@@ -134,12 +134,17 @@ def check_quantize(model, cfg, *, pack_weights: bool = True) -> None:
         embed_grid(cfg.embed_bits, 32)
 
 
-def check_block_rows(model, cfg) -> None:
-    """GGUF's Q6_K stores whole blocks of 256 weights: refuse it for a linear whose rows are not."""
+def check_gguf_grids(model, cfg) -> None:
+    """GGUF's Q6_K stores whole blocks of 256 weights, its scales set per block: refuse it for a
+    linear whose rows are not whole blocks, and GPTQ without static groups."""
     for t in all_targets(model, tuple(cfg.skip)):
-        bits, group, symmetric = grid_for(cfg, t)
+        if not two_level(*grid_for(cfg, t)):
+            continue
+        if not getattr(cfg, "static_groups", True):
+            raise SlmkitError(f"{t.name}: the Q6_K grid sets each group's scale from its whole "
+                              "256-weight block: use static_groups=True")
         width = t.weight().shape[1]
-        if symmetric == GGUF and bits == 6 and width % 256:
+        if width % 256:
             raise SlmkitError(f"{t.name}: GGUF's q6_k needs rows of whole 256-weight blocks, and this "
                               f"linear has {width} inputs; give q6_k only to linears whose inputs are a "
                               "multiple of 256 (e.g. --override down:gguf_type=q6_k)")

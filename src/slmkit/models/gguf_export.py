@@ -10,13 +10,15 @@ Written as llama.cpp's `convert_hf_to_gguf.py` (and `llama-quantize` for q4_0) w
 - the tokenizer (byte-level BPE only): model "gpt2", llama.cpp's pre-tokenizer name (it picks the
   split regex), tokens, token types, merges, special ids, add_bos / add_eos, chat template.
 
-Calibrated tensors: a linear that slmkit quantized onto a GGUF block grid (`gguf_type` q8_0, q5_0 or
-q4_0: `slmkit.runtime.ggml_blocks`) is written with its own integers and scales, whatever `type`
-says, so llama.cpp computes exactly the weights slmkit calibrated (`general.file_type` names
-the type that holds most weights; no metadata beyond llama.cpp's own keys). Any other quantized linear is dequantized and re-quantized to `type`.
+Calibrated tensors: a linear that slmkit quantized onto a GGUF block grid (`gguf_type` q8_0, q5_0,
+q4_0 or q6_k: `slmkit.runtime.ggml_blocks`) is written with its own integers and scales, whatever
+`type` says, so llama.cpp computes exactly the weights slmkit calibrated (`general.file_type`
+names the type that holds most weights; no metadata beyond llama.cpp's own keys). Any other
+quantized linear is dequantized and re-quantized to `type`.
 
 Tensor types (`type`) of the other tensors: 1-D tensors (norms, biases) stay f32, the rest are
-f32 / f16 / bf16 as asked. q8_0 and q4_0 need rows of whole 32-element blocks: other tensors fall back to f16 as in
+f32 / f16 / bf16 as asked. q8_0 and q4_0 need rows of whole 32-element blocks: other tensors fall
+back to f16 as in
 llama.cpp (listed under the metadata key `slmkit.fallback_tensors`). With q4_0 the output head (or
 the tied embedding) is q8_0 (llama-quantize uses Q6_K, which `gguf` cannot write, or Q8_0 where Q6_K
 does not fit) and an untied `token_embd` is q4_0, as llama-quantize makes them.
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 FALLBACK_KEY = "slmkit.fallback_tensors"
 BLOCK = 32  # elements per Q8_0 / Q4_0 block: a row must be a whole number of blocks
-_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q5_0": 8, "bf16": 32}  # gguf.LlamaFileType values
+_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q5_0": 8, "q6_k": 18, "bf16": 32}  # gguf.LlamaFileType
 
 
 @dataclass(frozen=True)

@@ -84,11 +84,17 @@ def split_q6_k(scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return d, torch.round(s / d[..., None]).clamp(-128, 127)
 
 
+def two_level(bits: int, group_size: int | None, symmetric) -> bool:
+    """Whether the grid is GGUF's Q6_K: the "gguf" grid of 6 bits in groups of 16, whose scales
+    come from whole 256-weight blocks (so they are set for all groups of a block at once)."""
+    return symmetric == GGUF and bits == 6 and group_size == 16
+
+
 def storable(scale: torch.Tensor, bits: int, group_size: int | None, symmetric) -> torch.Tensor:
-    """Group scales [rows, groups] as the grid stores them: for the "gguf" grid of 6 bits in groups
-    of 16 (GGUF's Q6_K), per 16 groups a float16 d and int8 multiples of it (the nearest; never 0);
-    any other grid's unchanged."""
-    if not (symmetric == GGUF and bits == 6 and group_size == 16 and scale.shape[1] % 16 == 0):
+    """Group scales [rows, groups] as the grid stores them: for the Q6_K grid (`two_level`), per
+    16 groups a float16 d and int8 multiples of it (the nearest; never 0); any other grid's
+    unchanged."""
+    if not (two_level(bits, group_size, symmetric) and scale.shape[1] % 16 == 0):
         return scale
     d, sub = split_q6_k(scale)
     sub = torch.where(sub == 0, torch.ones_like(sub), sub)

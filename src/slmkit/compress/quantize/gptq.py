@@ -18,13 +18,13 @@ import torch
 from slmkit.compress.quantize.grid_search import search_grid
 from slmkit.errors import SlmkitError
 from slmkit.runtime.qweight import (
-    GGUF,
     QuantizedWeight,
     check_bits,
     grid,
     group_index,
     quantize_column,
     storable,
+    two_level,
 )
 
 
@@ -58,7 +58,7 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
                   for j in range(n_groups)]
         stored = storable(torch.stack([s for s, _ in static], 1), bits, group_size, symmetric)
         static = [(stored[:, j], z) for j, (_, z) in enumerate(static)]
-    elif symmetric == GGUF and bits == 6:
+    elif two_level(bits, group_size, symmetric):
         raise SlmkitError("the Q6_K grid sets each group's scale from its whole 256-weight block: "
                           "use static_groups=True")
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
