@@ -40,7 +40,11 @@ def parse_args():
     ap.add_argument("--tools", type=Path, default=ROOT / ".venv-peers" / "llamacpp" / "bin")
     ap.add_argument("--work", type=Path, default=ROOT / "out" / "gguf_compare")
     ap.add_argument("--slmkit", default="rtn:q4_0,gptq:q4_0,gptq:q5_0",
-                    help="slmkit rows, METHOD:GGUF_TYPE[+ROLE=TYPE...] (e.g. gptq:q5_0+down=q8_0)")
+                    help="slmkit rows, METHOD:GGUF_TYPE[+ROLE=TYPE...] (e.g. gptq:q5_0+down=q8_0), or "
+                         "METHOD:like-LLAMA_TYPE: every linear on the block type llama-quantize gave it "
+                         "in that row's file (e.g. gptq:like-Q4_K_M), or METHOD:bpw-N: types chosen by "
+                         "measured sensitivity, the linears averaging N bits per weight (--gguf-bpw); "
+                         "METHOD@OPTION=VALUE... passes quantize options (e.g. gptq@damp=0.3:q5_0)")
     ap.add_argument("--llama", default=",".join(LLAMA_TYPES), help="llama.cpp rows")
     ap.add_argument("--calib", default="embedded@0.5,self@0.5")
     ap.add_argument("--calib-n", type=int, default=128)
@@ -103,17 +107,42 @@ def make_llama(args, work: Path, source: Path, label: str) -> tuple[Path, float]
     return out, seconds
 
 
-def make_slmkit(args, work: Path, spec: str) -> tuple[Path, float]:
+GGUF_ROLES = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+              "ffn_down": "mlp.down_proj"}
+
+
+def llama_layout(args, work: Path, source: Path, qtype: str) -> list[str]:
+    """`base+NAME=TYPE...` overrides giving each linear the block type llama-quantize chose for it."""
+    from slmkit.models.gguf_export import describe_gguf
+
+    path, _ = make_llama(args, work, source, f"llama {qtype}")
+    types = {}
+    for name, t in describe_gguf(path)["tensor_types"].items():
+        parts = name.split(".")
+        if parts[0] == "blk" and parts[2] in GGUF_ROLES:
+            types[f"model.layers.{parts[1]}.{GGUF_ROLES[parts[2]]}"] = t.lower()
+    base = max(set(types.values()), key=list(types.values()).count)
+    return [base] + [f"{n}={t}" for n, t in types.items() if t != base]
+
+
+def make_slmkit(args, work: Path, spec: str, source: Path) -> tuple[Path, float]:
     method, grids = spec.split(":", 1)
-    base, *over = grids.split("+")
-    out = work / f"slmkit-{method}-{grids.replace('+', '_').replace('=', '-')}.gguf"
+    method, *options = method.split("@")
+    base, *over = (llama_layout(args, work, source, grids[len("like-"):]) if grids.startswith("like-")
+                   else grids.split("+"))
+    grid = ["--gguf-bpw", base[len("bpw-"):]] if base.startswith("bpw-") else ["--gguf-type", base]
+    name = "@".join([method, *options]).replace("=", "-")
+    out = work / f"slmkit-{name}-{grids.replace('+', '_').replace('=', '-')}.gguf"  # the spec names it
     seconds = 0.0
     if not out.exists():
         folder = out.with_suffix("")
         slmkit = [sys.executable, "-m", "slmkit.cli.main"]
-        cmd = slmkit + ["quantize", args.model, folder, "--method", method, "--gguf-type", base,
-                        "--overwrite"]
-        if method != "rtn":
+        cmd = slmkit + ["quantize", args.model, folder, "--method", method, *grid, "--overwrite"]
+        for o in options:
+            key, value = o.split("=", 1)
+            cmd += [f"--{key.replace('_', '-')}", value]
+        if method != "rtn" or base.startswith("bpw-"):
             cmd += ["--calib", args.calib, "--calib-n", args.calib_n, "--calib-len", args.ctx]
         for o in over:
             role, qtype = o.split("=")
@@ -162,7 +191,7 @@ def main() -> int:
     for label in [s for s in args.llama.split(",") if s]:
         files[label] = make_llama(args, work, source, label)
     for spec in [s for s in args.slmkit.split(",") if s]:
-        files[f"slmkit {spec}"] = make_slmkit(args, work, spec)
+        files[f"slmkit {spec}"] = make_slmkit(args, work, spec, source)
     for label, (path, seconds) in files.items():
         row = rows.setdefault(label, {"file": path.name})
         row["bytes"] = path.stat().st_size

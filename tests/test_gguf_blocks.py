@@ -1,4 +1,4 @@
-"""GGUF block grids: slmkit's Q8_0 / Q5_0 / Q4_0 grids and their bytes. The bytes dequantize, in
+"""GGUF block grids: slmkit's Q8_0 / Q5_0 / Q4_0 / Q6_K / Q5_K / Q4_K grids and their bytes. The bytes dequantize, in
 gguf-py's reader (and in ggml itself when llama-cpp-python is installed), to exactly the weights
 slmkit computes; a model quantized onto them exports with its integers and scales unchanged."""
 
@@ -11,19 +11,19 @@ import torch
 
 from slmkit.compress import AWQConfig, GPTQConfig, RTNConfig, quantize
 from slmkit.compress.api import check_quantize
+from slmkit.compress.quantize.config import gguf_grid
 from slmkit.errors import SlmkitError
-from slmkit.models import tiny
+from slmkit.models import load, save, tiny
 from slmkit.models.gguf_export import describe_gguf, export_gguf, permute_qk
 from slmkit.runtime import ggml_blocks as gb
-from slmkit.runtime.qweight import GGUF, rtn, split_q6_k
+from slmkit.runtime.qweight import GGUF, GGUF_K, rtn, split_k, split_q6_k
 
 TYPES = list(gb.BLOCK_TYPES)
 ZERO_TYPES = [k for k, t in gb.BLOCK_TYPES.items() if t.weights == t.group]   # one float16 scale per block
 
 
 def on_grid(name: str, w: torch.Tensor):
-    t = gb.BLOCK_TYPES[name]
-    return rtn(w, t.bits, t.group, GGUF)
+    return rtn(w, *gguf_grid(name))
 
 
 def weights(rows=48, cols=256, seed=0) -> torch.Tensor:
@@ -52,6 +52,7 @@ def test_the_bytes_dequantize_in_gguf_to_exactly_slmkits_weights(name):
     assert bits_equal(theirs, qw.dequantize().numpy())
     back = gb.decode(raw, name, 256)
     assert torch.equal(back.q, qw.q) and torch.equal(back.scale, qw.scale)
+    assert torch.equal(back.dequantize(), qw.dequantize())
 
 
 @pytest.mark.parametrize("name", ZERO_TYPES)
@@ -99,18 +100,23 @@ def test_a_gguf_type_sets_the_grid_and_bad_ones_are_refused():
     with pytest.raises(SlmkitError, match="static_groups"):
         calib = torch.randint(3, 500, (2, 16), generator=torch.Generator().manual_seed(1))
         quantize(model, dynamic, calib)
-    with pytest.raises(SlmkitError, match="q4_k"):
-        RTNConfig(gguf_type="q4_k")
+    cfg = RTNConfig(gguf_type="q4_k")
+    assert (cfg.bits, cfg.group_size, cfg.symmetric) == (4, 32, GGUF_K)
+    with pytest.raises(SlmkitError, match="256-weight blocks, and this linear has 64 inputs"):
+        quantize(model, RTNConfig(overrides={"q": {"gguf_type": "q5_k"}}))
+    with pytest.raises(SlmkitError, match="q4_1"):
+        RTNConfig(gguf_type="q4_1")
     with pytest.raises(SlmkitError, match="gguf_type"):
         quantize(tiny.tiny_model("llama"), RTNConfig(overrides={"down": {"gguf_type": 8}}))
 
 
-@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
-def test_a_model_quantized_onto_gguf_grids_exports_its_integers_unchanged(tmp_path, model_type, method):
+@pytest.mark.parametrize("model_type, method, down", [
+    ("llama", "rtn", "q6_k"), ("qwen2", "rtn", "q4_k"), ("llama", "gptq", "q4_k"),
+    ("qwen2", "gptq", "q6_k"), ("llama", "awq", "q5_k"), ("qwen2", "awq", "q4_k")])
+def test_a_model_quantized_onto_gguf_grids_exports_its_integers_unchanged(tmp_path, model_type, method, down):
     model = tiny.tiny_model(model_type, initializer_range=0.1, intermediate_size=256)
     tok = tiny.tiny_tokenizer()
-    grids = dict(gguf_type="q4_0", overrides={"down": {"gguf_type": "q6_k"}, "v": {"gguf_type": "q5_0"},
+    grids = dict(gguf_type="q4_0", overrides={"down": {"gguf_type": down}, "v": {"gguf_type": "q5_0"},
                                               "up": {"gguf_type": "q8_0"}})
     if method == "rtn":
         quantize(model, RTNConfig(**grids))
@@ -120,7 +126,7 @@ def test_a_model_quantized_onto_gguf_grids_exports_its_integers_unchanged(tmp_pa
     path = export_gguf(model, tok, tmp_path / "m.gguf", "q8_0")
     info = describe_gguf(path)
     types = info["tensor_types"]
-    assert types["blk.0.ffn_down.weight"] == "Q6_K" and types["blk.0.attn_v.weight"] == "Q5_0"
+    assert types["blk.0.ffn_down.weight"] == down.upper() and types["blk.0.attn_v.weight"] == "Q5_0"
     assert types["blk.1.ffn_up.weight"] == "Q8_0" and types["blk.1.attn_q.weight"] == "Q4_0"
 
     file = gguf.GGUFReader(path)
@@ -129,6 +135,7 @@ def test_a_model_quantized_onto_gguf_grids_exports_its_integers_unchanged(tmp_pa
         if len(t.shape) > 1:
             held[t.tensor_type.name] = held.get(t.tensor_type.name, 0) + int(t.n_elements)
     most = max(held, key=held.get)
+    most = most + "_M" if most in ("Q4_K", "Q5_K") else most     # llama.cpp names the K-quant mixes
     assert file.fields["general.file_type"].contents() == int(gguf.LlamaFileType[f"MOSTLY_{most}"])
     reader = {t.name: t for t in file.tensors}
     cfg = model.config
@@ -156,9 +163,10 @@ def test_linears_off_the_gguf_grids_are_requantized(tmp_path):
     assert not bits_equal(theirs, ours) and np.abs(theirs - ours).max() < 0.05
 
 
-def _ggml_to_float():
-    """ggml's own dequantizer (`ggml_get_type_traits(type)->to_float`) from the library that
-    llama-cpp-python ships, or None when it is not installed."""
+def _ggml():
+    """ggml's own dequantizer and reference quantizer (`ggml_get_type_traits(type)->to_float`,
+    `->from_float_ref`) from the library that llama-cpp-python ships, or None when it is not
+    installed."""
     import ctypes
     import importlib.util
     from pathlib import Path
@@ -171,37 +179,97 @@ def _ggml_to_float():
     if not libs:
         return None
     lib = ctypes.CDLL(str(libs[0]))
-    to_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+    floats = ctypes.POINTER(ctypes.c_float)
+    to_float_t = ctypes.CFUNCTYPE(None, ctypes.c_void_p, floats, ctypes.c_int64)
+    from_float_t = ctypes.CFUNCTYPE(None, floats, ctypes.c_void_p, ctypes.c_int64)
 
     class Traits(ctypes.Structure):
         _fields_ = [("type_name", ctypes.c_char_p), ("blck_size", ctypes.c_int64),
                     ("blck_size_interleave", ctypes.c_int64), ("type_size", ctypes.c_size_t),
                     ("is_quantized", ctypes.c_bool), ("to_float", to_float_t),
-                    ("from_float_ref", ctypes.c_void_p)]
+                    ("from_float_ref", from_float_t)]
 
     lib.ggml_get_type_traits.restype = ctypes.POINTER(Traits)
     lib.ggml_get_type_traits.argtypes = [ctypes.c_int]
 
-    def to_float(raw: np.ndarray, type_id: int, n: int, block: int) -> np.ndarray:
-        traits = lib.ggml_get_type_traits(type_id).contents
-        assert traits.blck_size == block
-        out = np.empty(n, dtype=np.float32)
-        src = np.ascontiguousarray(raw)
-        traits.to_float(src.ctypes.data, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n)
+    def traits(name: str) -> Traits:
+        t = lib.ggml_get_type_traits(int(gguf.GGMLQuantizationType[gb.BLOCK_TYPES[name].name])).contents
+        assert t.blck_size == gb.BLOCK_TYPES[name].weights
+        return t
+
+    def to_float(raw: np.ndarray, name: str, shape: tuple[int, int]) -> np.ndarray:
+        out = np.empty(shape, dtype=np.float32)
+        traits(name).to_float(np.ascontiguousarray(raw).ctypes.data, out.ctypes.data_as(floats), out.size)
         return out
 
-    return to_float
+    def from_float(w: np.ndarray, name: str) -> np.ndarray:
+        t = gb.BLOCK_TYPES[name]
+        x = np.ascontiguousarray(w, dtype=np.float32)
+        raw = np.empty((x.shape[0], x.shape[1] // t.weights * t.block_bytes), dtype=np.uint8)
+        traits(name).from_float_ref(x.ctypes.data_as(floats), raw.ctypes.data, x.size)
+        return raw
+
+    return to_float, from_float
 
 
 @pytest.mark.parametrize("name", TYPES)
 def test_ggml_itself_dequantizes_the_bytes_to_exactly_slmkits_weights(name):
-    to_float = _ggml_to_float()
-    if to_float is None:
+    ggml = _ggml()
+    if ggml is None:
         pytest.skip("llama-cpp-python (slmkit[llamacpp]) is not installed")
-    qw = on_grid(name, weights())
-    type_id = int(gguf.GGMLQuantizationType[gb.BLOCK_TYPES[name].name])
-    theirs = to_float(gb.encode(qw), type_id, qw.q.numel(), gb.BLOCK_TYPES[name].weights).reshape(qw.q.shape)
-    assert bits_equal(theirs, qw.dequantize().numpy())
+    to_float, from_float = ggml
+    qw = on_grid(name, weights(cols=512))
+    assert bits_equal(to_float(gb.encode(qw), name, tuple(qw.q.shape)), qw.dequantize().numpy())
+    # and slmkit reads llama.cpp's own bytes of that type to the weights ggml computes from them
+    w = weights(cols=512, seed=3).numpy()
+    raw = from_float(w, name)
+    assert bits_equal(gb.decode(raw, name, 512).dequantize().numpy(), to_float(raw, name, w.shape))
+
+
+@pytest.mark.parametrize("name", ["q4_k", "q5_k"])
+def test_q4_k_and_q5_k_scales_and_mins_are_6_bit_multiples_of_two_float16_values(name):
+    w = weights(cols=512)
+    qw = on_grid(name, w)
+    assert gb.gguf_type(qw) == name and qw.offset is not None
+    for values in (qw.scale, qw.offset):
+        d, n = split_k(values)
+        assert torch.equal(d.half().float(), d) and torch.equal((d[..., None] * n).reshape(values.shape), values)
+        assert n.max() == 63 and n.min() >= 0
+    assert (qw.scale > 0).all()
+    assert torch.allclose(qw.zero * qw.scale, qw.offset, rtol=1e-6, atol=1e-9)  # kernels' zero: float error
+    assert torch.equal(qw.q[5, 64:96].float() * qw.scale[5, 2] - qw.offset[5, 2], torch.zeros(32))
+    # the grid spans [min(w, 0), max(w)]: one shared min/max per 32 weights costs ~1.3x the error of
+    # llama.cpp's weighted search at most; the calibrating quantizers search clips on top of it
+    ggml = _ggml()
+    if ggml is not None:
+        to_float, from_float = ggml
+        theirs = torch.from_numpy(to_float(from_float(w.numpy(), name), name, tuple(w.shape)))
+        assert (qw.dequantize() - w).square().mean() < 1.3 * (theirs - w).square().mean()
+    asymmetric_int4 = rtn(w, 4, 32, False)              # integer zero points: not Q4_K
+    assert gb.gguf_type(asymmetric_int4) is None
+    off = on_grid(name, w)
+    off.offset[0, 0] *= 1.001
+    assert gb.gguf_type(off) is None
+
+
+def test_a_k_quant_model_saves_loads_and_exports_its_exact_grid(tmp_path):
+    model = tiny.tiny_model("llama", initializer_range=0.1, intermediate_size=256)
+    tok = tiny.tiny_tokenizer()
+    quantize(model, RTNConfig(gguf_type="q4_0", overrides={"down": {"gguf_type": "q4_k"}}))
+    save(model, tok, tmp_path / "m")
+    loaded, _ = load(tmp_path / "m", "float32")
+    a, b = model.model.layers[1].mlp.down_proj, loaded.model.layers[1].mlp.down_proj
+    assert torch.equal(a.offset, b.offset) and torch.equal(a.scale, b.scale)
+    assert torch.equal(a.quantized_weight().dequantize(), b.quantized_weight().dequantize())
+    x = torch.randn(3, 256, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a(x), b(x))
+    assert (b(x) - x @ b.quantized_weight().dequantize().T).abs().max() < 1e-3
+    first = export_gguf(model, tok, tmp_path / "a.gguf", "q8_0")
+    second = export_gguf(loaded, tok, tmp_path / "b.gguf", "q8_0")
+    ta = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(first).tensors}
+    tb = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(second).tensors}
+    assert describe_gguf(second)["tensor_types"]["blk.1.ffn_down.weight"] == "Q4_K"
+    assert all(np.array_equal(ta[k], tb[k]) for k in ta)
 
 
 def test_q6_k_scales_are_a_float16_d_times_int8_sub_scales_per_256_weights():
@@ -217,3 +285,21 @@ def test_q6_k_scales_are_a_float16_d_times_int8_sub_scales_per_256_weights():
     unsnapped.zero.fill_(32)
     assert gb.gguf_type(unsnapped) is None
     assert gb.gguf_type(rtn(w[:, :384], 6, 16, GGUF)) is None  # 1.5 blocks per row
+
+
+@pytest.mark.parametrize("name", ["q4_k", "q5_k"])
+def test_the_free_min_search_fits_k_grids_closer_than_min_max(name):
+    from slmkit.compress.quantize.grid_search import search_grid
+    from slmkit.runtime.qweight import grid, quantize_column
+
+    bits = gb.BLOCK_TYPES[name].bits
+    w = weights(cols=512, seed=4).reshape(-1, 32)
+    imp = torch.rand(32, generator=torch.Generator().manual_seed(1)) + 0.1
+
+    def err(scale, zero):
+        q = quantize_column(w, scale[:, None], zero[:, None], bits)
+        return float((((q - zero[:, None]) * scale[:, None] - w).square() * imp).sum())
+    searched, plain = err(*search_grid(w, bits, GGUF_K, imp)), err(*grid(w, bits, GGUF_K))
+    assert searched < 0.9 * plain
+    s, z = search_grid(w, bits, GGUF_K, imp)
+    assert (s > 0).all() and (z >= 0).all()             # min <= 0: zero stays representable

@@ -233,3 +233,47 @@ def test_shrink_killed_mid_stage_resumes_and_the_final_model_generates(tiny_dir,
     ids = tok("Hello", return_tensors="pt")["input_ids"]
     out = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 5
+
+
+def test_an_export_stage_writes_calibrated_gguf_grids_unchanged(tiny_dir, tmp_path):
+    import gguf
+    import numpy as np
+
+    from slmkit.models import load
+
+    import importlib.util
+
+    text = ("name: t\nstages:\n  - quantize: {method: rtn, gguf_type: q5_0}\n"
+            "  - export: {type: q8_0}\n")
+    recipe = fast(parse_recipe(text, "t.yaml"), tiny_dir("llama"))
+    recipe = dataclasses.replace(recipe, evaluation=dataclasses.replace(recipe.evaluation, llama_cpp_rounds=2))
+    report = run_recipe(recipe, tmp_path / "run", log=lambda m: None)
+    quantized, export = report["stages"][1], report["stages"][2]
+    model, _ = load(quantized["output"], "float32")
+    file = {t.name: t for t in gguf.GGUFReader(export["output"]).tensors}
+    t = file["blk.0.ffn_up.weight"]
+    assert t.tensor_type.name == "Q5_0"
+    ours = model.model.layers[0].mlp.up_proj.dense_weight().numpy()
+    theirs = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+    assert np.array_equal(theirs.view(np.uint32), ours.astype(np.float32).view(np.uint32))
+    # llama.cpp beside the report: its own quantizations of the source and the run's GGUF, all
+    # measured by llama.cpp on the same windows; one line instead when the extra is missing
+    section = report["llama_cpp"]
+    md = (tmp_path / "run" / "report.md").read_text()
+    if importlib.util.find_spec("llama_cpp") is None:
+        assert section["skipped"] in md and "slmkit[llamacpp]" in section["skipped"]
+        return
+    rows = section["rows"]
+    assert list(rows) == ["source (bf16)", "llama.cpp Q8_0", "llama.cpp Q4_K_M", "llama.cpp Q4_0",
+                          "slmkit 02-export"]
+    for row in rows.values():
+        assert len(row["decode_runs"]) == 2 and row["decode_tok_s"] > 0
+        assert row["ppl"]["default"]["window"] > 1
+    assert rows["llama.cpp Q4_0"]["bytes"] < rows["llama.cpp Q8_0"]["bytes"] < rows["source (bf16)"]["bytes"]
+    # the run's GGUF scores in llama.cpp as the quantized model does in PyTorch
+    torch_ppl = quantized["metrics"]["ppl"]["default"]["window"]
+    assert abs(rows["slmkit 02-export"]["ppl"]["default"]["window"] / torch_ppl - 1) < 0.01
+    assert "llama.cpp side by side" in md and "vs Q4_K_M" in md
+    assert "llama.cpp side by side" in (tmp_path / "run" / "report.html").read_text()
+    again = run_recipe(recipe, tmp_path / "run", log=lambda m: None)    # nothing left to measure
+    assert again["llama_cpp"]["rows"] == rows

@@ -9,11 +9,13 @@ from then on, saves as a compressed-tensors checkpoint, and `slmkit.models.load`
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from slmkit.compress.allocate import allocate, type_bytes
 from slmkit.compress.calibrate import HessianCollector, sequential
 from slmkit.compress.lowrank.apply import ASVDConfig, SVDConfig, apply_asvd, apply_svd, records
 from slmkit.compress.prune.apply import apply_magnitude, apply_sparsegpt, apply_wanda
@@ -26,6 +28,8 @@ from slmkit.compress.quantize.config import (
     GPTQConfig,
     RTNConfig,
     check_overrides,
+    gguf_grid,
+    gguf_name,
     grid_for,
 )
 from slmkit.compress.quantize.embedding import quantize_embeddings
@@ -79,7 +83,8 @@ def apply_gptq(model, cfg: GPTQConfig, calib):
 
 
 QUANTIZERS = Registry("quantization method")
-QUANTIZERS.add("rtn", RTNConfig, apply_rtn, "round to nearest, no calibration", calibrates=False)
+QUANTIZERS.add("rtn", RTNConfig, apply_rtn, "round to nearest, no calibration",
+               calibrates=lambda cfg: cfg.gguf_bpw is not None)
 QUANTIZERS.add("gptq", GPTQConfig, apply_gptq, "GPTQ: Hessian-based error compensation")
 QUANTIZERS.add("awq", AWQConfig, apply_awq, "AWQ: activation-aware scales, then RTN")
 QUANTIZERS.add("smoothquant", SmoothQuantConfig, apply_smoothquant,
@@ -135,19 +140,33 @@ def check_quantize(model, cfg, *, pack_weights: bool = True) -> None:
 
 
 def check_gguf_grids(model, cfg) -> None:
-    """GGUF's Q6_K stores whole blocks of 256 weights, its scales set per block: refuse it for a
-    linear whose rows are not whole blocks, and GPTQ without static groups."""
+    """GGUF's K-quants (Q4_K, Q5_K, Q6_K) store whole blocks of 256 weights, their scales set per
+    block: refuse them for a linear whose rows are not whole blocks, and GPTQ without static groups.
+    With `gguf_bpw`, every linear needs at least one candidate type that fits its rows."""
+    static = getattr(cfg, "static_groups", True)
+    if getattr(cfg, "gguf_bpw", None) is not None:
+        kquants = [n for n in cfg.gguf_types if two_level(*gguf_grid(n))]
+        if kquants and not static:
+            raise SlmkitError(f"gguf_types has K-quants ({', '.join(kquants)}), whose scales are set per "
+                              "256-weight block: use static_groups=True")
+        for t in all_targets(model, tuple(cfg.skip)):
+            if all(type_bytes(n, tuple(t.weight().shape)) is None for n in cfg.gguf_types):
+                raise SlmkitError(f"{t.name}: none of gguf_types ({', '.join(cfg.gguf_types)}) fits its "
+                                  f"rows of {t.weight().shape[1]} inputs; add q8_0, q5_0 or q4_0")
+        return
     for t in all_targets(model, tuple(cfg.skip)):
-        if not two_level(*grid_for(cfg, t)):
+        bits, group_size, symmetric = grid_for(cfg, t)
+        if not two_level(bits, group_size, symmetric):
             continue
-        if not getattr(cfg, "static_groups", True):
-            raise SlmkitError(f"{t.name}: the Q6_K grid sets each group's scale from its whole "
+        name = gguf_name(bits, symmetric)
+        if not static:
+            raise SlmkitError(f"{t.name}: the {name} grid sets each group's scale from its whole "
                               "256-weight block: use static_groups=True")
         width = t.weight().shape[1]
         if width % 256:
-            raise SlmkitError(f"{t.name}: GGUF's q6_k needs rows of whole 256-weight blocks, and this "
-                              f"linear has {width} inputs; give q6_k only to linears whose inputs are a "
-                              "multiple of 256 (e.g. --override down:gguf_type=q6_k)")
+            raise SlmkitError(f"{t.name}: GGUF's {name} needs rows of whole 256-weight blocks, and this "
+                              f"linear has {width} inputs; give {name} only to linears whose inputs are a "
+                              f"multiple of 256 (e.g. --override down:gguf_type={name})")
 
 
 def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
@@ -158,6 +177,14 @@ def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
     check_quantize(model, cfg, pack_weights=pack_weights)
     entry = QUANTIZERS.for_config(cfg)
     head_bits, embed_bits = getattr(cfg, "head_bits", None), getattr(cfg, "embed_bits", None)
+    allocation = None
+    if getattr(cfg, "gguf_bpw", None) is not None:
+        if calib is None:
+            raise SlmkitError("gguf_bpw chooses block types on calibration text: pass calibration ids")
+        allocation = allocate(model, calib, all_targets(model, tuple(cfg.skip)), cfg.gguf_bpw,
+                              cfg.gguf_types, batch_size=getattr(cfg, "batch_size", 8))
+        asked, cfg = cfg, dataclasses.replace(cfg, gguf_bpw=None, overrides={
+            name: {"gguf_type": t} for name, t in allocation.types.items()})
     store = entry.fn(model, cfg, calib)
     if head_bits is not None:
         store.update(quantize_head(model, head_bits))
@@ -168,6 +195,8 @@ def quantize(model, cfg, calib=None, *, pack_weights: bool = True):
     else:
         model._slmkit_quantized = store
     step = {"quantize": entry.name, "config": vars(cfg)}
+    if allocation is not None:
+        step.update(config=vars(asked), gguf_types=allocation.record())
     step.update(getattr(model, "_slmkit_quantize_report", None) or {})  # e.g. AWQ's per-site choices
     model.__dict__.pop("_slmkit_quantize_report", None)
     model._slmkit_steps = [*getattr(model, "_slmkit_steps", []), step]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from slmkit.models.introspect import accepts_logits_to_keep
+from slmkit.runtime.llamacpp import LlamaCppModel
 
 LOGITS_BUDGET = 1 << 28  # float32 logits elements held at once (1 GiB)
 
@@ -56,6 +57,14 @@ def score_requests(model, requests: Sequence[tuple[Sequence[int], int]], *, pad:
     for tokens, n_ctx in requests:
         if not 1 <= n_ctx < len(tokens):
             raise ValueError(f"request needs 1 <= n_ctx < len(tokens), got {n_ctx}, {len(tokens)}")
+    if isinstance(model, LlamaCppModel):     # a GGUF file in llama.cpp: one request per call
+        out = []
+        for tokens, n_ctx in requests:
+            logprob, n, is_greedy = model.score(list(tokens), n_ctx)
+            out.append(Score(logprob, n, is_greedy if greedy else None))
+            if progress is not None:
+                progress(len(tokens))
+        return out
     rows = _rows(requests)
     results: list[Score | None] = [None] * len(requests)
     device = next(model.parameters()).device

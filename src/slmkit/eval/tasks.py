@@ -12,9 +12,9 @@ from slmkit.data.sources import load_text
 from slmkit.errors import SlmkitError
 from slmkit.eval.generation import GenConfig, generation, load_records
 from slmkit.eval.mc import MCConfig, load_items, multiple_choice
+from slmkit.eval.memory import disk_bytes, param_count
 from slmkit.eval.perplexity import PerplexityConfig, perplexity
 from slmkit.eval.speed import SpeedConfig, speed
-from slmkit.eval.memory import disk_bytes, param_count
 from slmkit.registry import Registry
 
 

@@ -11,7 +11,7 @@ Written as llama.cpp's `convert_hf_to_gguf.py` (and `llama-quantize` for q4_0) w
   split regex), tokens, token types, merges, special ids, add_bos / add_eos, chat template.
 
 Calibrated tensors: a linear that slmkit quantized onto a GGUF block grid (`gguf_type` q8_0, q5_0,
-q4_0 or q6_k: `slmkit.runtime.ggml_blocks`) is written with its own integers and scales, whatever
+q4_0, q6_k, q5_k or q4_k: `slmkit.runtime.ggml_blocks`) is written with its own integers and scales, whatever
 `type` says, so llama.cpp computes exactly the weights slmkit calibrated (`general.file_type`
 names the type that holds most weights; no metadata beyond llama.cpp's own keys). Any other
 quantized linear is dequantized and re-quantized to `type`.
@@ -46,7 +46,8 @@ if TYPE_CHECKING:
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
 FALLBACK_KEY = "slmkit.fallback_tensors"
 BLOCK = 32  # elements per Q8_0 / Q4_0 block: a row must be a whole number of blocks
-_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q5_0": 8, "q6_k": 18, "bf16": 32}  # gguf.LlamaFileType
+_FILE_TYPE = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q5_0": 8, "q4_k": 15, "q5_k": 17, "q6_k": 18,
+              "bf16": 32}  # gguf.LlamaFileType (K-quants: their _M mixes)
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,9 @@ def permute_qk(w, n_head: int):
     interleaved pairs, so llama.cpp's adjacent-pair rope equals HF's rotate_half rope. A
     `QuantizedWeight` has its codes, scales and zero points permuted alike."""
     if isinstance(w, QuantizedWeight):
+        offset = None if w.offset is None else permute_qk(w.offset, n_head)
         return QuantizedWeight(permute_qk(w.q, n_head), permute_qk(w.scale, n_head),
-                               permute_qk(w.zero, n_head), w.g_idx, w.bits, w.group_size, w.act_bits)
+                               permute_qk(w.zero, n_head), w.g_idx, w.bits, w.group_size, w.act_bits, offset)
     return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
             .swapaxes(1, 2).reshape(w.shape))
 

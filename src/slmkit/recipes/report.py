@@ -12,6 +12,7 @@ from pathlib import Path
 
 from slmkit.errors import SlmkitError
 from slmkit.files import write_text_atomic
+from slmkit.recipes.gguf_rows import gguf_markdown
 
 COLUMNS = [  # (label, getter, format)
     ("params (M)", lambda r: r["metrics"].get("params", 0) / 1e6, "{:.1f}"),
@@ -142,6 +143,7 @@ def to_markdown(report: dict) -> str:
     out += ["| " + " | ".join(r) + " |" for r in rows]
     if (line := side_by_side_line(report)) is not None:
         out += ["", line]
+    out += gguf_markdown(report.get("llama_cpp"))
     return "\n".join(out) + "\n"
 
 
@@ -191,6 +193,22 @@ def _figures(runs: dict[str, dict]) -> list[tuple[str, bytes]]:
     return figs
 
 
+def _html_table(lines: list[str]) -> list[str]:
+    """A markdown section (a "## " title, lines of text, and one "|" table) as HTML."""
+    out, table_rows = [], [line for line in lines if line.startswith("|")]
+    for line in lines:
+        if line.startswith("## "):
+            out.append(f"<h3>{html.escape(line[3:])}</h3>")
+        elif line and not line.startswith("|"):
+            out.append(f"<p>{html.escape(line)}</p>")
+    if table_rows:
+        cells = [[c.strip() for c in r.strip("|").split("|")] for r in table_rows if not r.startswith("|---")]
+        out.append("<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells[0]) + "</tr>")
+        out += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in cells[1:]]
+        out.append("</table>")
+    return out
+
+
 def to_html(runs: dict[str, dict]) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>slmkit report</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
@@ -206,6 +224,7 @@ def to_html(runs: dict[str, dict]) -> str:
         parts.append("</table>")
         if (line := side_by_side_line(rep)) is not None:
             parts.append("<p>" + html.escape(line).replace("**", "") + "</p>")
+        parts += _html_table(gguf_markdown(rep.get("llama_cpp")))
     if len(runs) > 1 and pareto(runs):
         head, *rest = [line for line in pareto_markdown(runs).splitlines() if line.startswith("|")]
         parts.append("<h2>Pareto (size, perplexity, decode speed)</h2><table>")

@@ -35,10 +35,10 @@ from slmkit.models import load, save
 from slmkit.models.default import default_gguf
 from slmkit.models.gguf_export import export_gguf
 from slmkit.models.load import resolve_source
+from slmkit.recipes.gguf_rows import gguf_rows
 from slmkit.recipes.report import write_report
 from slmkit.recipes.schema import Recipe, Stage, stage_configs
 from slmkit.recipes.steps import apply_step, check_step
-from slmkit.runtime.modules import dequantize, is_quantized
 from slmkit.train import CausalLM, train
 from slmkit.train.lora import LoRAConfig, add_lora, merge_lora
 from slmkit.train.sft import lm_batches, training_batches
@@ -189,12 +189,24 @@ def measure(model, tok, recipe: Recipe, folder: Path | None) -> dict:
     out: dict = {"params": param_count(model)}
     if folder is not None:
         out["disk_mb"] = _folder_bytes(folder) / 2 ** 20
-    out["ppl"] = {}
+    out.update(quality(model, tok, recipe))
+    sp = speed(model, tok, SpeedConfig(prompt_tokens=ev.speed_prompt, new_tokens=ev.speed_new_tokens,
+                                       repeats=ev.speed_repeats))
+    out["speed"] = {k: sp[k] for k in ("prefill_tok_s", "decode_tok_s") if k in sp}
+    return out
+
+
+def quality(model, tok, recipe: Recipe, rolling: bool = True) -> dict:
+    """{"ppl": per text, "mc": accuracy} on the recipe's evaluation data: protocol (i) on every
+    text, (ii) on the first (with `rolling`). `model` is a PyTorch model or a GGUF file in
+    llama.cpp (`slmkit.runtime.llamacpp.LlamaCppModel`)."""
+    ev = recipe.evaluation
+    out: dict = {"ppl": {}}
     for i, spec in enumerate(t for t in map(present, ev.texts) if t):
         data = load_text(spec)
         if ev.ppl_tokens:
             data = TextData(f"{data.name}[:{ev.ppl_tokens}]", [tok.decode(token_stream(tok, data)[: ev.ppl_tokens])])
-        protocols = ["window", "rolling"] if (i == 0 and ev.rolling) else ["window"]
+        protocols = ["window", "rolling"] if (i == 0 and ev.rolling and rolling) else ["window"]
         r = perplexity(model, tok, data, PerplexityConfig(protocols=protocols))
         out["ppl"][spec] = {"window": r["window"]["token_perplexity"]}
         if "rolling" in r:
@@ -203,9 +215,6 @@ def measure(model, tok, recipe: Recipe, folder: Path | None) -> dict:
     if present(ev.mc):
         mc = multiple_choice(model, tok, load_items(present(ev.mc), ev.mc_limit), MCConfig(path=present(ev.mc)))
         out["mc"] = {"acc": mc["acc"], "acc_norm": mc["acc_norm"]}
-    sp = speed(model, tok, SpeedConfig(prompt_tokens=ev.speed_prompt, new_tokens=ev.speed_new_tokens,
-                                       repeats=ev.speed_repeats))
-    out["speed"] = {k: sp[k] for k in ("prefill_tok_s", "decode_tok_s") if k in sp}
     return out
 
 
@@ -327,6 +336,9 @@ def run_recipe(recipe: Recipe, run: str | Path, *, log=print) -> dict:
         log(f"[speed] source and {final['stage']} side by side")
         report["side_by_side"] = {"stage": final["stage"],
                                   **side_by_side_speed(recipe.model, final["output"], recipe)}
+    if recipe.evaluation.llama_cpp_rounds and any(r.get("kind") == "export" for r in results):
+        report["llama_cpp"] = gguf_rows(recipe, run, results, quality, log,
+                                        rounds=recipe.evaluation.llama_cpp_rounds)
     write_report(report, run)
     return report
 
@@ -348,11 +360,10 @@ def side_by_side_speed(source: str, final: str, recipe: Recipe, rounds: int = 2)
 
 
 def _export(stage: Stage, current: str, recipe: Recipe, folder: Path) -> dict:
-    """An export stage: the input as a GGUF file of the stage's type."""
+    """An export stage: the input as a GGUF file of the stage's type (linears quantized onto a
+    GGUF block grid keep their integers and scales; other quantized ones are requantized to it)."""
     t = stage_configs(stage)["type"]
     model, tok = _load(current)
-    if is_quantized(model):
-        dequantize(model)   # GGUF gets the exact dequantized grid, requantized to `t`
     path = export_gguf(model, tok, folder / f"model-{t}.gguf", t, overwrite=True)
     return {"output": str(path), "info": {"type": t},
             "metrics": {"params": sum(p.numel() for p in model.parameters()),

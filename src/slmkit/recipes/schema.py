@@ -50,6 +50,9 @@ class Evaluation:
     speed_prompt: int = 128
     speed_new_tokens: int = 64
     speed_repeats: int = 2
+    llama_cpp_rounds: int = 3          # GGUF outputs beside llama.cpp's own quantizations, all measured
+    #                                    by llama.cpp (slmkit[llamacpp]); decode taken in turn over this
+    #                                    many rounds; 0 = no llama.cpp section
 
 
 @dataclass

@@ -6,6 +6,8 @@ Per quantized linear or embedding table `NAME` (weight-only, "pack-quantized"):
   NAME.weight_scale       float32 [out, groups]               (groups = 1 per channel)
   NAME.weight_zero_point  int32 [ceil(out * bits / 32), groups]  packed along out; asymmetric only
   NAME.weight_shape       int64 [2]                           (out, in)
+  NAME.weight_offset      float32 [out, groups]               GGUF's Q4_K / Q5_K grids: values are
+                          code * scale - offset (slmkit's own tensor: other readers refuse the folder)
 W8A8 ("int-quantized"): NAME.weight int8 [out, in] (code - 128), NAME.weight_scale float32 [out, 1];
 activations are quantized per token at run time (`input_activations.dynamic`).
 `config.json` gets `quantization_config` with one config group per distinct scheme, each listing
@@ -38,7 +40,7 @@ def quantized_modules(model: nn.Module) -> dict[str, QuantLinear]:
 
 
 def _scheme(m: QuantLinear) -> tuple:
-    symmetric = bool((m.zero == 2 ** (m.bits - 1)).all())
+    symmetric = m.offset is None and bool((m.zero == 2 ** (m.bits - 1)).all())
     return (m.bits, m.group_size, symmetric, m.act_bits)
 
 
@@ -87,7 +89,9 @@ def quantized_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             continue
         sd[f"{name}.weight_packed"] = pack_int32(codes, m.bits)
         sd[f"{name}.weight_shape"] = torch.tensor([m.out_features, m.in_features])
-        if not _scheme(m)[2]:
+        if m.offset is not None:
+            sd[f"{name}.weight_offset"] = m.offset.clone()
+        elif not _scheme(m)[2]:
             sd[f"{name}.weight_zero_point"] = pack_int32(m.zero.to(torch.int64), m.bits, dim=0)
     return sd
 
@@ -148,13 +152,16 @@ def _quantized_weight(name: str, scheme: dict, t: dict[str, torch.Tensor]) -> Qu
         q = (signed.to(torch.int16) + 2 ** (bits - 1)).to(torch.uint8)
     if scale.ndim == 1:
         scale = scale[:, None]
+    g = torch.arange(k) // (group_size or k)
+    if f"{name}.weight_offset" in t:
+        offset = t[f"{name}.weight_offset"].float()
+        return QuantizedWeight(q, scale, offset / scale, g, bits, group_size, act_bits, offset)
     if w.get("symmetric", True):
         zero = torch.full_like(scale, 2 ** (bits - 1))
     else:
         zp = t[f"{name}.weight_zero_point"]
         zero = (unpack_int32(zp, bits, out, dim=0).float() if zp.dtype == torch.int32
                 else zp.float().reshape(scale.shape) + 2 ** (bits - 1))
-    g = torch.arange(k) // (group_size or k)
     return QuantizedWeight(q, scale, zero, g, bits, group_size, act_bits)
 
 

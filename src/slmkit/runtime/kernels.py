@@ -45,7 +45,9 @@ class QuantLinear(nn.Module):
         self.out_features, self.in_features = qw.q.shape
         self.bits, self.act_bits, self.group_size = qw.bits, qw.act_bits, group_size
         self.scale = qw.scale.float().contiguous()  # [out, groups]
-        self.zero = qw.zero.float().contiguous()    # [out, groups], integer-valued
+        self.zero = qw.zero.float().contiguous()    # [out, groups], integer-valued but on "gguf_k" grids
+        # the "gguf_k" grid's exact mins (the kernels use zero = offset / scale, equal to float error)
+        self.offset = None if qw.offset is None else qw.offset.float().contiguous()
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
     # ---- grid -------------------------------------------------------------------------------
@@ -64,7 +66,7 @@ class QuantLinear(nn.Module):
 
     def quantized_weight(self) -> QuantizedWeight:
         return QuantizedWeight(self.codes(), self.scale, self.zero, self.g_idx(), self.bits,
-                               self.group_size, self.act_bits)
+                               self.group_size, self.act_bits, self.offset)
 
     def _finish(self, y: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
         if self.bias is not None:
@@ -161,9 +163,11 @@ class Int4Linear(QuantLinear):
         return unpack_int32(self.packed_codes, self.bits, self.in_features)
 
     def dense_weight(self) -> torch.Tensor:
+        g = self.g_idx()
+        if self.offset is not None:  # exact, as GGUF's Q4_K computes it
+            return self.codes().float() * self.scale[:, g] - self.offset[:, g]
         if self._native_ok:
             return self._dequantize()
-        g = self.g_idx()
         return (self.codes().float() - self.zero[:, g]) * self.scale[:, g]
 
 
@@ -306,8 +310,9 @@ def regroup(qw: QuantizedWeight, group_size: int | None) -> QuantizedWeight:
     orig = qw.g_idx[first]
     if not torch.equal(qw.g_idx, orig[g]):
         raise SlmkitError(f"group size {group_size} does not subdivide the original groups")
+    offset = None if qw.offset is None else qw.offset[:, orig].contiguous()
     return QuantizedWeight(qw.q, qw.scale[:, orig].contiguous(), qw.zero[:, orig].contiguous(), g,
-                           qw.bits, group_size, qw.act_bits)
+                           qw.bits, group_size, qw.act_bits, offset)
 
 
 def pick_kernel(qw: QuantizedWeight, group_size: int | None) -> tuple[type[QuantLinear], str]:

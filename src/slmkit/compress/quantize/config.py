@@ -10,8 +10,8 @@ from slmkit.compress.calibrate import CalibDtype, calib_dtype_field
 from slmkit.compress.quantize.gptq import check_clip_floor, check_damp
 from slmkit.errors import SlmkitError
 from slmkit.runtime.embedding import embed_grid
-from slmkit.runtime.ggml_blocks import block_type
-from slmkit.runtime.qweight import GGUF, check_bits
+from slmkit.runtime.ggml_blocks import BLOCK_TYPES, BY_GRID, block_type
+from slmkit.runtime.qweight import GGUF, GGUF_K, check_bits
 
 if TYPE_CHECKING:
     from slmkit.compress.targets import Target
@@ -30,10 +30,17 @@ class RTNConfig:
                 "divide a layer's in_features leaves a shorter last group"})
     symmetric: bool = field(default=False, metadata={"help": "symmetric grid (zero point fixed)"})
     gguf_type: str | None = field(default=None, metadata={
-        "help": "quantize onto a GGUF block type (q4_0, q5_0, q8_0, or q6_k for rows of whole "
-                "256-weight blocks: its bits, group size and symmetric grid in place of bits, "
-                "group_size and symmetric), so `slmkit export gguf` writes the integers and scales "
-                "unchanged"})
+        "help": "quantize onto a GGUF block type (q4_0, q5_0, q8_0, or the K-quants q4_k, q5_k, "
+                "q6_k for rows of whole 256-weight blocks: its bits, group size and grid in place of "
+                "bits, group_size and symmetric), so `slmkit export gguf` writes the integers and "
+                "scales unchanged"})
+    gguf_bpw: float | None = field(default=None, metadata={
+        "help": "choose each linear's GGUF block type from gguf_types by measured sensitivity "
+                "(Fisher-weighted output error on the calibration text), the linears averaging at "
+                "most this many bits per weight (e.g. 5.5 = Q5_0's size); needs calibration text, "
+                "and replaces gguf_type and overrides"})
+    gguf_types: list[str] = field(default_factory=lambda: ["q4_0", "q4_k", "q5_0", "q5_k", "q6_k", "q8_0"],
+                                  metadata={"help": "the block types gguf_bpw chooses from"})
     skip: list[str] = field(default_factory=list, metadata={
         "help": "roles (q, k, v, o, gate, up, down, ...) or name patterns to leave unquantized"})
     overrides: dict[str, dict] = field(default_factory=dict, metadata={
@@ -53,6 +60,16 @@ class RTNConfig:
         if self.gguf_type is not None:
             self.bits, self.group_size, self.symmetric = gguf_grid(self.gguf_type)
         check_bits(self.bits, self.group_size)
+        if self.gguf_bpw is not None:
+            if not isinstance(self.gguf_bpw, (int, float)) or isinstance(self.gguf_bpw, bool) \
+                    or not 4 <= self.gguf_bpw <= 8.5:
+                raise SlmkitError(f"gguf_bpw must be a number of bits per weight in [4, 8.5] (Q4_0's "
+                                  f"4.5 to Q8_0's 8.5), not {self.gguf_bpw!r}")
+            if self.gguf_type is not None or self.overrides:
+                raise SlmkitError("gguf_bpw chooses every linear's block type: drop gguf_type and "
+                                  "overrides, or drop gguf_bpw")
+            for name in self.gguf_types:
+                gguf_grid(name)
         if self.head_bits is not None and not (isinstance(self.head_bits, int) and 5 <= self.head_bits <= 8):
             raise SlmkitError(f"head_bits must be 5-8 (per-channel int8 kernel) or None, not {self.head_bits!r}")
         if self.embed_bits is not None:
@@ -105,9 +122,14 @@ def check_overrides(cfg) -> None:
 def gguf_grid(name) -> tuple[int, int, str]:
     """(bits, group_size, symmetric) of a GGUF block type's grid."""
     if not isinstance(name, str):
-        raise SlmkitError(f"gguf_type must be one of q4_0, q5_0, q8_0, q6_k, not {name!r}")
+        raise SlmkitError(f"gguf_type must be one of {', '.join(BLOCK_TYPES)}, not {name!r}")
     t = block_type(name)
-    return t.bits, t.group, GGUF
+    return t.bits, t.group, GGUF_K if t.mins else GGUF
+
+
+def gguf_name(bits: int, symmetric) -> str:
+    """The GGUF block type (q4_k, ...) of a GGUF grid's bits and `symmetric` value."""
+    return BY_GRID[(bits, symmetric == GGUF_K)]
 
 
 def grid_for(cfg, target: "Target") -> tuple[int, int | None, bool]:

@@ -22,6 +22,7 @@ from slmkit.runtime.qweight import (
     check_bits,
     grid,
     group_index,
+    make_weight,
     quantize_column,
     storable,
     two_level,
@@ -56,11 +57,12 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
     if static_groups:
         static = [make_grid(W[:, j * g: min((j + 1) * g, cols)], torch.arange(j * g, min((j + 1) * g, cols)))
                   for j in range(n_groups)]
-        stored = storable(torch.stack([s for s, _ in static], 1), bits, group_size, symmetric)
-        static = [(stored[:, j], z) for j, (_, z) in enumerate(static)]
+        scales, zeros = storable(torch.stack([s for s, _ in static], 1),
+                                 torch.stack([z for _, z in static], 1), bits, group_size, symmetric)
+        static = [(scales[:, j], zeros[:, j]) for j in range(n_groups)]
     elif two_level(bits, group_size, symmetric):
-        raise SlmkitError("the Q6_K grid sets each group's scale from its whole 256-weight block: "
-                          "use static_groups=True")
+        raise SlmkitError("GGUF's K-quant grids set each group's scale from its whole 256-weight "
+                          "block: use static_groups=True")
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(cols)
     W, H = W[:, perm], H[perm][:, perm]
 
@@ -102,7 +104,7 @@ def gptq(w: torch.Tensor, hessian: torch.Tensor, bits: int = 4, group_size: int 
         g_idx = inv // g  # a column's group is set by its position in quantization order
     else:
         g_idx = group_index(cols, group_size)
-    return QuantizedWeight(Q.to(torch.uint8), scale, zero, g_idx, bits, group_size)
+    return make_weight(Q.to(torch.uint8), scale, zero, g_idx, bits, group_size, symmetric)
 
 
 def check_damp(damp: float, method: str) -> None:

@@ -1,0 +1,110 @@
+"""llama.cpp beside every report (the optional extra `slmkit[llamacpp]`): the run's GGUF outputs
+and llama.cpp's own quantizations of the same source, all measured by llama.cpp in this run.
+
+The source is exported as a bf16 GGUF and quantized by llama.cpp (`LLAMA_TYPES`, as
+`llama-quantize` makes them; the importance-matrix variant needs llama.cpp's `llama-imatrix` tool,
+which the binding does not carry: `benchmarks/gguf_compare.py` measures it). Every file, the
+source's included, gets the recipe's evaluation (perplexity on the same texts and windows, with
+the source's tokenizer; MC accuracy), its size, and greedy decode tok/s on one prompt, the files
+taken in turn over `rounds` rounds (the median kept), so the speeds compare like for like.
+Results go to RUN/llama.cpp/rows.json after every file, and a re-run measures only what is missing.
+Without the extra the section is one line saying how to get it.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from slmkit.data.chunk import token_stream
+from slmkit.data.sources import load_text
+from slmkit.files import write_text_atomic
+from slmkit.models import load
+from slmkit.models.gguf_export import export_gguf
+from slmkit.runtime import llamacpp
+from slmkit.runtime.llamacpp import LlamaCppModel
+
+LLAMA_TYPES = ("Q8_0", "Q4_K_M", "Q4_0")
+SOURCE = "source (bf16)"
+
+
+def gguf_rows(recipe, run: Path, results: list[dict], quality, log, rounds: int = 3) -> dict:
+    """{"rows": label -> {file, bytes, ppl, mc, decode_tok_s, decode_runs}} for the source, llama.cpp's
+    quantizations and every export stage's GGUF in `results`, or {"skipped": reason}. `quality(model,
+    tok, recipe)` is the recipe's evaluation (`runner.quality`)."""
+    reason = llamacpp.missing()
+    if reason is not None:
+        log(reason)
+        return {"skipped": reason}
+    folder = run / "llama.cpp"
+    folder.mkdir(parents=True, exist_ok=True)
+    state_file = folder / "rows.json"
+    rows: dict = json.loads(state_file.read_text())["rows"] if state_file.exists() else {}
+    model, tok = load(recipe.model, "float32")
+    window = min(2048, getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    files = {SOURCE: folder / "source-bf16.gguf"}
+    if not files[SOURCE].exists():
+        log("[llama.cpp] exporting the source as bf16 GGUF")
+        export_gguf(model, tok, files[SOURCE], "bf16")
+    del model
+    for t in LLAMA_TYPES:
+        files[f"llama.cpp {t}"] = folder / f"llama-{t}.gguf"
+        if not files[f"llama.cpp {t}"].exists():
+            log(f"[llama.cpp] quantizing the source to {t}")
+            llamacpp.quantize_gguf(files[SOURCE], files[f"llama.cpp {t}"], t)
+    for r in results:
+        if r.get("kind") == "export":
+            files[f"slmkit {r['stage']}"] = Path(r["output"])
+
+    def save() -> None:
+        write_text_atomic(state_file, json.dumps({"rows": rows}, indent=2) + "\n")
+
+    for label, path in files.items():
+        row = rows.get(label)
+        if row is not None and row.get("bytes") == path.stat().st_size and "ppl" in row:
+            continue
+        log(f"[llama.cpp] evaluating {label}")
+        with LlamaCppModel(path, n_ctx=window) as lm:
+            rows[label] = {"file": str(path), "bytes": path.stat().st_size,
+                           **quality(lm, tok, recipe, rolling=False)}
+        save()
+    ev = recipe.evaluation
+    prompt = token_stream(tok, load_text("default"))[: ev.speed_prompt].tolist()
+    for r in range(rounds):                            # every file once per round, in turn
+        for label, path in files.items():
+            runs = rows[label].setdefault("decode_runs", [])
+            if len(runs) > r:
+                continue
+            with LlamaCppModel(path, n_ctx=len(prompt) + ev.speed_new_tokens) as lm:
+                runs.append(lm.decode_speed(prompt, ev.speed_new_tokens))
+            rows[label]["decode_tok_s"] = statistics.median(runs)
+            save()
+    return {"rows": rows, "rounds": rounds, "window": window}
+
+
+def gguf_markdown(section: dict) -> list[str]:
+    """The report's llama.cpp table: per file its size, perplexity per text (and its rise over the
+    source's bf16 GGUF), MC accuracy and decode speed (and its ratio to llama.cpp's Q4_K_M)."""
+    if not section:
+        return []
+    if "skipped" in section:
+        return ["", section["skipped"]]
+    rows = section["rows"]
+    src = rows.get(SOURCE, {})
+    texts = list(src.get("ppl", {}))
+    ref = rows.get("llama.cpp Q4_K_M", {}).get("decode_tok_s")
+    head = ["GGUF file (measured by llama.cpp)", "MB", *[f"ppl {Path(t).name}" for t in texts], "MC acc",
+            "decode tok/s", "vs Q4_K_M"]
+    out = ["", f"## llama.cpp side by side ({section['rounds']} rounds in turn, median)", "",
+           "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for label, row in rows.items():
+        cells = [label, f"{row['bytes'] / 1e6:.1f}"]
+        for t in texts:
+            value, base = row["ppl"][t]["window"], src["ppl"][t]["window"]
+            cells.append(f"{value:.3f} ({100 * (value / base - 1):+.1f}%)")
+        cells.append(f"{row['mc']['acc']:.3f}" if "mc" in row else "-")
+        speed = row.get("decode_tok_s")
+        cells += [f"{speed:.1f}" if speed else "-", f"{speed / ref:.2f}x" if speed and ref else "-"]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
