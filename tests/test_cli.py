@@ -372,3 +372,13 @@ def test_every_subcommand_prints_its_help(capsys):
     with pytest.raises(SystemExit):
         main(["quantize", "--help"])
     assert "20-60% of the bytes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["shrink", "default", "--budget", "size=2x"], ["size=2x", "below 1x"]),
+    (["shrink", "default", "--budget", "speed=2x"], ["speed=2x", "ppl-rise="]),
+    (["shrink", "default", "--budget", "size=0.35x", "--dry-run"], ["positional argument is the model"]),
+])
+def test_a_bad_budget_is_refused_before_any_work(capsys, argv, names):
+    code, _, err = run(capsys, *argv)
+    assert_clean_error(code, err, *names)

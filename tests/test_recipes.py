@@ -236,12 +236,12 @@ def test_shrink_killed_mid_stage_resumes_and_the_final_model_generates(tiny_dir,
 
 
 def test_an_export_stage_writes_calibrated_gguf_grids_unchanged(tiny_dir, tmp_path):
+    import importlib.util
+
     import gguf
     import numpy as np
 
     from slmkit.models import load
-
-    import importlib.util
 
     text = ("name: t\nstages:\n  - quantize: {method: rtn, gguf_type: q5_0}\n"
             "  - export: {type: q8_0}\n")

@@ -38,24 +38,39 @@ def gguf_rows(recipe, run: Path, results: list[dict], quality, log, rounds: int 
         log(reason)
         return {"skipped": reason}
     folder = run / "llama.cpp"
-    folder.mkdir(parents=True, exist_ok=True)
-    state_file = folder / "rows.json"
-    rows: dict = json.loads(state_file.read_text())["rows"] if state_file.exists() else {}
     model, tok = load(recipe.model, "float32")
+    files = reference_files(model, tok, folder, log)
     window = min(2048, getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    del model
+    for r in results:
+        if r.get("kind") == "export":
+            files[f"slmkit {r['stage']}"] = Path(r["output"])
+    rows = measure_files(files, tok, recipe, folder / "rows.json", quality, log, rounds, window)
+    return {"rows": rows, "rounds": rounds, "window": window}
+
+
+def reference_files(model, tok, folder: Path, log) -> dict[str, Path]:
+    """The source as a bf16 GGUF and llama.cpp's own quantizations of it (made once, in `folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
     files = {SOURCE: folder / "source-bf16.gguf"}
     if not files[SOURCE].exists():
         log("[llama.cpp] exporting the source as bf16 GGUF")
         export_gguf(model, tok, files[SOURCE], "bf16")
-    del model
     for t in LLAMA_TYPES:
         files[f"llama.cpp {t}"] = folder / f"llama-{t}.gguf"
         if not files[f"llama.cpp {t}"].exists():
             log(f"[llama.cpp] quantizing the source to {t}")
             llamacpp.quantize_gguf(files[SOURCE], files[f"llama.cpp {t}"], t)
-    for r in results:
-        if r.get("kind") == "export":
-            files[f"slmkit {r['stage']}"] = Path(r["output"])
+    return files
+
+
+def measure_files(files: dict[str, Path], tok, recipe, state_file: Path, quality, log, rounds: int,
+                  window: int) -> dict:
+    """label -> {file, bytes, ppl, mc, decode_runs, decode_tok_s}: each file evaluated by llama.cpp
+    (`quality`, on windows of `window` tokens), then greedy decode on one prompt with the files
+    taken in turn over `rounds` rounds (median kept). Saved to `state_file` after every
+    measurement; what it already holds for an unchanged file is kept."""
+    rows: dict = json.loads(state_file.read_text())["rows"] if state_file.exists() else {}
 
     def save() -> None:
         write_text_atomic(state_file, json.dumps({"rows": rows}, indent=2) + "\n")
@@ -80,7 +95,7 @@ def gguf_rows(recipe, run: Path, results: list[dict], quality, log, rounds: int 
                 runs.append(lm.decode_speed(prompt, ev.speed_new_tokens))
             rows[label]["decode_tok_s"] = statistics.median(runs)
             save()
-    return {"rows": rows, "rounds": rounds, "window": window}
+    return {label: rows[label] for label in files}
 
 
 def gguf_markdown(section: dict) -> list[str]:
