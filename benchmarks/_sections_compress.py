@@ -3,7 +3,7 @@ and rows are current, and their labels. Every number is read from the JSON (see 
 
 from __future__ import annotations
 
-from make_results import Runs, Section, f, pct, section, table, x
+from make_results import RESULTS, Runs, Section, f, pct, section, table, x
 
 CALIB = {"embedded": "pydoc", "embedded@0.5,self@0.5": "the default mix: half pydoc, half written by the model"}
 
@@ -216,20 +216,21 @@ def lowrank() -> Section:
 
 
 GGUF_ORDER = ["source bf16", "llama Q8_0", "slmkit gptq:q8_0", "llama Q4_K_M", "llama Q4_K_M imatrix",
-              "slmkit gptq:q5_0", "slmkit gptq:q5_0+down=q6_k+gate=q4_0", "slmkit gptq:q4_0+down=q8_0",
-              "llama Q4_0", "slmkit gptq:q4_0",
-              "slmkit rtn:q4_0"]
+              "slmkit gptq:bpw-5.534375", "slmkit gptq:like-Q4_K_M", "slmkit gptq:q5_0",
+              "slmkit gptq:q5_0+down=q6_k+gate=q4_0", "slmkit gptq:q4_0+down=q8_0",
+              "llama Q4_0", "slmkit gptq:q4_0", "slmkit rtn:q4_0"]
 GGUF_LABELS = {"source bf16": "source (bf16 GGUF)", "slmkit gptq:q8_0": "**slmkit GPTQ onto Q8_0**",
-               "slmkit gptq:q5_0": "**slmkit GPTQ onto Q5_0**", "slmkit gptq:q4_0": "**slmkit GPTQ onto Q4_0**",
+               "slmkit gptq:q5_0": "slmkit GPTQ onto Q5_0", "slmkit gptq:q4_0": "**slmkit GPTQ onto Q4_0**",
                "slmkit rtn:q4_0": "slmkit RTN onto Q4_0",
+               "slmkit gptq:bpw-5.534375": "**slmkit GPTQ, types by sensitivity (5.53 bits/weight)**",
+               "slmkit gptq:like-Q4_K_M": "slmkit GPTQ on llama.cpp's Q4_K_M types",
                "slmkit gptq:q4_0+down=q8_0": "slmkit GPTQ onto Q4_0, ffn_down Q8_0",
                "slmkit gptq:q5_0+down=q6_k+gate=q4_0": "slmkit GPTQ onto Q5_0, ffn_down Q6_K, ffn_gate Q4_0"}
+GGUF_SOURCES = {"gguf_compare_smollm2.json": "SmolLM2-135M (on a Q4_1 grid)",
+                "gguf_compare_smollm2_noised.json": "SmolLM2-135M, off-grid (noised)"}
 
 
-def gguf_files() -> Section:
-    name = "gguf_compare_smollm2.json"
-    runs = Runs(name)
-    d = runs[name]
+def gguf_table(d: dict, title: str) -> list[str]:
     rows = d["rows"]
     texts = list(rows["source bf16"]["ppl"])
     src = rows["source bf16"]["ppl"]
@@ -242,17 +243,29 @@ def gguf_files() -> Section:
         speed = r.get("decode_tok_s")
         out.append([GGUF_LABELS.get(key, key), f(r["bytes"] / 1e6, 1), *cells,
                     f(speed, 1) if speed else "-"])
-    head = ["SmolLM2-135M, GGUF", "MB"] + [h for t in texts for h in (f"ppl {t}", "rise")] + ["decode tok/s"]
-    body = table(head, out)
+    head = [title, "MB"] + [h for t in texts for h in (f"ppl {t}", "rise")] + ["decode tok/s"]
+    return table(head, out)
+
+
+def gguf_files() -> Section:
+    names = [n for n in GGUF_SOURCES if (RESULTS / n).exists()]
+    runs = Runs(*names)
+    d = runs[names[0]]
+    body = []
+    for n in names:
+        body += gguf_table(runs[n], GGUF_SOURCES[n] + (f" [{runs.key(n)}]" if len(names) > 1 else "")) + [""]
     intro = [f"Every file measured by llama.cpp itself: `llama-perplexity` (windows of {d['ctx']} tokens, the "
              f"second half of each scored, the first {d['chunks']} windows of each text) and `llama-bench` "
              f"(tg128, {d['threads']} threads). llama.cpp's rows come from `llama-quantize` of the source; "
              "the imatrix row from `llama-imatrix` on slmkit's own calibration text. slmkit's rows are "
-             "quantized onto GGUF block grids and written unchanged, the tied embedding/head table as Q8_0. "
-             "The source is a dequantized Q4_1 GGUF, so no row uses Q4_1. Decode tok/s: the median of "
-             f"{len(rows['source bf16'].get('decode_tok_s_runs', []))} runs, the files interleaved; files of the same "
-             "tensor types run the same kernels, so their differences here are the VM's run-to-run noise."]
-    return section("GGUF: slmkit's calibrated files beside llama.cpp's quantizations", intro, body, runs, "gguf")
+             "quantized onto GGUF block grids and written unchanged, the tied embedding/head table as Q8_0; "
+             "\"types by sensitivity\" chose each linear's type (`--gguf-bpw`) within the bytes llama.cpp's "
+             "Q4_K_M spends on its linears. The shared SmolLM2 is a dequantized Q4_1 GGUF (no row uses Q4_1); "
+             "the off-grid copy has Gaussian noise of half a Q4_1 step on every linear (half a Q8_0 step on "
+             "its table; `benchmarks/offgrid_source.py`). Decode tok/s: the median of the runs, the files "
+             "interleaved; files of the same tensor types run the same kernels, so their differences are "
+             "the VM's run-to-run noise."]
+    return section("GGUF: slmkit's calibrated files beside llama.cpp's quantizations", intro, body[:-1], runs, "gguf")
 
 
 SECTIONS = [gptq_peer, awq_peer, quant_defaults, gguf_files, quant_speed, pruning, structured, lowrank]

@@ -53,6 +53,8 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--respeed", action="store_true",
+                    help="drop the decode runs already recorded and time every file afresh, interleaved")
     return ap.parse_args()
 
 
@@ -178,6 +180,10 @@ def main() -> int:
     topic = f"gguf_compare{args.tag}"
     prev = RESULTS / f"{topic}.json"
     rows = json.loads(prev.read_text())["rows"] if prev.exists() else {}
+    if args.respeed:
+        for row in rows.values():
+            row.pop("decode_tok_s_runs", None)
+            row.pop("decode_tok_s", None)
 
     def save():
         write_result(topic, {"model": args.model, "ctx": args.ctx, "chunks": args.chunks,

@@ -277,3 +277,16 @@ def test_an_export_stage_writes_calibrated_gguf_grids_unchanged(tiny_dir, tmp_pa
     assert "llama.cpp side by side" in (tmp_path / "run" / "report.html").read_text()
     again = run_recipe(recipe, tmp_path / "run", log=lambda m: None)    # nothing left to measure
     assert again["llama_cpp"]["rows"] == rows
+
+
+def test_the_report_says_where_each_output_loads(tiny_dir, tmp_path):
+    text = ("name: t\nstages:\n  - quantize: {method: rtn, bits: 4, group_size: 32, symmetric: false}\n"
+            "  - export: {type: q8_0}\n")
+    recipe = fast(parse_recipe(text, "t.yaml"), tiny_dir("llama"))
+    recipe = dataclasses.replace(recipe, evaluation=dataclasses.replace(recipe.evaluation, llama_cpp_rounds=0))
+    report = run_recipe(recipe, tmp_path / "run", log=lambda m: None)
+    quantized, export = report["stages"][1]["loads"], report["stages"][2]["loads"]
+    assert quantized["transformers"].startswith("no: asymmetric") and quantized["slmkit"] == "yes"
+    assert export["llama.cpp"] == "yes"
+    md = (tmp_path / "run" / "report.md").read_text()
+    assert "Where each output loads" in md and "llm-compressor#1618" in md

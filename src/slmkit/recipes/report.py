@@ -143,8 +143,21 @@ def to_markdown(report: dict) -> str:
     out += ["| " + " | ".join(r) + " |" for r in rows]
     if (line := side_by_side_line(report)) is not None:
         out += ["", line]
+    out += loads_markdown(report)
     out += gguf_markdown(report.get("llama_cpp"))
     return "\n".join(out) + "\n"
+
+
+def loads_markdown(report: dict) -> list[str]:
+    """Which tools load each stage's output (`slmkit.models.loads`)."""
+    stages = [s for s in report["stages"][1:] if s.get("loads")]
+    if not stages:
+        return []
+    tools = list(stages[0]["loads"])
+    out = ["", "## Where each output loads", "", "| stage | " + " | ".join(tools) + " |",
+           "|---|" + "---|" * len(tools)]
+    out += ["| " + " | ".join([s["stage"], *(s["loads"].get(t, "-") for t in tools)]) + " |" for s in stages]
+    return out
 
 
 def _figures(runs: dict[str, dict]) -> list[tuple[str, bytes]]:
@@ -224,6 +237,7 @@ def to_html(runs: dict[str, dict]) -> str:
         parts.append("</table>")
         if (line := side_by_side_line(rep)) is not None:
             parts.append("<p>" + html.escape(line).replace("**", "") + "</p>")
+        parts += _html_table(loads_markdown(rep))
         parts += _html_table(gguf_markdown(rep.get("llama_cpp")))
     if len(runs) > 1 and pareto(runs):
         head, *rest = [line for line in pareto_markdown(runs).splitlines() if line.startswith("|")]

@@ -35,6 +35,7 @@ from slmkit.models import load, save
 from slmkit.models.default import default_gguf
 from slmkit.models.gguf_export import export_gguf
 from slmkit.models.load import resolve_source
+from slmkit.models.loads import where_it_loads
 from slmkit.recipes.gguf_rows import gguf_rows
 from slmkit.recipes.report import write_report
 from slmkit.recipes.schema import Recipe, Stage, stage_configs
@@ -326,7 +327,8 @@ def run_recipe(recipe: Recipe, run: str | Path, *, log=print) -> dict:
             raise SlmkitError(f"stage {i} ({stage.kind}, {folder.name}) failed: {e}; earlier stages "
                               f"are kept in {run} and re-running resumes here") from e
         rec.update({"stage": folder.name, "kind": stage.kind, "options": stage.options, "key": key,
-                    "seconds": time.perf_counter() - t0, "peak_rss_mb": mem.peak_bytes / 2 ** 20})
+                    "seconds": time.perf_counter() - t0, "peak_rss_mb": mem.peak_bytes / 2 ** 20,
+                    "loads": where_it_loads(rec["output"])})
         _write_json(done_file, rec)
         results.append(rec)
         previous, current = key, rec["output"]

@@ -7,7 +7,8 @@ Per quantized linear or embedding table `NAME` (weight-only, "pack-quantized"):
   NAME.weight_zero_point  int32 [ceil(out * bits / 32), groups]  packed along out; asymmetric only
   NAME.weight_shape       int64 [2]                           (out, in)
   NAME.weight_offset      float32 [out, groups]               GGUF's Q4_K / Q5_K grids: values are
-                          code * scale - offset (slmkit's own tensor: other readers refuse the folder)
+                          code * scale - offset (slmkit's own tensor, in config groups of format
+                          "slmkit-pack-quantized-offset", which other readers refuse)
 W8A8 ("int-quantized"): NAME.weight int8 [out, in] (code - 128), NAME.weight_scale float32 [out, 1];
 activations are quantized per token at run time (`input_activations.dynamic`).
 `config.json` gets `quantization_config` with one config group per distinct scheme, each listing
@@ -32,6 +33,7 @@ from slmkit.runtime.kernels import QuantLinear, make_linear
 from slmkit.runtime.pack import pack_int32, unpack_int32
 from slmkit.runtime.qweight import QuantizedWeight
 
+OFFSET_FORMAT = "slmkit-pack-quantized-offset"  # packed codes + float mins (weight_offset)
 FORMAT_VERSION = "0.20.0"  # the compressed-tensors version whose reader the tests check against
 
 
@@ -41,10 +43,10 @@ def quantized_modules(model: nn.Module) -> dict[str, QuantLinear]:
 
 def _scheme(m: QuantLinear) -> tuple:
     symmetric = m.offset is None and bool((m.zero == 2 ** (m.bits - 1)).all())
-    return (m.bits, m.group_size, symmetric, m.act_bits)
+    return (m.bits, m.group_size, symmetric, m.act_bits, m.offset is not None)
 
 
-def _scheme_dict(bits, group_size, symmetric, act_bits) -> dict:
+def _scheme_dict(bits, group_size, symmetric, act_bits, offsets=False) -> dict:
     weights = {"num_bits": bits, "type": "int", "symmetric": symmetric,
                "strategy": "channel" if group_size is None else "group",
                "group_size": group_size, "dynamic": False, "actorder": None, "observer": "minmax",
@@ -55,6 +57,8 @@ def _scheme_dict(bits, group_size, symmetric, act_bits) -> dict:
                 "dynamic": True, "group_size": None, "actorder": None, "observer": None,
                 "block_structure": None, "observer_kwargs": {}}
     fmt = "int-quantized" if act_bits else "pack-quantized"
+    if offsets:   # GGUF's Q4_K / Q5_K mins: a format no other reader knows, so none loads it silently wrong
+        fmt = OFFSET_FORMAT
     return {"weights": weights, "input_activations": acts, "output_activations": None,
             "format": fmt}
 
