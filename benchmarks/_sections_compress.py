@@ -215,18 +215,20 @@ def lowrank() -> Section:
     return section("Low-rank factorisation", intro, body, runs, "low-rank")
 
 
-GGUF_ORDER = ["source bf16", "llama Q8_0", "slmkit gptq:q8_0", "llama Q4_K_M", "llama Q4_K_M imatrix",
+GGUF_ORDER = ["source bf16", "llama Q8_0", "slmkit gptq:q8_0", "slmkit rtn:q8_0", "llama Q4_K_M", "llama Q4_K_M imatrix",
               "slmkit gptq:bpw-5.534375", "slmkit gptq:like-Q4_K_M", "slmkit gptq:q5_0",
               "slmkit gptq:q5_0+down=q6_k+gate=q4_0", "slmkit gptq:q4_0+down=q8_0",
               "llama Q4_0", "slmkit gptq:q4_0", "slmkit rtn:q4_0"]
 GGUF_LABELS = {"source bf16": "source (bf16 GGUF)", "slmkit gptq:q8_0": "**slmkit GPTQ onto Q8_0**",
                "slmkit gptq:q5_0": "slmkit GPTQ onto Q5_0", "slmkit gptq:q4_0": "**slmkit GPTQ onto Q4_0**",
                "slmkit rtn:q4_0": "slmkit RTN onto Q4_0",
+               "slmkit rtn:q8_0": "**slmkit RTN onto Q8_0** (extreme on level -128)",
                "slmkit gptq:bpw-5.534375": "**slmkit GPTQ, types by sensitivity (5.53 bits/weight)**",
                "slmkit gptq:like-Q4_K_M": "slmkit GPTQ on llama.cpp's Q4_K_M types",
                "slmkit gptq:q4_0+down=q8_0": "slmkit GPTQ onto Q4_0, ffn_down Q8_0",
                "slmkit gptq:q5_0+down=q6_k+gate=q4_0": "slmkit GPTQ onto Q5_0, ffn_down Q6_K, ffn_gate Q4_0"}
 GGUF_SOURCES = {"gguf_compare_smollm2.json": "SmolLM2-135M (on a Q4_1 grid)",
+                "gguf_compare_smollm2_rotated.json": "SmolLM2-135M, off-grid (rotated)",
                 "gguf_compare_smollm2_noised.json": "SmolLM2-135M, off-grid (noised)"}
 
 
@@ -261,8 +263,10 @@ def gguf_files() -> Section:
              "quantized onto GGUF block grids and written unchanged, the tied embedding/head table as Q8_0; "
              "\"types by sensitivity\" chose each linear's type (`--gguf-bpw`) within the bytes llama.cpp's "
              "Q4_K_M spends on its linears. The shared SmolLM2 is a dequantized Q4_1 GGUF (no row uses Q4_1); "
-             "the off-grid copy has Gaussian noise of half a Q4_1 step on every linear (half a Q8_0 step on "
-             "its table; `benchmarks/offgrid_source.py`). Decode tok/s: the median of the runs, the files "
+             "the off-grid copies (`benchmarks/offgrid_source.py`) have their residual stream rotated by a random "
+             "orthogonal matrix (same outputs, norms folded, the head untied: one more table in every file), "
+             "or Gaussian noise of half a Q4_1 step on every linear (half a Q8_0 step on the table), which "
+             "also degrades the model. Decode tok/s: the median of the runs, the files "
              "interleaved; files of the same tensor types run the same kernels, so their differences are "
              "the VM's run-to-run noise."]
     return section("GGUF: slmkit's calibrated files beside llama.cpp's quantizations", intro, body[:-1], runs, "gguf")

@@ -38,6 +38,7 @@ def test_what_it_says_about_transformers_is_what_transformers_does(case, tmp_pat
         with pytest.raises(Exception):
             AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert said["transformers"].startswith("yes") == (case in ("float", "int4 symmetric"))
+    assert ("asymmetric" in said["transformers"]) == (case in ("int4 asymmetric", "4-bit embeddings"))  # the table is asymmetric
 
 
 def test_a_gguf_file_loads_in_llama_cpp_and_other_paths_are_refused(tmp_path):

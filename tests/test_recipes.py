@@ -137,8 +137,9 @@ def test_cli_dry_run_and_report_compare(tiny_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
-    assert out.count("| 01-quantize |") == 2 and "| a/01-quantize |" in out and "## Pareto" in out
-    assert (tmp_path / "cmp" / "compare.html").read_text().count("<table>") == 3  # two runs + Pareto
+    # per run: its stage table and its where-it-loads table
+    assert out.count("| 01-quantize |") == 4 and "| a/01-quantize |" in out and "## Pareto" in out
+    assert (tmp_path / "cmp" / "compare.html").read_text().count("<table>") == 5  # 2 per run + Pareto
     rep = json.loads((tmp_path / "a" / "report.json").read_text())
     assert rep["stages"][0]["stage"] == "00-source"
 

@@ -63,7 +63,7 @@ def score_requests(model, requests: Sequence[tuple[Sequence[int], int]], *, pad:
             logprob, n, is_greedy = model.score(list(tokens), n_ctx)
             out.append(Score(logprob, n, is_greedy if greedy else None))
             if progress is not None:
-                progress(len(tokens))
+                progress(len(tokens) - 1)
         return out
     rows = _rows(requests)
     results: list[Score | None] = [None] * len(requests)

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from slmkit.errors import SlmkitError
+from slmkit.runtime.checkpoint import OFFSET_FORMAT
 
 YES = "yes"
 VLLM_UNCHECKED = "expected (a compressed-tensors checkpoint of integer weights); vLLM is not run here"
@@ -43,7 +44,8 @@ def where_it_loads(path: str | Path) -> dict[str, str]:
     why_not = []
     if any(n.endswith(".weight_offset") for n in names):
         why_not.append("GGUF's Q4_K/Q5_K mins (weight_offset) have no compressed-tensors form")
-    if any(not g.get("weights", {}).get("symmetric", True) for g in qc.get("config_groups", {}).values()):
+    if any(not g.get("weights", {}).get("symmetric", True) and g.get("format") != OFFSET_FORMAT
+           for g in qc.get("config_groups", {}).values()):
         why_not.append("asymmetric zero points fail in compressed-tensors 0.20 (llm-compressor#1618)")
     embed = [t for g in qc.get("config_groups", {}).values() for t in g.get("targets", []) if "embed" in t]
     if embed:

@@ -45,7 +45,9 @@ def gguf_rows(recipe, run: Path, results: list[dict], quality, log, rounds: int 
     for r in results:
         if r.get("kind") == "export":
             files[f"slmkit {r['stage']}"] = Path(r["output"])
-    rows = measure_files(files, tok, recipe, folder / "rows.json", quality, log, rounds, window)
+    # perplexity and speed; MC accuracy of every file would double the section's time (llama.cpp
+    # scores one request per call), so a recipe's llama.cpp rows leave it out
+    rows = measure_files(files, tok, recipe, folder / "rows.json", quality, log, rounds, window, mc=False)
     return {"rows": rows, "rounds": rounds, "window": window}
 
 
@@ -65,7 +67,7 @@ def reference_files(model, tok, folder: Path, log) -> dict[str, Path]:
 
 
 def measure_files(files: dict[str, Path], tok, recipe, state_file: Path, quality, log, rounds: int,
-                  window: int) -> dict:
+                  window: int, mc: bool = True) -> dict:
     """label -> {file, bytes, ppl, mc, decode_runs, decode_tok_s}: each file evaluated by llama.cpp
     (`quality`, on windows of `window` tokens), then greedy decode on one prompt with the files
     taken in turn over `rounds` rounds (median kept). Saved to `state_file` after every
@@ -82,7 +84,7 @@ def measure_files(files: dict[str, Path], tok, recipe, state_file: Path, quality
         log(f"[llama.cpp] evaluating {label}")
         with LlamaCppModel(path, n_ctx=window) as lm:
             rows[label] = {"file": str(path), "bytes": path.stat().st_size,
-                           **quality(lm, tok, recipe, rolling=False)}
+                           **quality(lm, tok, recipe, rolling=False, mc=mc)}
         save()
     ev = recipe.evaluation
     prompt = token_stream(tok, load_text("default"))[: ev.speed_prompt].tolist()

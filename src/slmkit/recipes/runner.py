@@ -197,7 +197,7 @@ def measure(model, tok, recipe: Recipe, folder: Path | None) -> dict:
     return out
 
 
-def quality(model, tok, recipe: Recipe, rolling: bool = True) -> dict:
+def quality(model, tok, recipe: Recipe, rolling: bool = True, mc: bool = True) -> dict:
     """{"ppl": per text, "mc": accuracy} on the recipe's evaluation data: protocol (i) on every
     text, (ii) on the first (with `rolling`). `model` is a PyTorch model or a GGUF file in
     llama.cpp (`slmkit.runtime.llamacpp.LlamaCppModel`)."""
@@ -213,9 +213,9 @@ def quality(model, tok, recipe: Recipe, rolling: bool = True) -> dict:
         if "rolling" in r:
             out["ppl"][spec].update({"word_ppl": r["rolling"]["word_perplexity"],
                                      "bits_per_byte": r["rolling"]["bits_per_byte"]})
-    if present(ev.mc):
-        mc = multiple_choice(model, tok, load_items(present(ev.mc), ev.mc_limit), MCConfig(path=present(ev.mc)))
-        out["mc"] = {"acc": mc["acc"], "acc_norm": mc["acc_norm"]}
+    if mc and present(ev.mc):
+        r = multiple_choice(model, tok, load_items(present(ev.mc), ev.mc_limit), MCConfig(path=present(ev.mc)))
+        out["mc"] = {"acc": r["acc"], "acc_norm": r["acc_norm"]}
     return out
 
 

@@ -57,7 +57,10 @@ def quantize_gguf(src: str | Path, dst: str | Path, ftype: str, threads: int = 0
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype, params.nthread = code, threads
     tmp = dst.with_name(f".{dst.name}.partial")
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    from llama_cpp._utils import suppress_stdout_stderr  # its per-tensor log goes nowhere
+
+    with suppress_stdout_stderr(disable=False):
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
     if rc != 0:
         tmp.unlink(missing_ok=True)
         raise SlmkitError(f"llama.cpp could not quantize {src} to {ftype} (code {rc})")
@@ -91,12 +94,12 @@ class LlamaCppModel:
                               f"got n_ctx={n_ctx}, {len(tokens)} tokens")
         self.llm.reset()
         self.llm.eval(list(tokens[:-1]))
-        logits = np.asarray(self.llm.scores[n_ctx - 1: len(tokens) - 1], dtype=np.float64)
-        target = np.asarray(tokens[n_ctx:])
-        top = logits.max(-1, keepdims=True)
-        logz = (top[:, 0] + np.log(np.exp(logits - top).sum(-1)))
-        picked = logits[np.arange(len(target)), target]
-        return float((picked - logz).sum()), len(target), bool((logits.argmax(-1) == target).all())
+        import torch
+
+        logits = torch.from_numpy(np.ascontiguousarray(self.llm.scores[n_ctx - 1: len(tokens) - 1], dtype=np.float32))
+        target = torch.as_tensor(tokens[n_ctx:])
+        logprob = -torch.nn.functional.cross_entropy(logits, target, reduction="sum").item()
+        return logprob, len(target), bool((logits.argmax(-1) == target).all())
 
     def decode_speed(self, prompt: list[int], new_tokens: int) -> float:
         """Greedy decode tok/s after `prompt` (prefill not timed): one token per llama.cpp call."""
