@@ -44,8 +44,14 @@ def test_validation_errors_name_the_line_key_and_allowed_values(text, match):
         parse_recipe(text, "<t>")
 
 
-def fast(recipe, model):
-    return dataclasses.replace(recipe, model=str(model), evaluation=FAST_EVAL, calibration=FAST_CALIB)
+def fast(recipe, model, llama_cpp_rounds: int | None = None):
+    ev = FAST_EVAL if llama_cpp_rounds is None else dataclasses.replace(FAST_EVAL, llama_cpp_rounds=llama_cpp_rounds)
+    return dataclasses.replace(recipe, model=str(model), evaluation=ev, calibration=FAST_CALIB)
+
+
+def quantize_then_export(quantize: str, model, llama_cpp_rounds: int):
+    text = f"name: t\nstages:\n  - quantize: {quantize}\n  - export: {{type: q8_0}}\n"
+    return fast(parse_recipe(text, "t.yaml"), model, llama_cpp_rounds)
 
 
 def shrink_steps(recipe):
@@ -244,10 +250,7 @@ def test_an_export_stage_writes_calibrated_gguf_grids_unchanged(tiny_dir, tmp_pa
 
     from slmkit.models import load
 
-    text = ("name: t\nstages:\n  - quantize: {method: rtn, gguf_type: q5_0}\n"
-            "  - export: {type: q8_0}\n")
-    recipe = fast(parse_recipe(text, "t.yaml"), tiny_dir("llama"))
-    recipe = dataclasses.replace(recipe, evaluation=dataclasses.replace(recipe.evaluation, llama_cpp_rounds=2))
+    recipe = quantize_then_export("{method: rtn, gguf_type: q5_0}", tiny_dir("llama"), llama_cpp_rounds=2)
     report = run_recipe(recipe, tmp_path / "run", log=lambda m: None)
     quantized, export = report["stages"][1], report["stages"][2]
     model, _ = load(quantized["output"], "float32")
@@ -281,10 +284,8 @@ def test_an_export_stage_writes_calibrated_gguf_grids_unchanged(tiny_dir, tmp_pa
 
 
 def test_the_report_says_where_each_output_loads(tiny_dir, tmp_path):
-    text = ("name: t\nstages:\n  - quantize: {method: rtn, bits: 4, group_size: 32, symmetric: false}\n"
-            "  - export: {type: q8_0}\n")
-    recipe = fast(parse_recipe(text, "t.yaml"), tiny_dir("llama"))
-    recipe = dataclasses.replace(recipe, evaluation=dataclasses.replace(recipe.evaluation, llama_cpp_rounds=0))
+    recipe = quantize_then_export("{method: rtn, bits: 4, group_size: 32, symmetric: false}", tiny_dir("llama"),
+                                  llama_cpp_rounds=0)
     report = run_recipe(recipe, tmp_path / "run", log=lambda m: None)
     quantized, export = report["stages"][1]["loads"], report["stages"][2]["loads"]
     assert quantized["transformers"].startswith("no: asymmetric") and quantized["slmkit"] == "yes"
