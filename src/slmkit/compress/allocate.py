@@ -69,6 +69,14 @@ def check_types(types) -> tuple[str, ...]:
     return types
 
 
+def check_fits(targets: list[Target], types, label: str) -> None:
+    """Refuse a target whose rows fit none of `types` (`label` names them in the message)."""
+    for t in targets:
+        if all(type_bytes(name, tuple(t.weight().shape)) is None for name in types):
+            raise SlmkitError(f"{t.name}: none of {label} fits its rows of {t.weight().shape[1]} "
+                              "inputs; add q8_0, q5_0 or q4_0")
+
+
 def predicted_losses(model, calib: "torch.Tensor", targets: list[Target], types: tuple[str, ...], *,
                      rows: int = 32, batch_size: int = 8) -> dict[str, dict[str, tuple[int, float]]]:
     """name -> type -> (bytes, predicted loss increase in nats per token) for every target and every
@@ -165,8 +173,5 @@ def allocate(model, calib: "torch.Tensor", targets: list[Target], bits_per_weigh
         raise SlmkitError(f"bits per weight must be a number in [1, 16], not {bits_per_weight!r}")
     n = sum(t.weight().numel() for t in targets)
     budget = int(bits_per_weight * n / 8)
-    for t in targets:
-        if all(type_bytes(name, tuple(t.weight().shape)) is None for name in types):
-            raise SlmkitError(f"{t.name}: none of {', '.join(types)} fits its rows of "
-                              f"{t.weight().shape[1]} inputs")
+    check_fits(targets, types, ", ".join(types))
     return choose(predicted_losses(model, calib, targets, types, **kwargs), budget)

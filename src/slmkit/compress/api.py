@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from slmkit.compress.allocate import allocate, type_bytes
+from slmkit.compress.allocate import allocate, check_fits
 from slmkit.compress.calibrate import HessianCollector, sequential
 from slmkit.compress.lowrank.apply import ASVDConfig, SVDConfig, apply_asvd, apply_svd, records
 from slmkit.compress.prune.apply import apply_magnitude, apply_sparsegpt, apply_wanda
@@ -149,10 +149,8 @@ def check_gguf_grids(model, cfg) -> None:
         if kquants and not static:
             raise SlmkitError(f"gguf_types has K-quants ({', '.join(kquants)}), whose scales are set per "
                               "256-weight block: use static_groups=True")
-        for t in all_targets(model, tuple(cfg.skip)):
-            if all(type_bytes(n, tuple(t.weight().shape)) is None for n in cfg.gguf_types):
-                raise SlmkitError(f"{t.name}: none of gguf_types ({', '.join(cfg.gguf_types)}) fits its "
-                                  f"rows of {t.weight().shape[1]} inputs; add q8_0, q5_0 or q4_0")
+        check_fits(all_targets(model, tuple(cfg.skip)), cfg.gguf_types,
+                   f"gguf_types ({', '.join(cfg.gguf_types)})")
         return
     for t in all_targets(model, tuple(cfg.skip)):
         bits, group_size, symmetric = grid_for(cfg, t)

@@ -61,9 +61,14 @@ class PerplexityConfig:
             raise SlmkitError(f"batch_tokens must be >= 1, not {self.batch_tokens}")
 
 
+def default_window(model) -> int:
+    """The window both protocols use when none is given: min(2048, the model's context)."""
+    return min(DEFAULT_LENGTH, context_length(model) or DEFAULT_LENGTH)
+
+
 def _default_length(model, value: int | None, what: str) -> int:
     if value is None:
-        return min(DEFAULT_LENGTH, context_length(model) or DEFAULT_LENGTH)
+        return default_window(model)
     check_length(model, value, what)
     return value
 

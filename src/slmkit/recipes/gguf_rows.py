@@ -19,6 +19,7 @@ from pathlib import Path
 
 from slmkit.data.chunk import token_stream
 from slmkit.data.sources import load_text
+from slmkit.eval.perplexity import default_window
 from slmkit.files import write_text_atomic
 from slmkit.models import load
 from slmkit.models.gguf_export import export_gguf
@@ -40,7 +41,7 @@ def gguf_rows(recipe, run: Path, results: list[dict], quality, log, rounds: int 
     folder = run / "llama.cpp"
     model, tok = load(recipe.model, "float32")
     files = reference_files(model, tok, folder, log)
-    window = min(2048, getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    window = default_window(model)   # the windows slmkit's own evaluation uses
     del model
     for r in results:
         if r.get("kind") == "export":

@@ -33,6 +33,7 @@ from slmkit.compress import GPTQConfig, RTNConfig, quantize
 from slmkit.compress.allocate import DEFAULT_TYPES, choose, predicted_losses
 from slmkit.compress.targets import all_targets
 from slmkit.errors import SlmkitError
+from slmkit.eval.perplexity import default_window
 from slmkit.files import write_text_atomic
 from slmkit.models import load, save
 from slmkit.models.gguf_export import export_gguf
@@ -83,7 +84,7 @@ def search(source: str, budget: Budget, run: str | Path, cfg: SearchConfig | Non
         write_text_atomic(state_file, json.dumps(state, indent=2) + "\n")
 
     model, tok = load(source, "float32")
-    window = min(2048, getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    window = default_window(model)   # the windows slmkit's own evaluation uses
     files = reference_files(model, tok, run / "llama.cpp", log)
     targets = all_targets(model)
     weights = sum(t.weight().numel() for t in targets)
