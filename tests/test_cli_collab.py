@@ -11,26 +11,26 @@ def last_json(text: str) -> dict:
 
 def test_generate_with_a_draft_equals_plain_greedy(tiny_dir, capsys):
     model = str(tiny_dir("llama"))
-    assert main(["generate", model, "--prompt", "The cat", "--max-new-tokens", "12", "--dtype", "float32"]) == 0
+    assert main(["generate", model, "--greedy", "--prompt", "The cat", "--max-new-tokens", "12", "--dtype", "float32"]) == 0
     plain = capsys.readouterr().out
-    assert main(["generate", model, "--prompt", "The cat", "--max-new-tokens", "12", "--dtype", "float32",
+    assert main(["generate", model, "--greedy", "--prompt", "The cat", "--max-new-tokens", "12", "--dtype", "float32",
                  "--draft", model]) == 0
     spec = capsys.readouterr().out
     assert spec.splitlines()[:-1] == plain.splitlines()[:-1]            # same text
     stats = last_json(spec)
     assert stats["acceptance_rate"] == 1.0 and stats["new_tokens"] == 12  # draft == target
-    assert main(["generate", model, "--prompt", "The cat", "--max-new-tokens", "12", "--dtype", "float32",
+    assert main(["generate", model, "--greedy", "--prompt", "The cat", "--max-new-tokens", "12", "--dtype", "float32",
                  "--draft", model, "--draft-confidence", "1"]) == 0       # never confident: 1 per round
     sure = capsys.readouterr().out
     assert sure.splitlines()[:-1] == plain.splitlines()[:-1]
     assert last_json(sure)["proposed"] == last_json(sure)["rounds"] < stats["proposed"]
-    assert main(["generate", model, "--prompt", "a b a b a b", "--prompt-lookup", "--max-new-tokens", "6",
+    assert main(["generate", model, "--greedy", "--prompt", "a b a b a b", "--prompt-lookup", "--max-new-tokens", "6",
                  "--dtype", "float32"]) == 0
 
 
 def test_proxy_with_identical_experts_is_the_base(tiny_dir, capsys):
     base, other = str(tiny_dir("llama")), str(tiny_dir("qwen2"))
-    assert main(["generate", base, "--prompt", "Hello", "--max-new-tokens", "8", "--dtype", "float32"]) == 0
+    assert main(["generate", base, "--greedy", "--prompt", "Hello", "--max-new-tokens", "8", "--dtype", "float32"]) == 0
     plain = capsys.readouterr().out.splitlines()[:-1]
     assert main(["proxy", "--base", base, "--expert", other, "--anti-expert", other, "--prompt", "Hello",
                  "--max-new-tokens", "8", "--dtype", "float32"]) == 0

@@ -1,6 +1,6 @@
 """`slmkit generate`, `slmkit proxy`, `slmkit route`: small and large models together.
 
-  slmkit generate MODEL --prompt "..." [--draft D | --prompt-lookup] [--k 4] [--temperature 0]
+  slmkit generate MODEL --prompt "..." [--draft D | --prompt-lookup] [--k 4] [--greedy]
   slmkit proxy --base L --expert S --anti-expert S0 --prompt "..." [--alpha 1]
   slmkit route --small S --large L --data items.jsonl [--threshold T]   (cascade; with answers in
         the data it also sweeps every threshold and prints the accuracy / cost curve)
@@ -15,13 +15,17 @@ import argparse
 import json
 import time
 
-from slmkit.collab import LocalLM, ModelDrafter, NoDrafter, PromptLookupDrafter, speculative_generate
+import torch
+
+from slmkit.collab import LocalLM, ModelDrafter, PromptLookupDrafter, speculative_generate
 from slmkit.collab.proxy import proxy_generate_batch
 from slmkit.collab.remote import RemoteLM
 from slmkit.collab.route import cascade, logprob_confidence, sweep
 from slmkit.data.answers import EXTRACTORS
 from slmkit.data.sources import read_jsonl
 from slmkit.errors import SlmkitError
+from slmkit.generate import Sampling
+from slmkit.generate import generate as run_engine
 from slmkit.generate.prompt import build_prompt
 from slmkit.models import load
 
@@ -41,7 +45,11 @@ def add_parser(sub, argv=()):
                    help="end a draft proposal where the product of the draft's top probabilities "
                         "over it falls below P (e.g. 0.5 with --k 20; default 0: off)")
     g.add_argument("--max-new-tokens", type=int, default=128)
-    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (default: the model's generation config, else 1)")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: the model's, else 1)")
+    g.add_argument("--greedy", action="store_true", help="always take the most likely token (temperature 0)")
+    g.add_argument("--seed", type=int, default=None, help="seed of the sampling")
     g.add_argument("--dtype", default="auto", help="decode dtype (auto picks per CPU)")
     g.add_argument("--chat", default="auto", choices=["auto", "yes", "no"], help="use the chat template")
 
@@ -101,13 +109,21 @@ def _generate(ns) -> int:
     eos = target.tokenizer.eos_token_id
     if ns.draft and ns.prompt_lookup:
         raise SlmkitError("give --draft or --prompt-lookup, not both")
-    drafter = (ModelDrafter(_local(ns.draft, ns.dtype), ns.draft_confidence,
-                                        ns.draft_joint_confidence) if ns.draft else
-               PromptLookupDrafter() if ns.prompt_lookup else NoDrafter())
+    sampling = Sampling.for_model(target.model, max_new_tokens=ns.max_new_tokens,
+                                  temperature=0.0 if ns.greedy else ns.temperature, top_p=ns.top_p,
+                                  seed=ns.seed)
     t0 = time.perf_counter()
-    out, stats = speculative_generate(target, drafter, ids, ns.max_new_tokens, k=ns.k,
-                                      temperature=ns.temperature, eos_token_id=eos)
-    info = stats.as_dict() if not isinstance(drafter, NoDrafter) else {}
+    info = {}
+    if ns.draft or ns.prompt_lookup:  # speculative decoding samples at the temperature alone
+        drafter = (ModelDrafter(_local(ns.draft, ns.dtype), ns.draft_confidence, ns.draft_joint_confidence)
+                   if ns.draft else PromptLookupDrafter())
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
+        out, stats = speculative_generate(target, drafter, ids, ns.max_new_tokens, k=ns.k,
+                                          temperature=sampling.temperature, eos_token_id=eos)
+        info = stats.as_dict()
+    else:
+        out = run_engine(target.model, target.tokenizer, [ids], sampling)[0].token_ids
     dt = time.perf_counter() - t0
     print(target.tokenizer.decode(out, skip_special_tokens=True))
     print(json.dumps({"new_tokens": len(out), "seconds": round(dt, 2),

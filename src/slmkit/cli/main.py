@@ -1,4 +1,4 @@
-"""`slmkit` — info, eval, convert, quantize, prune, lowrank, export, finetune, distill, generate, proxy, route, shrink, report, lm-eval. Errors print one line and exit 1 (`--debug`: traceback)."""
+"""`slmkit` — info, eval, convert, quantize, prune, lowrank, export, finetune, distill, generate, proxy, route, shrink, report, serve, lm-eval. Errors print one line and exit 1 (`--debug`: traceback)."""
 
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def one_line(e: BaseException) -> str:
 MODULE_COMMANDS = {"quantize": "quantize", "prune": "prune", "lowrank": "lowrank", "export": "export",
                    "finetune": "train", "distill": "train",
                    "generate": "collab", "proxy": "collab", "route": "collab",
-                   "shrink": "shrink", "report": "shrink"}
+                   "shrink": "shrink", "report": "shrink", "serve": "serve"}
 
 
 def _module_command(module: str):

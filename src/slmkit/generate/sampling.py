@@ -50,9 +50,29 @@ class Sampling:
         self.stop = tuple([self.stop] if isinstance(self.stop, str) else self.stop)
         self.stop_token_ids = tuple(self.stop_token_ids)
 
+    @classmethod
+    def for_model(cls, model, **given) -> "Sampling":
+        """Settings for `model`: those `given` (None = not given), else the model's
+        `generation_config` (temperature, top_p, top_k, repetition_penalty where it sets them),
+        else OpenAI's defaults (temperature 1, top_p 1)."""
+        defaults = model_defaults(model)
+        return cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+
+def model_defaults(model) -> dict:
+    """The sampling settings a model's `generation_config` sets (temperature, top_p, top_k,
+    repetition_penalty), over OpenAI's defaults: temperature 1, top_p 1, no top-k, no penalty."""
+    out = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "repetition_penalty": 1.0}
+    config = getattr(model, "generation_config", None)
+    for key in out:
+        value = getattr(config, key, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = type(out[key])(value)
+    return out
 
 
 def shape_logits(logits: torch.Tensor, s: Sampling, seen: torch.Tensor | None) -> torch.Tensor:

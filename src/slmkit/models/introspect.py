@@ -54,3 +54,17 @@ def eos_ids(model, tokenizer=None) -> set[int]:
             if isinstance(v, int):
                 eos.add(v)
     return eos
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of KV cache one token takes in every layer (keys and values in the model's float
+    dtype); 0 for a model without attention heads in its config (a recurrent state)."""
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    layers, heads = getattr(cfg, "num_hidden_layers", None), getattr(cfg, "num_attention_heads", None)
+    if not layers or not heads:
+        return 0
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    item = next((p.element_size() for p in model.parameters() if p.is_floating_point()), 4)
+    return 2 * layers * kv_heads * head_dim * item

@@ -1,0 +1,60 @@
+"""`slmkit serve MODEL [MODEL ...]`: an OpenAI-compatible server on 127.0.0.1:8000.
+
+  slmkit serve default                                   # the embedded model, as "default"
+  slmkit serve orig=default small=runs/shrink/model      # two models by name
+  curl http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
+       -d '{"model": "default", "messages": [{"role": "user", "content": "Hi"}]}'
+
+A chat page is at http://127.0.0.1:8000/, Prometheus metrics at /metrics. SIGTERM (Ctrl-C)
+finishes the running requests, then exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from slmkit.errors import SlmkitError
+
+
+def add_parser(sub, argv=()):
+    p = sub.add_parser("serve", help="serve models over an OpenAI-compatible HTTP API",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="hub id, folder, .gguf or 'default'; NAME=MODEL serves it as NAME")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("SLMKIT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 (default: $SLMKIT_API_KEY, else none)")
+    p.add_argument("--kv-memory", default=None,
+                   help="KV cache memory for all models, e.g. 2GB (default: a quarter of the free memory, "
+                        "at most 8GB); sets how many sequences run at once")
+    p.add_argument("--max-seqs", type=int, default=64, help="sequences decoded together at most, per model")
+    p.add_argument("--max-queue", type=int, default=64,
+                   help="requests waiting per model before new ones get 429 (default 64)")
+    p.add_argument("--max-body", default="1MB", help="largest request body (default 1MB)")
+    p.add_argument("--dtype", default="auto", help="decode dtype (auto picks per CPU)")
+    return p
+
+
+def run(ns) -> int:
+    from slmkit.serve import build_app, load_served, parse_bytes
+
+    if not 0 < ns.port < 65536:
+        raise SlmkitError(f"--port must be in 1..65535, not {ns.port}")
+    for flag in ("max_seqs", "max_queue"):
+        if getattr(ns, flag) < 1:
+            raise SlmkitError(f"--{flag.replace('_', '-')} must be >= 1, not {getattr(ns, flag)}")
+    kv = parse_bytes(ns.kv_memory) if ns.kv_memory else None
+    body = parse_bytes(ns.max_body)
+    try:
+        import uvicorn
+    except ImportError:
+        raise SlmkitError("serving needs the serve extra: pip install 'slmkit[serve]'") from None
+    served = load_served(ns.models, dtype=ns.dtype, kv_memory=kv, max_seqs=ns.max_seqs, max_queue=ns.max_queue)
+    for name, s in served.items():
+        print(f"serving {name!r}: up to {s.worker.max_seqs} sequences, KV budget {s.worker.kv_budget:,} tokens",
+              flush=True)
+    app = build_app(served, api_key=ns.api_key, max_body=body)
+    uvicorn.run(app, host=ns.host, port=ns.port, log_level="warning", timeout_graceful_shutdown=600)
+    return 0

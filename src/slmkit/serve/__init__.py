@@ -1,0 +1,81 @@
+"""`slmkit serve`: an OpenAI-compatible HTTP server (FastAPI + uvicorn) over slmkit's decode
+engine, continuous batching across requests with admission by KV-cache budget.
+
+    served = load_served(["default", "small=runs/x/model"], kv_memory=2 << 30)
+    app = build_app(served, api_key=None)          # slmkit.serve.app
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from slmkit.errors import SlmkitError
+from slmkit.serve.app import Served, build_app
+from slmkit.serve.metrics import Metrics
+from slmkit.serve.worker import Worker
+
+__all__ = ["Served", "build_app", "kv_memory_default", "load_served", "model_name", "parse_bytes"]
+
+
+def parse_bytes(text: str) -> int:
+    """'2GB', '512MB', '1.5GiB' or a plain byte count -> bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        value = float(t[:-1] if scale > 1 else t)
+    except ValueError:
+        raise SlmkitError(f"a memory size must look like 2GB, 512MB or 1073741824, not {text!r}") from None
+    if value <= 0:
+        raise SlmkitError(f"a memory size must be positive, not {text!r}")
+    return int(value * scale)
+
+
+def kv_memory_default() -> int:
+    """A quarter of the memory available now (MemAvailable), at most 8 GiB; 1 GiB where the
+    system does not say."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return min(int(line.split()[1]) * 1024 // 4, 8 << 30)
+    except OSError:
+        pass
+    return 1 << 30
+
+
+def model_name(spec: str) -> tuple[str, str]:
+    """'NAME=SOURCE' or 'SOURCE' -> (name, source); a folder or file is named by its last part."""
+    if "=" in spec and not os.path.exists(spec):
+        name, source = spec.split("=", 1)
+        if not name or not source:
+            raise SlmkitError(f"a model is SOURCE or NAME=SOURCE, not {spec!r}")
+        return name, source
+    return (Path(spec).name if os.path.exists(spec) else spec), spec
+
+
+def load_served(specs: list[str], *, dtype: str = "auto", kv_memory: int | None = None,
+                max_seqs: int = 64, max_queue: int = 64) -> dict[str, Served]:
+    """Load every model (checked before any is loaded: names unique) with a worker each; the KV
+    memory is split evenly between them."""
+    from slmkit.generate import Engine
+    from slmkit.models import load
+    from slmkit.models.introspect import kv_bytes_per_token
+
+    named = [model_name(s) for s in specs]
+    names = [n for n, _ in named]
+    if not named:
+        raise SlmkitError("serve needs at least one model")
+    if len(set(names)) != len(names):
+        raise SlmkitError(f"two models would be served as one name ({', '.join(names)}); "
+                          "name them: NAME=SOURCE")
+    memory = (kv_memory or kv_memory_default()) // len(named)
+    metrics = Metrics()
+    served = {}
+    for name, source in named:
+        model, tok = load(source, dtype, phase="decode")
+        per_token = kv_bytes_per_token(model) or 1
+        budget = memory // per_token
+        worker = Worker(name, lambda m=model, t=tok: Engine(m, t, max_batch=max_seqs),
+                        kv_budget_tokens=budget, max_seqs=max_seqs, max_queue=max_queue, metrics=metrics)
+        served[name] = Served(worker, model, tok)
+    return served
