@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import copy
+import importlib.util
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ from slmkit.errors import SlmkitError
 from slmkit.generate import Engine, Sampling, generate
 from slmkit.generate.stream import TextStream
 from slmkit.models import tiny
-from slmkit.serve import Served, build_app, model_name, parse_bytes
+from slmkit.serve import Served, build_app, load_served, model_name, parse_bytes
 from slmkit.serve.metrics import Metrics
 from slmkit.serve.worker import Worker
 
@@ -276,3 +277,50 @@ def test_names_and_sizes(tmp_path):
     assert parse_bytes("2GB") == 2 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("100") == 100
     with pytest.raises(SlmkitError):
         parse_bytes("lots")
+
+
+needs_llamacpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                    reason="llama-cpp-python (slmkit[llamacpp]) is not installed")
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory, tiny_tok):
+    from slmkit.models.gguf_export import export_gguf
+
+    model = tiny.tiny_model("llama", initializer_range=0.1)
+    return export_gguf(model, tiny_tok, tmp_path_factory.mktemp("gguf") / "m.gguf", "f32")
+
+
+@needs_llamacpp
+def test_gguf_serves_on_llama_cpp_as_llama_cpp_python_decodes_it(gguf):
+    import llama_cpp
+
+    served = load_served([f"g={gguf}"], kv_memory=64 << 20, max_seqs=8)
+    ctx = served["g"].model
+    assert type(ctx).__name__ == "LlamaCppContext" and served["g"].worker.kv_budget == ctx.n_ctx
+    prompts = ["The quick brown fox", "Hello", "a b c d e f", "Numbers: 1 2 3"]
+    own = []
+    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=256, n_threads=1, verbose=False)
+    tok = served["g"].tokenizer
+    for p in prompts:
+        llm.reset()
+        ids = []
+        for t in llm.generate(tok(p, add_special_tokens=False)["input_ids"], temp=0.0, top_k=1):
+            ids.append(t)
+            if len(ids) == 12 or t in ctx.config.eos_token_id:
+                break
+        own.append(tok.decode(ids, skip_special_tokens=True))
+    llm.close()
+    with serving(served) as url:
+        c = client(url)
+        alone = [c.completions.create(model="g", prompt=p, max_tokens=12, temperature=0).choices[0].text
+                 for p in prompts]
+        assert alone == own
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda p: c.completions.create(
+                model="g", prompt=p, max_tokens=12, temperature=0).choices[0].text, prompts))
+        assert together == own
+        chunks = list(c.completions.create(model="g", prompt=prompts[0], max_tokens=12, temperature=0,
+                                           stream=True))
+        assert "".join(ch.choices[0].text for ch in chunks) == own[0]
+    assert sorted(ctx._free) == list(range(8))     # every sequence freed

@@ -33,7 +33,10 @@ def add_parser(sub, argv=()):
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting per model before new ones get 429 (default 64)")
     p.add_argument("--max-body", default="1MB", help="largest request body (default 1MB)")
-    p.add_argument("--dtype", default="auto", help="decode dtype (auto picks per CPU)")
+    p.add_argument("--dtype", default="auto", help="decode dtype of the PyTorch engine (auto picks per CPU)")
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "llamacpp"],
+                   help="auto: .gguf files on llama.cpp where llama-cpp-python is installed, everything "
+                        "else on slmkit's PyTorch engine")
     return p
 
 
@@ -51,7 +54,8 @@ def run(ns) -> int:
         import uvicorn
     except ImportError:
         raise SlmkitError("serving needs the serve extra: pip install 'slmkit[serve]'") from None
-    served = load_served(ns.models, dtype=ns.dtype, kv_memory=kv, max_seqs=ns.max_seqs, max_queue=ns.max_queue)
+    served = load_served(ns.models, dtype=ns.dtype, kv_memory=kv, max_seqs=ns.max_seqs, max_queue=ns.max_queue,
+                         engine=ns.engine)
     for name, s in served.items():
         print(f"serving {name!r}: up to {s.worker.max_seqs} sequences, KV budget {s.worker.kv_budget:,} tokens",
               flush=True)

@@ -11,7 +11,10 @@ prefills the sequences added since the last step (one forward over their prompts
 merges them into the batch, so a new request waits at most one step, never for others to finish.
 Each sequence has its own sampling settings and random stream, so what it generates does not
 depend on which others share its batch (up to float rounding of the padded matmuls). The
-per-sequence state is `slmkit.generate.kv.KVBatch`; `generate()` is the simple call on top.
+per-sequence state is `slmkit.generate.kv.KVBatch` for a PyTorch model; any other `model` with a
+`prefill(prompts) -> (logits, state)` whose state has KVBatch's decode / merge / select runs the
+same loop (`slmkit.runtime.llamacpp_batch.LlamaCppContext`: llama.cpp's kernels). `generate()` is
+the simple call on top.
 
 A `picker` replaces the per-sequence draw with one choice over all rows of a forward: it gets the
 rows' float32 logits [rows, vocab] and their completions so far, and returns one token per row
@@ -83,7 +86,11 @@ token choice over all rows of a forward instead of each sequence's own (see the 
                  picker: Picker | None = None):
         if max_batch < 1:
             raise SlmkitError(f"max_batch must be >= 1, not {max_batch!r}")
-        self.model, self.tokenizer = model.eval(), tokenizer
+        if isinstance(model, torch.nn.Module):
+            model = model.eval()
+        elif not callable(getattr(model, "prefill", None)):
+            raise SlmkitError(f"{type(model).__name__} is neither a PyTorch model nor has prefill(prompts)")
+        self.model, self.tokenizer = model, tokenizer
         self.max_batch, self.narrow, self.picker = max_batch, narrow, picker
         self.eos = eos_ids(model, tokenizer)
         self.pad = pad_id(tokenizer) if tokenizer is not None else 0
@@ -117,8 +124,7 @@ token choice over all rows of a forward instead of each sequence's own (see the 
         room = self.max_batch - len(self._running)
         new, self._waiting = self._waiting[:room], self._waiting[room:]
         if new:
-            logits, state = KVBatch.prefill(self.model, [q.done.prompt_ids for q in new], self.pad,
-                                            self.narrow)
+            logits, state = self._prefill([q.done.prompt_ids for q in new])
             outs += self._advance(new, logits)
             self._state = state if self._state is None else self._state.merge(state)
             self._running += new
@@ -149,6 +155,11 @@ token choice over all rows of a forward instead of each sequence's own (see the 
             self.step()
 
     # ---- internals ------------------------------------------------------------------------
+    def _prefill(self, prompts: list[list[int]]):
+        if isinstance(self.model, torch.nn.Module):
+            return KVBatch.prefill(self.model, prompts, self.pad, self.narrow)
+        return self.model.prefill(prompts)
+
     def _advance(self, seqs: list[_Seq], logits: torch.Tensor) -> list[StepOutput]:
         if self.picker is None:
             picks = [next_token(row, q.s, q.generator, q.seen()) for q, row in zip(seqs, logits)]
@@ -203,9 +214,8 @@ token choice over all rows of a forward instead of each sequence's own (see the 
         if len(keep) == len(self._running):
             return
         self._running = [self._running[i] for i in keep]
-        if keep:
-            self._state.select(keep)
-        else:
+        self._state.select(keep)     # frees the finished rows' cache (all of it when none is left)
+        if not keep:
             self._state = None
 
 

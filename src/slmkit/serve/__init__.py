@@ -54,13 +54,15 @@ def model_name(spec: str) -> tuple[str, str]:
 
 
 def load_served(specs: list[str], *, dtype: str = "auto", kv_memory: int | None = None,
-                max_seqs: int = 64, max_queue: int = 64) -> dict[str, Served]:
-    """Load every model (checked before any is loaded: names unique) with a worker each; the KV
-    memory is split evenly between them."""
-    from slmkit.generate import Engine
-    from slmkit.models import load
-    from slmkit.models.introspect import kv_bytes_per_token
+                max_seqs: int = 64, max_queue: int = 64, engine: str = "auto") -> dict[str, Served]:
+    """Load every model (names checked unique before any loads) with a worker each; the KV memory
+    is split evenly between them. `engine`: "llamacpp" runs .gguf files on llama.cpp (one context,
+    a unified KV cache), "torch" on slmkit's PyTorch engine (dequantized); "auto" picks llama.cpp
+    for .gguf files where llama-cpp-python is installed."""
+    from slmkit.runtime import llamacpp
 
+    if engine not in ("auto", "torch", "llamacpp"):
+        raise SlmkitError(f"engine is auto, torch or llamacpp, not {engine!r}")
     named = [model_name(s) for s in specs]
     names = [n for n, _ in named]
     if not named:
@@ -68,14 +70,48 @@ def load_served(specs: list[str], *, dtype: str = "auto", kv_memory: int | None 
     if len(set(names)) != len(names):
         raise SlmkitError(f"two models would be served as one name ({', '.join(names)}); "
                           "name them: NAME=SOURCE")
+    if engine == "llamacpp":
+        if llamacpp.missing():
+            raise SlmkitError(llamacpp.missing().replace("llama.cpp rows skipped", "--engine llamacpp"))
+        not_gguf = [src for _, src in named if not src.endswith(".gguf")]
+        if not_gguf:
+            raise SlmkitError(f"--engine llamacpp serves .gguf files; not: {', '.join(not_gguf)}")
     memory = (kv_memory or kv_memory_default()) // len(named)
     metrics = Metrics()
     served = {}
     for name, source in named:
-        model, tok = load(source, dtype, phase="decode")
-        per_token = kv_bytes_per_token(model) or 1
-        budget = memory // per_token
-        worker = Worker(name, lambda m=model, t=tok: Engine(m, t, max_batch=max_seqs),
-                        kv_budget_tokens=budget, max_seqs=max_seqs, max_queue=max_queue, metrics=metrics)
-        served[name] = Served(worker, model, tok)
+        on_llama = source.endswith(".gguf") and engine != "torch" and not llamacpp.missing()
+        load_one = _llamacpp_served if on_llama else _torch_served
+        served[name] = load_one(name, source, dtype, memory, max_seqs, max_queue, metrics)
     return served
+
+
+def _torch_served(name, source, dtype, memory, max_seqs, max_queue, metrics) -> Served:
+    from slmkit.generate import Engine
+    from slmkit.models import load
+    from slmkit.models.introspect import kv_bytes_per_token
+
+    model, tok = load(source, dtype, phase="decode")
+    budget = memory // (kv_bytes_per_token(model) or 1)
+    worker = Worker(name, lambda: Engine(model, tok, max_batch=max_seqs), kv_budget_tokens=budget,
+                    max_seqs=max_seqs, max_queue=max_queue, metrics=metrics)
+    return Served(worker, model, tok)
+
+
+def _llamacpp_served(name, source, dtype, memory, max_seqs, max_queue, metrics) -> Served:
+    """A GGUF file on llama.cpp: one context whose unified KV cache holds `memory` bytes, the
+    tokenizer (and chat template) from the file itself."""
+    from transformers import AutoTokenizer
+
+    from slmkit.generate import Engine
+    from slmkit.runtime.llamacpp_batch import LlamaCppContext
+    from slmkit.serve.worker import summed_footprint
+
+    path = Path(source)
+    if not path.is_file():
+        raise SlmkitError(f"{source}: no such GGUF file")
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    ctx = LlamaCppContext(path, kv_bytes=memory, n_seq=max_seqs)
+    worker = Worker(name, lambda: Engine(ctx, tok, max_batch=max_seqs), kv_budget_tokens=ctx.n_ctx,
+                    max_seqs=max_seqs, max_queue=max_queue, metrics=metrics, footprint=summed_footprint)
+    return Served(worker, ctx, tok)

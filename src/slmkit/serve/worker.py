@@ -36,6 +36,11 @@ def padded_footprint(sizes: list[int]) -> int:
     return len(sizes) * max(sizes, default=0)
 
 
+def summed_footprint(sizes: list[int]) -> int:
+    """KV tokens of sequences in one unified cache (llama.cpp): the sum of their sizes."""
+    return sum(sizes)
+
+
 @dataclass
 class Ticket:
     """One request: its sequences (one per choice) and the queue its events arrive on."""
@@ -151,6 +156,9 @@ class Worker:
             for ticket in self._running:
                 ticket.send("error", 0, message)
             self._running, self._by_seq = [], {}
+            reset = getattr(self.engine.model, "reset", None)   # llama.cpp: clear the shared cache
+            if callable(reset):
+                reset()
             self.engine = self.make_engine()
             self._gauges()
             return
