@@ -324,3 +324,54 @@ def test_gguf_serves_on_llama_cpp_as_llama_cpp_python_decodes_it(gguf):
                                            stream=True))
         assert "".join(ch.choices[0].text for ch in chunks) == own[0]
     assert sorted(ctx._free) == list(range(8))     # every sequence freed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_command_serves_and_sigterm_drains_running_requests(tiny_dir):
+    """`slmkit serve` as users start it; SIGTERM lets a running stream finish, then it exits."""
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "slmkit.cli.main", "serve", f"t={tiny_dir('llama')}",
+                             "--port", str(port), "--dtype", "float32", "--kv-memory", "64MB"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() else "slow"
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert "<title>slmkit serve</title>" in httpx.get(url + "/").text
+        stream = client(url).completions.create(model="t", prompt="Go", max_tokens=150, temperature=0,
+                                                stream=True, extra_body={"ignore_eos": True})
+        chunks = [next(iter(stream))]
+        proc.send_signal(signal.SIGTERM)
+        chunks += list(stream)
+        assert chunks[-1].choices[0].finish_reason == "length"
+        assert proc.wait(30) in (0, -signal.SIGTERM)    # uvicorn re-raises the signal once drained
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_bad_serve_arguments_are_one_line_errors(capsys, tiny_dir):
+    from slmkit.cli.main import main
+
+    assert main(["serve", "a=x", "a=y"]) == 1
+    assert "two models would be served as one name" in capsys.readouterr().err
+    assert main(["serve", str(tiny_dir("llama")), "--kv-memory", "lots"]) == 1
+    assert "memory size" in capsys.readouterr().err
+    assert main(["serve", str(tiny_dir("llama")), "--engine", "llamacpp"]) == 1
+    assert "serves .gguf files" in capsys.readouterr().err or "not installed" in capsys.readouterr().err

@@ -5,6 +5,7 @@
 #   bash benchmarks/peers/setup.sh gptqmodel   # gptqmodel          -> .venv-peers/gptqmodel (see README)
 #   bash benchmarks/peers/setup.sh trl         # TRL's SFTTrainer   -> .venv-peers/trl
 #   bash benchmarks/peers/setup.sh llamacpp    # llama.cpp tools    -> .venv-peers/llamacpp/bin
+#   bash benchmarks/peers/setup.sh guidellm    # GuideLLM (load)    -> .venv-peers/guidellm
 #   FORCE=1 bash benchmarks/peers/setup.sh llmc   # rebuild even if the stamp exists
 #
 # Each venv is separate from the main .venv because the peers pin their own
@@ -28,13 +29,14 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 TORCH_PIN="torch==2.13.0"
 LLMC_PINS=("llmcompressor==0.14.0.1")
 GPTQMODEL_PINS=("gptqmodel==7.6.0")  # 7.7.0 needs torch>=2.14.1 (see README)
+GUIDELLM_PINS=("guidellm==0.8.1")
 TRL_PINS=("trl==1.16.*" "transformers==5.23.*" "datasets==5.2.*")
 LLAMACPP_PY_VERSION="0.3.36"   # llama-cpp-python sdist whose vendor/llama.cpp is built
-LLAMACPP_TARGETS=(llama-quantize llama-imatrix llama-perplexity llama-bench llama-simple llama-completion)
+LLAMACPP_TARGETS=(llama-quantize llama-imatrix llama-perplexity llama-bench llama-simple llama-completion llama-server)
 LLAMACPP_CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON
-    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF)
+    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF)
 
-usage() { echo "usage: $0 llmc|gptqmodel|trl|llamacpp|all" >&2; exit 2; }
+usage() { echo "usage: $0 llmc|gptqmodel|trl|guidellm|llamacpp|all" >&2; exit 2; }
 
 up_to_date() {  # name, stamp file, wanted stamp, where: true (and says so) unless FORCE or changed
     if [[ -z "${FORCE:-}" && -f "$2" && "$(cat "$2")" == "$3" ]]; then
@@ -132,6 +134,7 @@ for target in "$@"; do
         llmc) make_venv llmc "${LLMC_PINS[@]}" ;;
         gptqmodel) make_venv gptqmodel "${GPTQMODEL_PINS[@]}" ;;
         trl) make_venv trl "${TRL_PINS[@]}" ;;
+        guidellm) make_venv guidellm "${GUIDELLM_PINS[@]}" ;;
         llamacpp) build_llamacpp ;;
         all) make_venv llmc "${LLMC_PINS[@]}"; make_venv gptqmodel "${GPTQMODEL_PINS[@]}" ;;
         *) usage ;;

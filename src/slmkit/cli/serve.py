@@ -42,6 +42,7 @@ def add_parser(sub, argv=()):
 
 def run(ns) -> int:
     from slmkit.serve import build_app, load_served, parse_bytes
+    from slmkit.serve.app import DRAIN_SECONDS
 
     if not 0 < ns.port < 65536:
         raise SlmkitError(f"--port must be in 1..65535, not {ns.port}")
@@ -60,5 +61,5 @@ def run(ns) -> int:
         print(f"serving {name!r}: up to {s.worker.max_seqs} sequences, KV budget {s.worker.kv_budget:,} tokens",
               flush=True)
     app = build_app(served, api_key=ns.api_key, max_body=body)
-    uvicorn.run(app, host=ns.host, port=ns.port, log_level="warning", timeout_graceful_shutdown=600)
+    uvicorn.run(app, host=ns.host, port=ns.port, log_level="warning", timeout_graceful_shutdown=DRAIN_SECONDS + 10)
     return 0

@@ -31,6 +31,7 @@ from slmkit.serve.protocol import APIError, ChatRequest, CompletionRequest
 from slmkit.serve.worker import Worker
 
 PAGE = Path(__file__).with_name("page.html")
+DRAIN_SECONDS = 590      # on SIGTERM, running streams get this long to finish (uvicorn waits 600 s)
 
 
 @dataclass
@@ -193,7 +194,7 @@ async def _answer(request: Request, s: Served, body, prompts: list[list[int]], m
     streams = [TextStream(s.tokenizer, q.stop) for _, q in rows]
     reply = _Reply(s, body, chat, rid=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24])
     if body.stream:
-        return EventSourceResponse(_sse(s, ticket, streams, reply), ping=15)
+        return EventSourceResponse(_sse(s, ticket, streams, reply), ping=15, shutdown_grace_period=DRAIN_SECONDS)
     return await _whole(request, s, ticket, streams, reply)
 
 
