@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import openai
@@ -375,3 +376,20 @@ def test_bad_serve_arguments_are_one_line_errors(capsys, tiny_dir):
     assert "memory size" in capsys.readouterr().err
     assert main(["serve", str(tiny_dir("llama")), "--engine", "llamacpp"]) == 1
     assert "serves .gguf files" in capsys.readouterr().err or "not installed" in capsys.readouterr().err
+
+
+def test_schemathesis_finds_no_server_error(server):
+    """Fuzzing every operation of the server's OpenAPI schema (schemathesis) gives no 5xx."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("schemathesis") or str(Path(sys.executable).with_name("schemathesis"))
+    if not Path(exe).exists():
+        pytest.skip("schemathesis is not installed (pip install schemathesis)")
+    r = subprocess.run([exe, "run", server + "/openapi.json", "--checks", "not_a_server_error",
+                        "--max-examples", "25", "--seed", "1", "--workers", "1", "--request-timeout", "30",
+                        "--generation-deterministic"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:]
+    assert "POST /v1/chat/completions" in r.stdout and "POST /v1/completions" in r.stdout
