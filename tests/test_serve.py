@@ -393,3 +393,60 @@ def test_schemathesis_finds_no_server_error(server):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "POST /v1/chat/completions" in r.stdout and "POST /v1/completions" in r.stdout
+
+
+def test_the_chat_page_streams_an_answer_in_a_real_browser(server, tmp_path):
+    """Headless Chromium (Debian's package) loads the page, a prompt is typed and sent, and the
+    streamed answer on the page is the server's own greedy answer."""
+    import json
+    import shutil
+    import subprocess
+
+    exe = next((shutil.which(n) for n in ("chromium", "chromium-browser") if shutil.which(n)), None)
+    ws_client = pytest.importorskip("websockets.sync.client")
+    if exe is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium)")
+    want = client(server).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Tell me a story"}], max_tokens=40,
+        temperature=0).choices[0].message.content
+    browser = subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                                f"--user-data-dir={tmp_path}", "--remote-debugging-port=0", server + "/"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file, deadline = tmp_path / "DevToolsActivePort", time.time() + 60
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert time.time() < deadline and browser.poll() is None, "chromium did not start"
+            time.sleep(0.1)
+        port = port_file.read_text().split()[0]
+        page = next(t for t in httpx.get(f"http://127.0.0.1:{port}/json").json() if t["type"] == "page")
+        with ws_client.connect(page["webSocketDebuggerUrl"], max_size=None) as ws:
+            calls = iter(range(1, 10**6))
+
+            def cdp(method, **params):
+                n = next(calls)
+                ws.send(json.dumps({"id": n, "method": method, "params": params}))
+                while True:
+                    msg = json.loads(ws.recv(timeout=30))
+                    if msg.get("id") == n:
+                        return msg.get("result", {})
+
+            def js(expr):
+                return cdp("Runtime.evaluate", expression=expr, returnByValue=True)["result"].get("value")
+
+            def until(expr, seconds=60):
+                end = time.time() + seconds
+                while not js(expr):
+                    assert time.time() < end, f"timed out waiting for {expr}"
+                    time.sleep(0.1)
+
+            until("document.getElementById('model-a').options.length > 0")
+            js("document.getElementById('max-tokens').value = '40'; document.getElementById('temperature').value = '0'")
+            js("document.getElementById('prompt').focus()")
+            cdp("Input.insertText", text="Tell me a story")
+            js("document.getElementById('send').click()")
+            until("document.getElementById('answer-a').dataset.done === '1'")
+            assert js("document.getElementById('answer-a').textContent") == want
+            assert "tok/s" in js("document.getElementById('stats-a').textContent")
+    finally:
+        browser.kill()
+        browser.wait()
