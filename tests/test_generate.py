@@ -161,3 +161,21 @@ def test_a_picker_chooses_for_all_rows_and_logprobs_stay_the_models(tiny_tok):
     logits = model(torch.tensor([PROMPTS[0] + [7, 7]])).logits[0, -3:].float()
     want = torch.log_softmax(logits, -1)[:, 7]
     assert torch.allclose(torch.tensor(done[0].logprobs), want, atol=1e-4)
+
+
+def test_a_long_prompt_goes_in_chunks_while_the_others_keep_decoding(model, tiny_tok):
+    long = torch.randint(3, 500, (50,), generator=torch.Generator().manual_seed(1)).tolist()
+    alone = [c.token_ids for c in generate(model, tiny_tok, [PROMPTS[0], long], greedy(12), max_batch=1)]
+    engine = Engine(model, tiny_tok, prefill_chunk=8)
+    a = engine.add(PROMPTS[0], greedy(12))
+    engine.step()                                  # a's 3-token prompt fits one chunk: it starts
+    b = engine.add(long, greedy(12))
+    steps = []
+    while engine.has_work():
+        steps.append({o.id for o in engine.step()})
+    assert all(a in ids for ids in steps[:11])     # a advances every step while b's prompt goes in
+    assert next(i for i, ids in enumerate(steps) if b in ids) == 6   # 50 tokens, 8 per step: 7 steps
+    assert engine.result(a).token_ids == alone[0] and engine.result(b).token_ids == alone[1]
+    c = engine.add(long, greedy(4))
+    engine.step()
+    assert engine.remove(c).finish_reason == "abort" and not engine.has_work()   # removed mid-prefill

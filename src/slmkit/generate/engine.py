@@ -83,9 +83,12 @@ class Engine:
 token choice over all rows of a forward instead of each sequence's own (see the module docstring)."""
 
     def __init__(self, model, tokenizer=None, *, max_batch: int = 16, narrow: bool = True,
-                 picker: Picker | None = None):
+                 picker: Picker | None = None, prefill_chunk: int | None = None):
         if max_batch < 1:
             raise SlmkitError(f"max_batch must be >= 1, not {max_batch!r}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise SlmkitError(f"prefill_chunk must be >= 1 or None, not {prefill_chunk!r}")
+        self.prefill_chunk = prefill_chunk
         if isinstance(model, torch.nn.Module):
             model = model.eval()
         elif not callable(getattr(model, "prefill", None)):
@@ -97,6 +100,8 @@ token choice over all rows of a forward instead of each sequence's own (see the 
         self._next_id = 0
         self._waiting: list[_Seq] = []
         self._running: list[_Seq] = []      # in the order of the state's rows
+        self._chunked: _Seq | None = None    # a long prompt being prefilled a chunk per step
+        self._chunk_state, self._chunk_fed = None, 0
         self._state: KVBatch | None = None
         self._finished: dict[int, Completion] = {}
 
@@ -113,23 +118,62 @@ token choice over all rows of a forward instead of each sequence's own (see the 
         return seq.done.id
 
     def has_work(self) -> bool:
-        return bool(self._waiting or self._running)
+        return bool(self._waiting or self._running or self._chunked)
 
     def step(self) -> list[StepOutput]:
-        """Advance every running sequence by one token and start waiting ones (up to max_batch)."""
+        """Advance every running sequence by one token and start waiting ones (up to max_batch).
+        With `prefill_chunk`, a step prefills at most that many prompt tokens: waiting prompts
+        that fit start whole, and one longer prompt advances by what is left (its first token
+        comes with its last chunk), so a long prompt never stalls the running sequences for more
+        than a chunk."""
         outs: list[StepOutput] = []
         if self._running:
             logits = self._state.decode([q.done.token_ids[-1] for q in self._running])
             outs += self._advance(self._running, logits)
-        room = self.max_batch - len(self._running)
-        new, self._waiting = self._waiting[:room], self._waiting[room:]
+        room = self.max_batch - len(self._running) - (self._chunked is not None)
+        budget = self.prefill_chunk
+        new = []
+        for q in list(self._waiting):                # in order, skipping prompts over the budget
+            if len(new) >= room:
+                break
+            size = len(q.done.prompt_ids)
+            if budget is not None and size > budget:
+                continue
+            new.append(q)
+            self._waiting.remove(q)
+            budget = None if budget is None else budget - size
         if new:
             logits, state = self._prefill([q.done.prompt_ids for q in new])
             outs += self._advance(new, logits)
-            self._state = state if self._state is None else self._state.merge(state)
-            self._running += new
+            self._join(new, state)
+        if budget and (self._chunked is not None or (self._waiting and len(new) < room)):
+            outs += self._feed_chunk(budget)
         self._drop_finished()
         return outs
+
+    def _feed_chunk(self, budget: int) -> list[StepOutput]:
+        """Prefill the next `budget` tokens of the chunked prompt (taking the next waiting one
+        when none is under way); after its last chunk it samples and joins the batch."""
+        if self._chunked is None:
+            self._chunked, self._chunk_state = self._waiting.pop(0), None
+        q = self._chunked
+        fed = 0 if self._chunk_state is None else self._chunk_fed
+        piece = q.done.prompt_ids[fed: fed + budget]
+        if self._chunk_state is None:
+            logits, self._chunk_state = self._prefill([piece])
+        else:
+            logits = self._chunk_state.extend(piece)
+        self._chunk_fed = fed + len(piece)
+        if self._chunk_fed < len(q.done.prompt_ids):
+            return []
+        state, self._chunked, self._chunk_state = self._chunk_state, None, None
+        outs = self._advance([q], logits)
+        self._join([q], state)
+        return outs
+
+    def _join(self, seqs: list[_Seq], state) -> None:
+        self._state = state if self._state is None else self._state.merge(state)
+        self._running += seqs
 
     def remove(self, seq_id: int) -> Completion | None:
         """Stop a waiting or running sequence now -> its completion so far (finish "abort");
@@ -138,6 +182,13 @@ token choice over all rows of a forward instead of each sequence's own (see the 
             if q.done.id == seq_id:
                 self._waiting.remove(q)
                 return self._finish(q, "abort")
+        if self._chunked is not None and self._chunked.done.id == seq_id:
+            q, self._chunked = self._chunked, None
+            if self._chunk_state is not None:
+                self._chunk_state.select([])       # frees its cache
+            self._chunk_state = None
+            self._finish(q, "abort")
+            return self._finished.pop(seq_id)
         for q in self._running:
             if q.done.id == seq_id and q.done.finish_reason is None:
                 self._finish(q, "abort")

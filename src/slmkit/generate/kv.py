@@ -69,6 +69,16 @@ class KVBatch:
         self.mask = torch.cat([self.mask, torch.ones(self.rows, 1, dtype=torch.long)], 1)
         return self._forward(torch.tensor(tokens)[:, None], self.positions[:, None] + 1)
 
+    def extend(self, ids: list[int]) -> torch.Tensor:
+        """Append `ids` to a one-row state (the next chunk of a prompt) -> the next-token
+        logits after them [1, vocab] float32."""
+        if self.rows != 1 or not ids:
+            raise SlmkitError("extend() takes a non-empty chunk for a state of one row")
+        n = len(ids)
+        self.mask = torch.cat([self.mask, torch.ones(1, n, dtype=torch.long)], 1)
+        positions = self.positions[:, None] + 1 + torch.arange(n)[None, :]
+        return self._forward(torch.tensor([ids]), positions)
+
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), _narrow(self.model, self.narrow):
             out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,

@@ -106,8 +106,10 @@ def next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator | N
     shaped = shape_logits(logits, s, seen)
     if s.greedy:
         token = int(shaped.argmax())
-    else:
-        token = int(torch.multinomial(torch.softmax(shaped, -1), 1, generator=generator))
+    else:   # inverse CDF: one uniform draw (torch.multinomial takes ~1 ms on a 50k vocabulary)
+        cdf = torch.softmax(shaped, -1).cumsum(-1)
+        u = torch.rand(1, generator=generator) * cdf[-1]
+        token = int(torch.searchsorted(cdf, u, right=True).clamp(max=cdf.numel() - 1))
     return (token, *token_logprobs(logits, token, s.logprobs))
 
 

@@ -154,6 +154,14 @@ class LlamaCppBatch:
         self.positions = [p + 1 for p in self.positions]
         return self.ctx.run([(s, t, p, True) for s, t, p in zip(self.seqs, tokens, self.positions)])
 
+    def extend(self, ids: list[int]) -> torch.Tensor:
+        """Append `ids` to a one-row state (the next chunk of a prompt) -> next-token logits [1, vocab]."""
+        if self.rows != 1 or not ids:
+            raise SlmkitError("extend() takes a non-empty chunk for a state of one row")
+        start = self.positions[0] + 1
+        self.positions = [start + len(ids) - 1]
+        return self.ctx.run([(self.seqs[0], t, start + i, i == len(ids) - 1) for i, t in enumerate(ids)])
+
     def merge(self, other: "LlamaCppBatch") -> "LlamaCppBatch":
         self.seqs, self.positions = self.seqs + other.seqs, self.positions + other.positions
         return self
