@@ -232,7 +232,14 @@ def test_kv_budget_sets_concurrency_and_a_full_queue_is_429(model_tok):
         peaks[room] = max(seen)
     assert peaks[2] == 2 and peaks[4] == 4
     long = 256 - len(prompt)           # the whole context: one sequence fills the budget
-    w = worker(model, tok, budget=len(prompt) + long, max_queue=1)
+
+    class Slow(Engine):                # 20 ms a step: the first request runs ~5 s, whatever the machine
+        def step(self):
+            time.sleep(0.02)
+            return super().step()
+
+    w = Worker("tiny", lambda: Slow(model, tok), kv_budget_tokens=len(prompt) + long, metrics=Metrics(),
+               max_queue=1)
     with serving({"tiny": Served(w, model, tok)}) as url:
         c = client(url)
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -240,7 +247,7 @@ def test_kv_budget_sets_concurrency_and_a_full_queue_is_429(model_tok):
                                 extra_body={"ignore_eos": True}) for _ in range(2)]
             deadline = time.time() + 20     # until one runs and one waits: the queue (1) is full
             while 'slmkit_queue_depth{model="tiny"} 1.0' not in httpx.get(url + "/metrics").text:
-                assert time.time() < deadline
+                assert time.time() < deadline, [f.exception() for f in busy if f.done()]
             r = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
             assert r.status_code == 429 and r.headers["Retry-After"] == "1"
             assert r.json()["error"]["type"] == "rate_limit_error"
@@ -296,7 +303,7 @@ def gguf(tmp_path_factory, tiny_tok):
 def test_gguf_serves_on_llama_cpp_as_llama_cpp_python_decodes_it(gguf):
     import llama_cpp
 
-    served = load_served([f"g={gguf}"], kv_memory=64 << 20, max_seqs=8)
+    served = load_served([f"g={gguf}"], kv_memory=64 << 20, max_seqs=8, prefill_chunk=3)   # prompts in chunks
     ctx = served["g"].model
     assert type(ctx).__name__ == "LlamaCppContext" and served["g"].worker.kv_budget == ctx.n_ctx
     prompts = ["The quick brown fox", "Hello", "a b c d e f", "Numbers: 1 2 3"]
@@ -378,7 +385,7 @@ def test_bad_serve_arguments_are_one_line_errors(capsys, tiny_dir):
     assert "serves .gguf files" in capsys.readouterr().err or "not installed" in capsys.readouterr().err
 
 
-def test_schemathesis_finds_no_server_error(server):
+def test_schemathesis_finds_no_server_error(server, tmp_path):
     """Fuzzing every operation of the server's OpenAPI schema (schemathesis) gives no 5xx."""
     import shutil
     import subprocess
@@ -390,7 +397,7 @@ def test_schemathesis_finds_no_server_error(server):
     r = subprocess.run([exe, "run", server + "/openapi.json", "--checks", "not_a_server_error",
                         "--max-examples", "25", "--seed", "1", "--workers", "1", "--request-timeout", "30",
                         "--generation-deterministic"],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, cwd=tmp_path)   # its .schemathesis/ there
     assert r.returncode == 0, r.stdout[-3000:]
     assert "POST /v1/chat/completions" in r.stdout and "POST /v1/completions" in r.stdout
 
@@ -450,3 +457,18 @@ def test_the_chat_page_streams_an_answer_in_a_real_browser(server, tmp_path):
     finally:
         browser.kill()
         browser.wait()
+
+
+def test_load_32_streaming_clients_for_20_seconds(tiny_dir):
+    """The CI version of benchmarks/serve_load.py: every stream completes or is refused with 429,
+    no server error, and the server is alive at the end."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import serve_load
+
+    out = serve_load.main(["--model", str(tiny_dir("llama")), "--clients", "32", "--seconds", "20",
+                           "--max-queue", "4", "--kv-memory", "32MB", "--max-words", "20", "--max-new", "64",
+                           "--no-save"])   # the tiny model's context is 256 tokens
+    assert out["errors"] == 0 and out["server_alive"], out
+    assert out["complete"] > 32 and out["refused"] > 0      # a full queue answered 429, cleanly

@@ -28,11 +28,15 @@ def add_parser(sub, argv=()):
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $SLMKIT_API_KEY, else none)")
     p.add_argument("--kv-memory", default=None,
                    help="KV cache memory for all models, e.g. 2GB (default: a quarter of the free memory, "
-                        "at most 8GB); sets how many sequences run at once")
+                        "at most 2GB); sets how many sequences run at once")
     p.add_argument("--max-seqs", type=int, default=64, help="sequences decoded together at most, per model")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests waiting per model before new ones get 429 (default 64)")
     p.add_argument("--max-body", default="1MB", help="largest request body (default 1MB)")
+    p.add_argument("--prefill-chunk", type=int, default=512,
+                   help="prompt tokens prefilled per engine step at most; a longer prompt goes in chunks "
+                        "between decode steps, so it never stalls the running streams for long (default 512; "
+                        "0: whole prompts)")
     p.add_argument("--dtype", default="auto", help="decode dtype of the PyTorch engine (auto picks per CPU)")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "llamacpp"],
                    help="auto: .gguf files on llama.cpp where llama-cpp-python is installed, everything "
@@ -46,6 +50,8 @@ def run(ns) -> int:
 
     if not 0 < ns.port < 65536:
         raise SlmkitError(f"--port must be in 1..65535, not {ns.port}")
+    if ns.prefill_chunk < 0:
+        raise SlmkitError(f"--prefill-chunk must be >= 0, not {ns.prefill_chunk}")
     for flag in ("max_seqs", "max_queue"):
         if getattr(ns, flag) < 1:
             raise SlmkitError(f"--{flag.replace('_', '-')} must be >= 1, not {getattr(ns, flag)}")
@@ -56,7 +62,7 @@ def run(ns) -> int:
     except ImportError:
         raise SlmkitError("serving needs the serve extra: pip install 'slmkit[serve]'") from None
     served = load_served(ns.models, dtype=ns.dtype, kv_memory=kv, max_seqs=ns.max_seqs, max_queue=ns.max_queue,
-                         engine=ns.engine)
+                         engine=ns.engine, prefill_chunk=ns.prefill_chunk or None)
     for name, s in served.items():
         print(f"serving {name!r}: up to {s.worker.max_seqs} sequences, KV budget {s.worker.kv_budget:,} tokens",
               flush=True)

@@ -8,6 +8,7 @@ engine, continuous batching across requests with admission by KV-cache budget.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmkit.errors import SlmkitError
@@ -32,12 +33,12 @@ def parse_bytes(text: str) -> int:
 
 
 def kv_memory_default() -> int:
-    """A quarter of the memory available now (MemAvailable), at most 8 GiB; 1 GiB where the
-    system does not say."""
+    """A quarter of the memory available now (MemAvailable), at most 2 GiB (~90k tokens of a
+    135M model's float16 cache); 1 GiB where the system does not say."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return min(int(line.split()[1]) * 1024 // 4, 8 << 30)
+                return min(int(line.split()[1]) * 1024 // 4, 2 << 30)
     except OSError:
         pass
     return 1 << 30
@@ -54,11 +55,15 @@ def model_name(spec: str) -> tuple[str, str]:
 
 
 def load_served(specs: list[str], *, dtype: str = "auto", kv_memory: int | None = None,
-                max_seqs: int = 64, max_queue: int = 64, engine: str = "auto") -> dict[str, Served]:
+                max_seqs: int = 64, max_queue: int = 64, engine: str = "auto",
+                prefill_chunk: int | None = 512) -> dict[str, Served]:
     """Load every model (names checked unique before any loads) with a worker each; the KV memory
     is split evenly between them. `engine`: "llamacpp" runs .gguf files on llama.cpp (one context,
     a unified KV cache), "torch" on slmkit's PyTorch engine (dequantized); "auto" picks llama.cpp
-    for .gguf files where llama-cpp-python is installed."""
+    for .gguf files where llama-cpp-python is installed. `prefill_chunk`: prompt tokens prefilled
+    per engine step at most (a longer prompt goes in chunks between decode steps)."""
+    import torch
+
     from slmkit.runtime import llamacpp
 
     if engine not in ("auto", "torch", "llamacpp"):
@@ -82,23 +87,32 @@ def load_served(specs: list[str], *, dtype: str = "auto", kv_memory: int | None 
     for name, source in named:
         on_llama = source.endswith(".gguf") and engine != "torch" and not llamacpp.missing()
         load_one = _llamacpp_served if on_llama else _torch_served
-        served[name] = load_one(name, source, dtype, memory, max_seqs, max_queue, metrics)
+        served[name] = load_one(name, source, dtype, memory, Limits(max_seqs, max_queue, prefill_chunk), metrics)
+    if all(not isinstance(s.model, torch.nn.Module) for s in served.values()):
+        torch.set_num_threads(1)   # only sampling runs in torch; llama.cpp's threads need the cores
     return served
 
 
-def _torch_served(name, source, dtype, memory, max_seqs, max_queue, metrics) -> Served:
+@dataclass
+class Limits:
+    max_seqs: int
+    max_queue: int
+    prefill_chunk: int | None
+
+
+def _torch_served(name, source, dtype, memory, lim: Limits, metrics) -> Served:
     from slmkit.generate import Engine
     from slmkit.models import load
     from slmkit.models.introspect import kv_bytes_per_token
 
     model, tok = load(source, dtype, phase="decode")
     budget = memory // (kv_bytes_per_token(model) or 1)
-    worker = Worker(name, lambda: Engine(model, tok, max_batch=max_seqs), kv_budget_tokens=budget,
-                    max_seqs=max_seqs, max_queue=max_queue, metrics=metrics)
+    worker = Worker(name, lambda: Engine(model, tok, max_batch=lim.max_seqs, prefill_chunk=lim.prefill_chunk),
+                    kv_budget_tokens=budget, max_seqs=lim.max_seqs, max_queue=lim.max_queue, metrics=metrics)
     return Served(worker, model, tok)
 
 
-def _llamacpp_served(name, source, dtype, memory, max_seqs, max_queue, metrics) -> Served:
+def _llamacpp_served(name, source, dtype, memory, lim: Limits, metrics) -> Served:
     """A GGUF file on llama.cpp: one context whose unified KV cache holds `memory` bytes, the
     tokenizer (and chat template) from the file itself."""
     from transformers import AutoTokenizer
@@ -111,7 +125,8 @@ def _llamacpp_served(name, source, dtype, memory, max_seqs, max_queue, metrics) 
     if not path.is_file():
         raise SlmkitError(f"{source}: no such GGUF file")
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    ctx = LlamaCppContext(path, kv_bytes=memory, n_seq=max_seqs)
-    worker = Worker(name, lambda: Engine(ctx, tok, max_batch=max_seqs), kv_budget_tokens=ctx.n_ctx,
-                    max_seqs=max_seqs, max_queue=max_queue, metrics=metrics, footprint=summed_footprint)
+    ctx = LlamaCppContext(path, kv_bytes=memory, n_seq=lim.max_seqs)
+    worker = Worker(name, lambda: Engine(ctx, tok, max_batch=lim.max_seqs, prefill_chunk=lim.prefill_chunk),
+                    kv_budget_tokens=ctx.n_ctx, max_seqs=lim.max_seqs, max_queue=lim.max_queue, metrics=metrics,
+                    footprint=summed_footprint)
     return Served(worker, ctx, tok)

@@ -191,6 +191,9 @@ async def _answer(request: Request, s: Served, body, prompts: list[list[int]], m
     wanted = max_tokens or room
     rows = [(p, body.sampling(s.model, wanted, logprobs, i)) for p in prompts for i in range(body.n)]
     ticket = s.worker.submit([p for p, _ in rows], [q for _, q in rows], asyncio.get_running_loop())
+    kind, _, refusal = await ticket.events.get()     # queued, or refused (a full queue)
+    if kind == "rejected":
+        raise refusal
     streams = [TextStream(s.tokenizer, q.stop) for _, q in rows]
     reply = _Reply(s, body, chat, rid=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24])
     if body.stream:

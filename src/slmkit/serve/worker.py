@@ -2,8 +2,9 @@
 
     worker = Worker("smollm2", engine, kv_budget_tokens=90_000, max_queue=64)
     worker.start()
-    ticket = worker.submit([prompt_ids] * n, [sampling_0, ...], loop)   # or APIError 429 / 400
-    kind, index, payload = await ticket.events.get()    # ("token", i, StepOutput),
+    ticket = worker.submit([prompt_ids] * n, [sampling_0, ...], loop)   # or APIError 400
+    kind, index, payload = await ticket.events.get()    # first ("queued", 0, None) or ("rejected",
+                                                        # 0, APIError 429); then ("token", i, StepOutput),
                                                         # ("done", i, Completion), ("error", i, str)
     worker.cancel(ticket)                                # a client that went away
 
@@ -12,7 +13,8 @@ has_work) is only touched from the worker's thread. Each step decodes one token 
 running sequence and prefills newly admitted ones, so requests join and leave between steps
 (continuous batching). A request is admitted when the KV cache the running sequences could
 reach, with it, stays within the budget (`footprint`: a left-padded batch holds rows x its
-longest prompt + max_tokens); until then it waits, and a full waiting queue answers 429.
+longest prompt + max_tokens); until then it waits, and a full waiting queue answers 429 (decided on
+the worker's thread, which alone knows what it can admit).
 """
 
 from __future__ import annotations
@@ -101,10 +103,6 @@ class Worker:
                                 f"sequences; the server holds {self.kv_budget} tokens and {self.max_seqs} "
                                 "sequences at most (ask for fewer max_tokens or a smaller n, or start the "
                                 "server with more --kv-memory)", param="max_tokens")
-        if len(self._waiting) + len(self._inbox) >= self.max_queue:
-            raise APIError(429, f"the server's queue for {self.name!r} is full ({self.max_queue} requests "
-                                "waiting); retry shortly", type="rate_limit_error", code="queue_full",
-                           headers={"Retry-After": "1"})
         with self._wake:
             self._inbox.append(("add", ticket))
             self._wake.notify()
@@ -126,12 +124,23 @@ class Worker:
                 if self._stopping and not inbox and not self._waiting and not self.engine.has_work():
                     return
             for kind, ticket in inbox:
-                self._cancel(ticket) if kind == "cancel" else self._waiting.append(ticket)
+                if kind == "cancel":
+                    self._cancel(ticket)
+                    continue
+                self._admit()                     # what fits starts first; the rest is the queue
+                if len(self._waiting) >= self.max_queue:
+                    ticket.send("rejected", 0, APIError(
+                        429, f"the server's queue for {self.name!r} is full ({self.max_queue} requests waiting); "
+                             "retry shortly", type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}))
+                else:
+                    self._waiting.append(ticket)
+                    ticket.send("queued", 0, None)
             self._admit()
             if self.engine.has_work():
                 self._step()
 
     def _admit(self) -> None:
+        """Start waiting requests, in order, while the KV budget holds them."""
         while self._waiting:
             ticket = self._waiting[0]
             sizes = [s for t in self._running for s in t.sizes] + ticket.sizes
