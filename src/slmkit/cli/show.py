@@ -14,6 +14,23 @@ from slmkit.models.introspect import context_length
 console = Console()
 
 
+def plain_table(title: str, head: list[str], rows: list[list[str]]) -> None:
+    """A table as rich draws it on a terminal, as Markdown elsewhere (a log keeps every cell whole)."""
+    if console.is_terminal:
+        t = Table(title=title)
+        for h in head:
+            t.add_column(h, justify="left" if h == head[0] else "right")
+        for r in rows:
+            t.add_row(*r)
+        console.print(t)
+        return
+    print(title)
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
 def print_metrics(report: Report) -> None:
     table = Table(title=report.title)
     table.add_column("metric")

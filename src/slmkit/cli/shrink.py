@@ -43,6 +43,8 @@ def run(ns) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from slmkit.cli.show import plain_table
+
     if ns.command == "report":
         md, _ = compare(ns.runs, ns.out)
         print(md)
@@ -65,12 +67,7 @@ def run(ns) -> int:
         return 0
     report = run_recipe(recipe, run_dir, log=lambda m: console.print(m))
     head, rows = table(report)
-    t = Table(title=f"{recipe.name} on {recipe.model}")
-    for h in head:
-        t.add_column(h, justify="left" if h == "stage" else "right")
-    for r in rows:
-        t.add_row(*r)
-    console.print(t)
+    plain_table(f"{recipe.name} on {recipe.model}", head, rows)
     print(f"wrote {run_dir}/report.html")
     return 0
 

@@ -41,7 +41,7 @@ from slmkit.models.arch import shared_input_sites
 from slmkit.registry import Registry
 from slmkit.runtime.embedding import embed_grid
 from slmkit.runtime.fuse import fuse_shared_inputs
-from slmkit.runtime.kernels import make_linear
+from slmkit.runtime.kernels import make_linear, warn_dense
 from slmkit.runtime.modules import is_quantized
 from slmkit.runtime.qweight import QuantizedWeight, check_bits, rtn, two_level
 
@@ -93,9 +93,11 @@ QUANTIZERS.add("smoothquant", SmoothQuantConfig, apply_smoothquant,
 
 def pack(model, store: dict[str, QuantizedWeight]) -> None:
     """Replace each quantized target by the integer-kernel module for its QuantizedWeight."""
+    dense: list[tuple[str, str]] = []
     for name, qw in store.items():
         module = model.get_submodule(name)
-        model.set_submodule(name, make_linear(qw, getattr(module, "bias", None), name))
+        model.set_submodule(name, make_linear(qw, getattr(module, "bias", None), name, dense))
+    warn_dense(dense, len(store))
     fuse_shared_inputs(shared_input_sites(model))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 from slmkit.data.chunk import token_stream
@@ -48,8 +49,11 @@ def gguf_rows(recipe, run: Path, results: list[dict], quality, log, rounds: int 
             files[f"slmkit {r['stage']}"] = Path(r["output"])
     # perplexity and speed; MC accuracy of every file would double the section's time (llama.cpp
     # scores one request per call), so a recipe's llama.cpp rows leave it out
+    ev = recipe.evaluation
+    if ev.llama_cpp_tokens is not None:
+        recipe = replace(recipe, evaluation=replace(ev, ppl_tokens=ev.llama_cpp_tokens))
     rows = measure_files(files, tok, recipe, folder / "rows.json", quality, log, rounds, window, mc=False)
-    return {"rows": rows, "rounds": rounds, "window": window}
+    return {"rows": rows, "rounds": rounds, "window": window, "ppl_tokens": recipe.evaluation.ppl_tokens}
 
 
 def reference_files(model, tok, folder: Path, log) -> dict[str, Path]:
@@ -114,7 +118,9 @@ def gguf_markdown(section: dict) -> list[str]:
     ref = rows.get("llama.cpp Q4_K_M", {}).get("decode_tok_s")
     head = ["GGUF file (measured by llama.cpp)", "MB", *[f"ppl {Path(t).name}" for t in texts], "MC acc",
             "decode tok/s", "vs Q4_K_M"]
-    out = ["", f"## llama.cpp side by side ({section['rounds']} rounds in turn, median)", "",
+    tokens = section.get("ppl_tokens")
+    on = f"; perplexity on the first {tokens:,} tokens of each text" if tokens else ""
+    out = ["", f"## llama.cpp side by side (decode: {section['rounds']} rounds in turn, median{on})", "",
            "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for label, row in rows.items():
         cells = [label, f"{row['bytes'] / 1e6:.1f}"]

@@ -53,6 +53,8 @@ class Evaluation:
     llama_cpp_rounds: int = 3          # GGUF outputs beside llama.cpp's own quantizations, all measured
     #                                    by llama.cpp (slmkit[llamacpp]); decode taken in turn over this
     #                                    many rounds; 0 = no llama.cpp section
+    llama_cpp_tokens: int | None = None  # ppl_tokens of the llama.cpp rows (None: ppl_tokens); the
+    #                                    rows compare with each other on these windows
 
 
 @dataclass

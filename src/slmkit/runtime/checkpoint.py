@@ -29,7 +29,7 @@ from torch import nn
 
 from slmkit.errors import SlmkitError
 from slmkit.runtime.embedding import QuantEmbedding
-from slmkit.runtime.kernels import QuantLinear, make_linear
+from slmkit.runtime.kernels import QuantLinear, make_linear, warn_dense
 from slmkit.runtime.pack import pack_int32, unpack_int32
 from slmkit.runtime.qweight import QuantizedWeight
 
@@ -191,6 +191,7 @@ def load_compressed(folder: str | Path, dtype: torch.dtype):
     tensors = _read_tensors(folder)
     ignore = qc.get("ignore") or []
     replaced: set[str] = set()
+    dense: list[tuple[str, str]] = []
     for name, module in list(model.named_modules()):
         if not name or _matches(name, module, ignore):
             continue
@@ -202,9 +203,10 @@ def load_compressed(folder: str | Path, dtype: torch.dtype):
                 if isinstance(module, nn.Embedding):
                     model.set_submodule(name, QuantEmbedding(qw, module))
                 else:
-                    model.set_submodule(name, make_linear(qw, tensors.get(f"{name}.bias"), name))
+                    model.set_submodule(name, make_linear(qw, tensors.get(f"{name}.bias"), name, dense))
                 replaced.add(name)
                 break
+    warn_dense(dense, len(replaced))
     rest = {k: v for k, v in tensors.items() if k.rsplit(".", 1)[0] not in replaced}
     missing, unexpected = model.load_state_dict(rest, strict=False)
     missing = [k for k in missing if k.rsplit(".", 1)[0] not in replaced]

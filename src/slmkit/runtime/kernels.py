@@ -334,11 +334,24 @@ def pick_kernel(qw: QuantizedWeight, group_size: int | None) -> tuple[type[Quant
     return DequantLinear, f"no grouped kernel for {qw.bits}-bit weights (group {group_size})"
 
 
-def make_linear(qw: QuantizedWeight, bias: torch.Tensor | None, name: str = "") -> QuantLinear:
-    """The fastest module that computes exactly `x @ qw.dequantize().T + bias`."""
+def warn_dense(dense: list[tuple[str, str]], total: int) -> None:
+    """One warning for the (name, why) linears `make_linear` could not give an integer kernel."""
+    if dense:
+        reasons = "; ".join(sorted({why for _, why in dense}))
+        warnings.warn(f"{len(dense)} of {total} quantized linears run dense (dequantized weights, exact but "
+                      f"not faster): {reasons}; e.g. {dense[0][0]}", stacklevel=3)
+
+
+def make_linear(qw: QuantizedWeight, bias: torch.Tensor | None, name: str = "",
+                dense: list | None = None) -> QuantLinear:
+    """The fastest module that computes exactly `x @ qw.dequantize().T + bias`. One that has to
+    run dense is warned about, or added to `dense` as (name, why) for the caller to sum up."""
     gs = storage_group_size(qw)
     qw = regroup(qw, gs)
     cls, why = pick_kernel(qw, gs)
     if cls is DequantLinear:
-        warnings.warn(f"{name or 'linear'}: running dense; {why}", stacklevel=2)
+        if dense is None:
+            warnings.warn(f"{name or 'linear'}: running dense; {why}", stacklevel=2)
+        else:
+            dense.append((name, why))
     return cls(qw, bias, gs)
