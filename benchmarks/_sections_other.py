@@ -1,10 +1,12 @@
-"""RESULTS.md sections on evaluation, training, distillation, collaboration and the shrink recipe: which
+"""RESULTS.md sections on evaluation, training, distillation, collaboration, the shrink recipe and serving: which
 results files and rows are current, and their labels. Every number is read from the JSON (see
 make_results.py)."""
 
 from __future__ import annotations
 
-from make_results import Runs, Section, f, section, share, table, x
+from pathlib import Path
+
+from make_results import RESULTS, Runs, Section, f, section, share, table, x
 
 
 def evaluation() -> Section:
@@ -206,5 +208,36 @@ def shrink() -> Section:
     return section("`slmkit shrink default`", intro, body, runs, "shrink")
 
 
+def serving() -> Section:
+    names = [n for n in ("serve_smollm2.json", "serve_qwen05b.json") if (RESULTS / n).exists()]
+    runs = Runs(*names)
+    rows = []
+    for n in names:
+        r = runs[n]["rows"]
+        model = f"{Path(runs[n]['tokenizer']).name} ({Path(runs[n]['gguf']).name})"
+        for load in ("1", "4", "8", "16"):
+            ours, peer, torch_ = (r.get(f"{e}@{load}") for e in ("slmkit-llamacpp", "llama-server", "slmkit-torch"))
+            if not ours or not peer:
+                continue
+            rows.append([f"{model} [{runs.key(n)}]" if len(names) > 1 else model, f"c={load}",
+                         f(ours["output_tok_s"], 1), f(peer["output_tok_s"], 1),
+                         x(ours["output_tok_s"] / peer["output_tok_s"]),
+                         f"{ours['ttft_ms_p99']:.0f} / {peer['ttft_ms_p99']:.0f}",
+                         f(torch_["output_tok_s"], 1) if torch_ else "-"])
+        ours, peer = r.get("slmkit-llamacpp@mixed"), r.get("llama-server@mixed")
+        if ours and peer:
+            rows.append([model, "mixed: short streams' TTFT p99 (ms)", "", "", "",
+                         f"{ours['short_ttft_ms_p99']:.0f} / {peer['short_ttft_ms_p99']:.0f} "
+                         f"({x(ours['short_ttft_ms_p99'] / peer['short_ttft_ms_p99'])})", ""])
+    body = table(["GGUF", "load", "slmkit tok/s", "llama-server tok/s", "ratio", "TTFT p99 ms slmkit / llama-server",
+                  "slmkit PyTorch int4 tok/s"], rows, left=2)
+    intro = ["`slmkit serve` (llama.cpp's kernels under slmkit's scheduler) beside llama.cpp's own `llama-server` on "
+             "the same GGUF, both driven by GuideLLM at fixed concurrency (256-token prompts, 128 output tokens), "
+             "the servers one at a time; the last column is slmkit's PyTorch engine on an HF-format int4 folder "
+             "of the same model. The mixed load sends one 2,000-token prompt, then four short streams. GuideLLM "
+             "runs on the same 2 cores as the server it drives."]
+    return section("Serving under load", intro, body, runs, "serving")
+
+
 FIRST = [evaluation, dtype]
-SECTIONS = [recovery, throughput, speculative, proxy_tuning, weak_to_strong, cascade, shrink]
+SECTIONS = [recovery, throughput, speculative, proxy_tuning, weak_to_strong, cascade, shrink, serving]
