@@ -45,6 +45,8 @@ def add_parser(sub, argv=()):
 
 
 def run(ns) -> int:
+    import torch
+
     from slmkit.serve import build_app, load_served, parse_bytes
     from slmkit.serve.app import DRAIN_SECONDS
 
@@ -67,5 +69,33 @@ def run(ns) -> int:
         print(f"serving {name!r}: up to {s.worker.max_seqs} sequences, KV budget {s.worker.kv_budget:,} tokens",
               flush=True)
     app = build_app(served, api_key=ns.api_key, max_body=body)
-    uvicorn.run(app, host=ns.host, port=ns.port, log_level="warning", timeout_graceful_shutdown=DRAIN_SECONDS + 10)
+    config = uvicorn.Config(app, host=ns.host, port=ns.port, log_level="warning",
+                            timeout_graceful_shutdown=DRAIN_SECONDS + 10)
+    local = [s.worker for s in served.values() if isinstance(s.model, torch.nn.Module)]
+    if not local:                  # llama.cpp only: its own threads; uvicorn keeps the main thread
+        uvicorn.Server(config).run()
+        return 0
+    return _serve_on_main_thread(uvicorn.Server(config), local[0])
+
+
+def _serve_on_main_thread(server, worker) -> int:
+    """uvicorn on a second thread and `worker`'s PyTorch engine on this one (torch ops run about
+    twice as fast on the main thread); SIGTERM / Ctrl-C drain the requests, then both end."""
+    import signal
+    import threading
+
+    worker.inline = True
+
+    def http():
+        try:
+            server.run()
+        finally:
+            worker.stop(0)         # uvicorn ended (or never started): end the engine's loop too
+
+    thread = threading.Thread(target=http, name="slmkit-serve-http")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
+    thread.start()
+    worker.run_here()
+    thread.join()
     return 0
