@@ -98,4 +98,7 @@ def _serve_on_main_thread(server, worker) -> int:
     thread.start()
     worker.run_here()
     thread.join()
+    if not server.started:
+        raise SlmkitError(f"the HTTP server did not start on {server.config.host}:{server.config.port} "
+                          "(is the port in use? see the lines above)")
     return 0
