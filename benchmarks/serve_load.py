@@ -18,14 +18,15 @@ import asyncio
 import json
 import os
 import random
-import socket
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
+
+from serve import Server, free_port  # noqa: E402  (benchmarks/serve.py: a server process on 127.0.0.1)
 
 
 def parse_args(argv=None):
@@ -112,36 +113,17 @@ async def drive(url: str, n: int, seconds: float, vocab: list[str], pid: int, ma
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "slmkit.cli.main", "serve", f"m={args.model}", "--port", str(port),
-           "--max-queue", str(args.max_queue), "--kv-memory", args.kv_memory, "--max-seqs", "16"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        import httpx
-
-        deadline = time.time() + 300
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited ({proc.returncode}): {proc.stdout.read()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise SystemExit("the server did not start in 300 s")
-            time.sleep(0.5)
-        out = asyncio.run(drive(url, args.clients, args.seconds, words(), proc.pid, args.max_words, args.max_new))
-        out["server_alive"] = proc.poll() is None
-    finally:
-        proc.terminate()
+    port = free_port()
+    cmd = [sys.executable, "-m", "slmkit.cli.main", "serve", f"m={args.model}", "--port", port,
+           "--max-queue", args.max_queue, "--kv-memory", args.kv_memory, "--max-seqs", 16]
+    with tempfile.TemporaryDirectory() as tmp:
+        server = Server(cmd, Path(tmp) / "server.log", port)
         try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            out = asyncio.run(drive(server.url, args.clients, args.seconds, words(), server.proc.pid,
+                                    args.max_words, args.max_new))
+            out["server_alive"] = server.proc.poll() is None
+        finally:
+            server.stop()
     summary = {k: v for k, v in out.items() if k != "rss_mb_samples"}
     print(json.dumps(summary, indent=1))
     if not args.no_save:

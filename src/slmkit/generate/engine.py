@@ -155,15 +155,14 @@ token choice over all rows of a forward instead of each sequence's own (see the 
         """Prefill the next `budget` tokens of the chunked prompt (taking the next waiting one
         when none is under way); after its last chunk it samples and joins the batch."""
         if self._chunked is None:
-            self._chunked, self._chunk_state = self._waiting.pop(0), None
+            self._chunked, self._chunk_state, self._chunk_fed = self._waiting.pop(0), None, 0
         q = self._chunked
-        fed = 0 if self._chunk_state is None else self._chunk_fed
-        piece = q.done.prompt_ids[fed: fed + budget]
+        piece = q.done.prompt_ids[self._chunk_fed: self._chunk_fed + budget]
         if self._chunk_state is None:
             logits, self._chunk_state = self._prefill([piece])
         else:
             logits = self._chunk_state.extend(piece)
-        self._chunk_fed = fed + len(piece)
+        self._chunk_fed += len(piece)
         if self._chunk_fed < len(q.done.prompt_ids):
             return []
         state, self._chunked, self._chunk_state = self._chunk_state, None, None
