@@ -42,3 +42,22 @@ def default_model():
     from slmkit.models import load
 
     return load("default", "float32")
+
+
+@pytest.fixture(scope="module")
+def model_tok(tiny_tok):
+    """A tiny random llama and the tiny tokenizer with a chat template (the serve tests)."""
+    from serve_fixtures import chat_model
+
+    return chat_model(tiny_tok)
+
+
+@pytest.fixture(scope="module")
+def server(model_tok):
+    """A real `slmkit serve` app of `model_tok` as "tiny" on 127.0.0.1 -> its base URL."""
+    from serve_fixtures import serving, worker
+    from slmkit.serve import Served
+
+    model, tok = model_tok
+    with serving({"tiny": Served(worker(model, tok), model, tok)}) as url:
+        yield url
