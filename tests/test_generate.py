@@ -104,6 +104,21 @@ def test_top_k_one_and_a_tiny_top_p_are_greedy(tiny_tok):
         assert [c.token_ids for c in got] == [c.token_ids for c in want]
 
 
+@pytest.mark.parametrize("scale", [8.0, 1.0, 0.01])        # peaked, moderate, nearly flat
+def test_the_nucleus_is_the_one_a_full_sort_keeps(scale):
+    """Top-p over a 50k vocabulary keeps exactly the tokens a full descending sort keeps, whether
+    the nucleus is a few tokens or nearly all of them."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50_000, generator=g) * scale
+    for p in (0.1, 0.5, 0.9, 0.99):
+        probs = torch.softmax(logits, -1)
+        ranked, order = torch.sort(probs, descending=True)
+        want = torch.zeros_like(logits, dtype=torch.bool)
+        want[order[(ranked.cumsum(-1) - ranked) < p]] = True
+        got = shape_logits(logits, Sampling(temperature=1.0, top_p=p), None).isfinite()
+        assert torch.equal(got, want), (scale, p, int(got.sum()), int(want.sum()))
+
+
 def test_shape_logits_keeps_the_nucleus_and_penalises_repeats():
     logits = torch.log(torch.tensor([0.5, 0.25, 0.15, 0.1]))
     kept = shape_logits(logits, Sampling(temperature=1.0, top_p=0.7), None).isfinite()

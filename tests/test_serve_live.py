@@ -63,6 +63,30 @@ def test_gguf_serves_on_llama_cpp_as_llama_cpp_python_decodes_it(gguf):
     assert sorted(ctx._free) == list(range(8))     # every sequence freed
 
 
+@needs_llamacpp
+def test_gguf_kv_memory_sets_how_many_sequences_run_and_each_ones_length(gguf):
+    """On llama.cpp every running sequence owns a KV stream of --max-model-len tokens: more memory
+    runs more sequences at once, and a request longer than a stream is a 400, not a failed step."""
+    import openai
+
+    per_token = load_served([f"g={gguf}"], kv_memory=64 << 20, max_seqs=1)["g"].model.kv_bytes_per_token()
+    small = load_served([f"g={gguf}"], kv_memory=2 * 128 * per_token, max_seqs=16, max_model_len=128)["g"]
+    big = load_served([f"g={gguf}"], kv_memory=6 * 128 * per_token, max_seqs=16, max_model_len=128)["g"]
+    assert (small.worker.max_seqs, big.worker.max_seqs) == (2, 6)
+    assert small.model.seq_ctx >= 128 and small.context == small.model.seq_ctx
+    with serving({"g": small}) as url:
+        c = client(url)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:      # 4 requests, 2 streams: two wait
+            texts = list(pool.map(lambda p: c.completions.create(model="g", prompt=p, max_tokens=8,
+                                                                  temperature=0).choices[0].text,
+                                  ["one", "two", "three", "four"]))
+        assert len(texts) == 4
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model="g", prompt="word " * 100, max_tokens=small.context)
+        assert e.value.code == "context_length_exceeded"
+    assert sorted(small.model._free) == [0, 1]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

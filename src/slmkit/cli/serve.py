@@ -37,6 +37,9 @@ def add_parser(sub, argv=()):
                    help="prompt tokens prefilled per engine step at most; a longer prompt goes in chunks "
                         "between decode steps, so it never stalls the running streams for long (default 512; "
                         "0: whole prompts)")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="longest prompt + output a request may have, in tokens (default: the model's context; "
+                        "on llama.cpp at most 4096, where each running sequence holds this much KV cache)")
     p.add_argument("--dtype", default="auto", help="decode dtype of the PyTorch engine (auto picks per CPU)")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "llamacpp"],
                    help="auto: .gguf files on llama.cpp where llama-cpp-python is installed, everything "
@@ -54,8 +57,8 @@ def run(ns) -> int:
         raise SlmkitError(f"--port must be in 1..65535, not {ns.port}")
     if ns.prefill_chunk < 0:
         raise SlmkitError(f"--prefill-chunk must be >= 0, not {ns.prefill_chunk}")
-    for flag in ("max_seqs", "max_queue"):
-        if getattr(ns, flag) < 1:
+    for flag in ("max_seqs", "max_queue", "max_model_len"):
+        if getattr(ns, flag) is not None and getattr(ns, flag) < 1:
             raise SlmkitError(f"--{flag.replace('_', '-')} must be >= 1, not {getattr(ns, flag)}")
     kv = parse_bytes(ns.kv_memory) if ns.kv_memory else None
     body = parse_bytes(ns.max_body)
@@ -64,9 +67,10 @@ def run(ns) -> int:
     except ImportError:
         raise SlmkitError("serving needs the serve extra: pip install 'slmkit[serve]'") from None
     served = load_served(ns.models, dtype=ns.dtype, kv_memory=kv, max_seqs=ns.max_seqs, max_queue=ns.max_queue,
-                         engine=ns.engine, prefill_chunk=ns.prefill_chunk or None)
+                         engine=ns.engine, prefill_chunk=ns.prefill_chunk or None, max_model_len=ns.max_model_len)
     for name, s in served.items():
-        print(f"serving {name!r}: up to {s.worker.max_seqs} sequences, KV budget {s.worker.kv_budget:,} tokens",
+        print(f"serving {name!r}: up to {s.worker.max_seqs} sequences of up to {s.context:,} tokens, KV budget "
+              f"{s.worker.kv_budget:,} tokens",
               flush=True)
     app = build_app(served, api_key=ns.api_key, max_body=body)
     config = uvicorn.Config(app, host=ns.host, port=ns.port, log_level="warning",

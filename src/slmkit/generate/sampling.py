@@ -89,13 +89,30 @@ def shape_logits(logits: torch.Tensor, s: Sampling, seen: torch.Tensor | None) -
         kth = torch.topk(logits, s.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if s.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = torch.softmax(sorted_logits, -1)
-        before = probs.cumsum(-1) - probs            # mass of the tokens ranked above each one
-        drop = before >= s.top_p                     # the top token is always kept
-        logits = logits.clone()
-        logits[order[drop]] = float("-inf")
+        logits = _nucleus(logits, s.top_p)
     return logits
+
+
+def _nucleus(logits: torch.Tensor, top_p: float, bins: int = 2048) -> torch.Tensor:
+    """Keep the most likely tokens until their mass reaches `top_p` (the top token always), the
+    others at -inf. Without a full sort (~3 ms per row of a 50k vocabulary): tokens are binned
+    by log-probability (0.01 nats per bin below the top), the bins' masses accumulated, and only
+    the bin where the mass crosses `top_p` is sorted. Every token in a bin above it is kept,
+    every token below dropped, exactly as a full sort would."""
+    logp = torch.log_softmax(logits, -1)
+    probs = logp.exp()
+    which = ((logp.max() - logp) * 100).clamp(max=bins - 1).long()
+    mass = torch.bincount(which, weights=probs.double(), minlength=bins)
+    total = mass.cumsum(0)
+    cut = int(torch.searchsorted(total, torch.tensor([top_p], dtype=total.dtype)).clamp(max=bins - 1))
+    above = float(total[cut - 1]) if cut else 0.0
+    inside = (which == cut).nonzero().squeeze(1)
+    ranked, order = torch.sort(probs[inside], descending=True)
+    before = above + ranked.double().cumsum(-1) - ranked.double()
+    keep = torch.cat([(which < cut).nonzero().squeeze(1), inside[order[before < top_p]]])
+    out = torch.full_like(logits, float("-inf"))
+    out[keep] = logits[keep]
+    return out
 
 
 def next_token(logits: torch.Tensor, s: Sampling, generator: torch.Generator | None,

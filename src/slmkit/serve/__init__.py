@@ -56,12 +56,14 @@ def model_name(spec: str) -> tuple[str, str]:
 
 def load_served(specs: list[str], *, dtype: str = "auto", kv_memory: int | None = None,
                 max_seqs: int = 64, max_queue: int = 64, engine: str = "auto",
-                prefill_chunk: int | None = 512) -> dict[str, Served]:
+                prefill_chunk: int | None = 512, max_model_len: int | None = None) -> dict[str, Served]:
     """Load every model (names checked unique before any loads) with a worker each; the KV memory
     is split evenly between them. `engine`: "llamacpp" runs .gguf files on llama.cpp (one context,
-    a unified KV cache), "torch" on slmkit's PyTorch engine (dequantized); "auto" picks llama.cpp
-    for .gguf files where llama-cpp-python is installed. `prefill_chunk`: prompt tokens prefilled
-    per engine step at most (a longer prompt goes in chunks between decode steps)."""
+    a KV stream of `max_model_len` tokens per sequence, as many sequences as the memory holds),
+    "torch" on slmkit's PyTorch engine (dequantized); "auto" picks llama.cpp for .gguf files where
+    llama-cpp-python is installed. `prefill_chunk`: prompt tokens prefilled per engine step at most
+    (a longer prompt goes in chunks between decode steps). `max_model_len`: the longest prompt +
+    output a request may have (default: the model's context; on llama.cpp at most 4096)."""
     import torch
 
     from slmkit.runtime import llamacpp
@@ -87,7 +89,8 @@ def load_served(specs: list[str], *, dtype: str = "auto", kv_memory: int | None 
     for name, source in named:
         on_llama = source.endswith(".gguf") and engine != "torch" and not llamacpp.missing()
         load_one = _llamacpp_served if on_llama else _torch_served
-        served[name] = load_one(name, source, dtype, memory, Limits(max_seqs, max_queue, prefill_chunk), metrics)
+        lim = Limits(max_seqs, max_queue, prefill_chunk, max_model_len)
+        served[name] = load_one(name, source, dtype, memory, lim, metrics)
     if all(not isinstance(s.model, torch.nn.Module) for s in served.values()):
         torch.set_num_threads(1)   # only sampling runs in torch; llama.cpp's threads need the cores
     return served
@@ -98,6 +101,7 @@ class Limits:
     max_seqs: int
     max_queue: int
     prefill_chunk: int | None
+    max_model_len: int | None = None
 
 
 def _torch_served(name, source, dtype, memory, lim: Limits, metrics) -> Served:
@@ -109,24 +113,24 @@ def _torch_served(name, source, dtype, memory, lim: Limits, metrics) -> Served:
     budget = memory // (kv_bytes_per_token(model) or 1)
     worker = Worker(name, lambda: Engine(model, tok, max_batch=lim.max_seqs, prefill_chunk=lim.prefill_chunk),
                     kv_budget_tokens=budget, max_seqs=lim.max_seqs, max_queue=lim.max_queue, metrics=metrics)
-    return Served(worker, model, tok)
+    return Served(worker, model, tok, lim.max_model_len)
 
 
 def _llamacpp_served(name, source, dtype, memory, lim: Limits, metrics) -> Served:
-    """A GGUF file on llama.cpp: one context whose unified KV cache holds `memory` bytes, the
-    tokenizer (and chat template) from the file itself."""
+    """A GGUF file on llama.cpp: one context whose KV cache of `memory` bytes is split into a stream
+    per sequence, the tokenizer (and chat template) from the file itself."""
     from transformers import AutoTokenizer
 
     from slmkit.generate import Engine
     from slmkit.runtime.llamacpp_batch import LlamaCppContext
-    from slmkit.serve.worker import summed_footprint
+    from slmkit.serve.worker import stream_footprint
 
     path = Path(source)
     if not path.is_file():
         raise SlmkitError(f"{source}: no such GGUF file")
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    ctx = LlamaCppContext(path, kv_bytes=memory, n_seq=lim.max_seqs)
-    worker = Worker(name, lambda: Engine(ctx, tok, max_batch=lim.max_seqs, prefill_chunk=lim.prefill_chunk),
-                    kv_budget_tokens=ctx.n_ctx, max_seqs=lim.max_seqs, max_queue=lim.max_queue, metrics=metrics,
-                    footprint=summed_footprint)
+    ctx = LlamaCppContext(path, kv_bytes=memory, n_seq=lim.max_seqs, seq_ctx=lim.max_model_len)
+    worker = Worker(name, lambda: Engine(ctx, tok, max_batch=ctx.n_seq, prefill_chunk=lim.prefill_chunk),
+                    kv_budget_tokens=ctx.n_ctx, max_seqs=ctx.n_seq, max_queue=lim.max_queue, metrics=metrics,
+                    footprint=stream_footprint(ctx.seq_ctx))
     return Served(worker, ctx, tok)

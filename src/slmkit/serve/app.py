@@ -36,15 +36,16 @@ DRAIN_SECONDS = 590      # on SIGTERM, running streams get this long to finish (
 
 @dataclass
 class Served:
-    """A model the server answers for: its worker, the model (config, generation config) and its
-    tokenizer."""
+    """A model the server answers for: its worker, the model (config, generation config), its
+    tokenizer, and the longest prompt + output a request may have (default: the model's context)."""
     worker: Worker
     model: object
     tokenizer: object
+    max_len: int | None = None
 
     @property
     def context(self) -> int:
-        return context_length(self.model) or 2048
+        return min(context_length(self.model) or 2048, self.max_len or 1 << 62)
 
 
 class BodyLimit:

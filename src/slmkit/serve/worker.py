@@ -13,7 +13,7 @@ has_work) is only touched from the worker's thread. Each step decodes one token 
 running sequence and prefills newly admitted ones, so requests join and leave between steps
 (continuous batching). A request is admitted when the KV cache the running sequences could
 reach, with it, stays within the budget (`footprint`: a left-padded batch holds rows x its
-longest prompt + max_tokens); until then it waits, and a full waiting queue answers 429 (decided on
+longest prompt + max_tokens; llama.cpp a fixed stream per sequence); until then it waits, and a full waiting queue answers 429 (decided on
 the worker's thread, which alone knows what it can admit).
 """
 
@@ -38,9 +38,9 @@ def padded_footprint(sizes: list[int]) -> int:
     return len(sizes) * max(sizes, default=0)
 
 
-def summed_footprint(sizes: list[int]) -> int:
-    """KV tokens of sequences in one unified cache (llama.cpp): the sum of their sizes."""
-    return sum(sizes)
+def stream_footprint(seq_ctx: int) -> Callable[[list[int]], int]:
+    """KV tokens sequences hold when each owns a stream of `seq_ctx` tokens (llama.cpp)."""
+    return lambda sizes: len(sizes) * seq_ctx
 
 
 @dataclass
