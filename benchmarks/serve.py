@@ -41,7 +41,7 @@ from _common import RESULTS, write_result  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".venv-peers" / "llamacpp" / "bin"
 GUIDELLM = ROOT / ".venv-peers" / "guidellm" / "bin" / "guidellm"
-PROMPT, OUTPUT, LONG = 256, 128, 2000
+PROMPT, OUTPUT, LONG, SYSTEM = 256, 128, 2000, 1000
 
 
 def parse_args():
@@ -55,6 +55,8 @@ def parse_args():
     ap.add_argument("--requests", type=int, default=0, help="requests per load (default max(16, 4 x C))")
     ap.add_argument("--engines", default="slmkit-llamacpp,llama-server,slmkit-torch")
     ap.add_argument("--mixed-rounds", type=int, default=3, help="rounds of the mixed load (0: skip it)")
+    ap.add_argument("--prefix-requests", type=int, default=6,
+                    help="requests sharing a 1,000-token system prompt, one after another (0: skip)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", default="")
     ap.add_argument("--redo", action="store_true")
@@ -115,8 +117,11 @@ class Server:
         self.log.close()
 
 
-def start(engine: str, args, streams: int, work: Path) -> Server:
+def start(engine: str, args, load: int | str, work: Path) -> Server:
+    """A server for `load`: a concurrency, or "mixed" / "prefix" (llama-server's slots then hold
+    the 2,000-token prompt)."""
     port = free_port()
+    streams = load if isinstance(load, int) else 0
     slot = PROMPT + OUTPUT + 128 if streams else LONG + OUTPUT + 176
     slmkit = [sys.executable, "-m", "slmkit.cli.main", "serve", "--port", port, "--max-seqs", 16,
               "--max-queue", 256]
@@ -128,7 +133,7 @@ def start(engine: str, args, streams: int, work: Path) -> Server:
         n = max(streams, 5)
         cmd = [TOOLS / "llama-server", "-m", args.gguf, "-t", args.threads, "-np", n, "-c", n * slot,
                "--port", port, "--host", "127.0.0.1", "--no-webui"]
-    return Server(cmd, work / f"{engine}-{streams or 'mixed'}.log", port)
+    return Server(cmd, work / f"{engine}-{load}.log", port)
 
 
 def guidellm(url: str, args, streams: int, out: Path) -> dict:
@@ -209,12 +214,34 @@ def mixed(url: str, rounds: int, vocab: int) -> dict:
     return {"short_ttft_ms_p50": statistics.median(ttft), "short_ttft_ms_p99": q[98], "short_streams": len(ttft)}
 
 
+async def _prefix_rounds(url: str, vocab: int, rng, requests: int) -> list[float]:
+    import httpx
+
+    system = [int(rng.integers(100, vocab)) for _ in range(SYSTEM)]
+    async with httpx.AsyncClient() as client:
+        return [await _stream(client, url, system + [int(rng.integers(100, vocab)) for _ in range(24)], 8)
+                for _ in range(requests)]
+
+
+def prefix(url: str, requests: int, vocab: int) -> dict:
+    """Requests one after another, each a 1,000-token system prompt + 24 tokens of its own ->
+    TTFT of the first (nothing cached) and the median of the later ones (ms), and their ratio."""
+    import numpy as np
+
+    ttft = [t * 1000 for t in asyncio.run(_prefix_rounds(url, vocab, np.random.default_rng(1), requests))]
+    later = statistics.median(ttft[1:])
+    return {"first_ttft_ms": ttft[0], "later_ttft_ms": later, "ttft_cut": ttft[0] / later}
+
+
 def table(rows: dict) -> str:
     lines = ["| engine | load | output tok/s | req/s | TTFT p50 / p99 ms | ITL p50 / p99 ms |",
              "|---|---|---:|---:|---:|---:|"]
     for key, r in rows.items():
         engine, load = key.split("@")
-        if "short_ttft_ms_p50" in r:
+        if "ttft_cut" in r:
+            lines.append(f"| {engine} | repeated 1,000-token system prompt | | | first {r['first_ttft_ms']:.0f}, "
+                         f"later {r['later_ttft_ms']:.0f} ({r['ttft_cut']:.1f}x less) | |")
+        elif "short_ttft_ms_p50" in r:
             lines.append(f"| {engine} | mixed (short streams) | | | {r['short_ttft_ms_p50']:.0f} / "
                          f"{r['short_ttft_ms_p99']:.0f} | |")
         else:
@@ -250,11 +277,12 @@ def main() -> int:
                              "prompt_tokens": PROMPT, "output_tokens": OUTPUT, "threads": args.threads,
                              "rows": rows})
 
-    loads = [int(c) for c in args.concurrency.split(",")] + ([0] if args.mixed_rounds else [])
+    loads = [int(c) for c in args.concurrency.split(",")] + (["mixed"] if args.mixed_rounds else []) + \
+        (["prefix"] if args.prefix_requests else [])
     for engine in engines:
         server = None
         for c in loads:
-            key = f"{engine}@{c or 'mixed'}"
+            key = f"{engine}@{c}"
             if key in rows:
                 continue
             if server is None or engine == "llama-server":   # llama-server: -np is the concurrency
@@ -262,8 +290,12 @@ def main() -> int:
                     server.stop()
                 server = start(engine, args, c, work)
             print(f"[serve] {key} ...", flush=True)
-            rows[key] = guidellm(server.url, args, c, work / f"{key}.json") if c else \
-                mixed(server.url, args.mixed_rounds, vocab)
+            if c == "mixed":
+                rows[key] = mixed(server.url, args.mixed_rounds, vocab)
+            elif c == "prefix":
+                rows[key] = prefix(server.url, args.prefix_requests, vocab)
+            else:
+                rows[key] = guidellm(server.url, args, c, work / f"{key}.json")
             save()
             print(table({key: rows[key]}).splitlines()[-1], flush=True)
         if server is not None:

@@ -81,3 +81,41 @@ def test_slmkit_perplexity_runs_on_a_gguf_file_in_llama_cpp(tmp_path):
         theirs = perplexity(lm, tok, data, cfg)["window"]
     assert theirs["tokens_scored"] == ours["tokens_scored"] > 32
     assert theirs["token_perplexity"] == pytest.approx(ours["token_perplexity"], rel=1e-3)
+
+
+@needs_llamacpp
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_a_cached_prefix_is_reused_and_changes_no_token(tmp_path, chunk):
+    """A prompt that starts as a finished sequence's did takes that prefix from its stream's cache
+    (whole or in prefill chunks) and decodes the same tokens as with nothing cached."""
+    from slmkit.generate import Engine, Sampling
+    from slmkit.runtime.llamacpp_batch import LlamaCppContext
+
+    model = tiny.tiny_model("llama", initializer_range=0.1)
+    path = export_gguf(model, tiny.tiny_tokenizer(), tmp_path / "m.gguf", "f32")
+    g = torch.Generator().manual_seed(0)
+    system = torch.randint(3, 500, (30,), generator=g).tolist()
+    asks = [torch.randint(3, 500, (n,), generator=g).tolist() for n in (5, 9)]
+    greedy = Sampling(max_new_tokens=6, temperature=0, ignore_eos=True)
+
+    def run(ctx, prompt):
+        engine = Engine(ctx, None, prefill_chunk=chunk)
+        sid = engine.add(prompt, greedy)
+        engine.run()
+        return engine.result(sid).token_ids
+
+    cold = LlamaCppContext(path, seq_ctx=64, n_seq=2, threads=1)
+    want = []
+    for a in asks:
+        cold.reset()
+        want.append(run(cold, system + a))
+    assert cold.reused == 0
+    warm = LlamaCppContext(path, seq_ctx=64, n_seq=2, threads=1)
+    assert run(warm, system + asks[0]) == want[0]
+    assert warm.cached(system + asks[1]) == 30 and warm.cached(asks[1]) == 0
+    assert run(warm, system + asks[1]) == want[1]
+    assert warm.reused == 30
+    assert run(warm, system + asks[1]) == want[1]            # the whole prompt held: its last token recomputed
+    assert warm.reused == 30 + 30 + 9 - 1
+    cold.close()
+    warm.close()

@@ -13,8 +13,10 @@ Each sequence has its own sampling settings and random stream, so what it genera
 depend on which others share its batch (up to float rounding of the padded matmuls). The
 per-sequence state is `slmkit.generate.kv.KVBatch` for a PyTorch model; any other `model` with a
 `prefill(prompts) -> (logits, state)` whose state has KVBatch's decode / merge / select runs the
-same loop (`slmkit.runtime.llamacpp_batch.LlamaCppContext`: llama.cpp's kernels). `generate()` is
-the simple call on top.
+same loop (`slmkit.runtime.llamacpp_batch.LlamaCppContext`: llama.cpp's kernels). A prefix
+cache (`prefix_cache`: `slmkit.generate.prefix.PrefixCache` for a PyTorch model; llama.cpp's
+context is its own) gives prompts the KV of a prefix seen before, and only the tokens it does not
+hold count against `prefill_chunk`. `generate()` is the simple call on top.
 
 A `picker` replaces the per-sequence draw with one choice over all rows of a forward: it gets the
 rows' float32 logits [rows, vocab] and their completions so far, and returns one token per row
@@ -83,7 +85,7 @@ class Engine:
 token choice over all rows of a forward instead of each sequence's own (see the module docstring)."""
 
     def __init__(self, model, tokenizer=None, *, max_batch: int = 16, narrow: bool = True,
-                 picker: Picker | None = None, prefill_chunk: int | None = None):
+                 picker: Picker | None = None, prefill_chunk: int | None = None, prefix_cache=None):
         if max_batch < 1:
             raise SlmkitError(f"max_batch must be >= 1, not {max_batch!r}")
         if prefill_chunk is not None and prefill_chunk < 1:
@@ -94,6 +96,9 @@ token choice over all rows of a forward instead of each sequence's own (see the 
         elif not callable(getattr(model, "prefill", None)):
             raise SlmkitError(f"{type(model).__name__} is neither a PyTorch model nor has prefill(prompts)")
         self.model, self.tokenizer = model, tokenizer
+        if prefix_cache is None and callable(getattr(model, "cached", None)):
+            prefix_cache = model                # llama.cpp: its streams keep finished sequences' caches
+        self.prefixes = prefix_cache
         self.max_batch, self.narrow, self.picker = max_batch, narrow, picker
         self.eos = eos_ids(model, tokenizer)
         self.pad = pad_id(tokenizer) if tokenizer is not None else 0
@@ -136,7 +141,7 @@ token choice over all rows of a forward instead of each sequence's own (see the 
         for q in list(self._waiting):                # in order, skipping prompts over the budget
             if len(new) >= room:
                 break
-            size = len(q.done.prompt_ids)
+            size = self._new_tokens(q.done.prompt_ids)
             if budget is not None and size > budget:
                 continue
             new.append(q)
@@ -155,17 +160,21 @@ token choice over all rows of a forward instead of each sequence's own (see the 
         """Prefill the next `budget` tokens of the chunked prompt (taking the next waiting one
         when none is under way); after its last chunk it samples and joins the batch."""
         if self._chunked is None:
-            self._chunked, self._chunk_state, self._chunk_fed = self._waiting.pop(0), None, 0
+            q = self._waiting.pop(0)
+            cached = len(q.done.prompt_ids) - self._new_tokens(q.done.prompt_ids)
+            self._chunked, self._chunk_state, self._chunk_fed = q, None, cached
         q = self._chunked
-        piece = q.done.prompt_ids[self._chunk_fed: self._chunk_fed + budget]
-        if self._chunk_state is None:
-            logits, self._chunk_state = self._prefill([piece])
+        end = min(self._chunk_fed + budget, len(q.done.prompt_ids))
+        if self._chunk_state is None:              # the first chunk (after what the cache holds)
+            logits, self._chunk_state = self._prefill([q.done.prompt_ids[:end]])
         else:
-            logits = self._chunk_state.extend(piece)
-        self._chunk_fed += len(piece)
+            logits = self._chunk_state.extend(q.done.prompt_ids[self._chunk_fed:end])
+        self._chunk_fed = end
         if self._chunk_fed < len(q.done.prompt_ids):
             return []
         state, self._chunked, self._chunk_state = self._chunk_state, None, None
+        if callable(getattr(self.prefixes, "remember", None)):
+            self.prefixes.remember(q.done.prompt_ids, state)
         outs = self._advance([q], logits)
         self._join([q], state)
         return outs
@@ -205,10 +214,21 @@ token choice over all rows of a forward instead of each sequence's own (see the 
             self.step()
 
     # ---- internals ------------------------------------------------------------------------
+    @property
+    def reused(self) -> int:
+        """Prompt tokens taken from the prefix cache so far (0 without one)."""
+        return getattr(self.prefixes, "reused", 0)
+
+    def _new_tokens(self, prompt: list[int]) -> int:
+        """Tokens of `prompt` a prefill computes: all but what the prefix cache holds."""
+        return len(prompt) - (self.prefixes.cached(prompt) if self.prefixes is not None else 0)
+
     def _prefill(self, prompts: list[list[int]]):
-        if isinstance(self.model, torch.nn.Module):
-            return KVBatch.prefill(self.model, prompts, self.pad, self.narrow)
-        return self.model.prefill(prompts)
+        if not isinstance(self.model, torch.nn.Module):
+            return self.model.prefill(prompts)
+        if self.prefixes is not None:
+            return self.prefixes.prefill(prompts, self.pad)
+        return KVBatch.prefill(self.model, prompts, self.pad, self.narrow)
 
     def _advance(self, seqs: list[_Seq], logits: torch.Tensor) -> list[StepOutput]:
         if self.picker is None:

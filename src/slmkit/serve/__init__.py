@@ -106,12 +106,15 @@ class Limits:
 
 def _torch_served(name, source, dtype, memory, lim: Limits, metrics) -> Served:
     from slmkit.generate import Engine
+    from slmkit.generate.prefix import PrefixCache
     from slmkit.models import load
     from slmkit.models.introspect import kv_bytes_per_token
 
     model, tok = load(source, dtype, phase="decode")
-    budget = memory // (kv_bytes_per_token(model) or 1)
-    worker = Worker(name, lambda: Engine(model, tok, max_batch=lim.max_seqs, prefill_chunk=lim.prefill_chunk),
+    prefixes = PrefixCache(model, memory // 4)          # a quarter for recent prompts, the rest for running ones
+    budget = (memory - prefixes.max_bytes) // (kv_bytes_per_token(model) or 1)
+    worker = Worker(name, lambda: Engine(model, tok, max_batch=lim.max_seqs, prefill_chunk=lim.prefill_chunk,
+                                         prefix_cache=prefixes),
                     kv_budget_tokens=budget, max_seqs=lim.max_seqs, max_queue=lim.max_queue, metrics=metrics)
     return Served(worker, model, tok, lim.max_model_len)
 

@@ -9,7 +9,7 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 class Metrics:
     """TTFT, time per output token, queue depth, running sequences, KV cache use, token counts
-    and output tokens per second; `registry` is what `/metrics` exposes."""
+    (prompt, of which cached, and generated) and output tokens per second; `registry` is what `/metrics` exposes."""
 
     def __init__(self):
         r = self.registry = CollectorRegistry()
@@ -23,6 +23,8 @@ class Metrics:
         self.kv = Gauge("slmkit_kv_cache_usage_ratio", "KV cache reserved by running sequences / budget",
                         ["model"], registry=r)
         self.prompt_tokens = Counter("slmkit_prompt_tokens", "prompt tokens prefilled", ["model"], registry=r)
+        self.cached_tokens = Counter("slmkit_prompt_tokens_cached", "prompt tokens taken from the prefix cache "
+                                     "instead of computed", ["model"], registry=r)
         self.output_tokens = Counter("slmkit_generation_tokens", "tokens generated", ["model"], registry=r)
         self.tok_s = Gauge("slmkit_generation_tokens_per_second",
                            "tokens generated per second (over the last second of steps)", ["model"], registry=r)

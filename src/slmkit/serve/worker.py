@@ -84,6 +84,7 @@ class Worker:
         self._tok_window: deque[tuple[float, int]] = deque()
         self.inline = False        # True: the caller steps the engine (`run_here`), no thread of its own
         self._done = threading.Event()
+        self._reused = 0                 # the engine's `reused` count already in the metrics
 
     # ---- called from the event loop ---------------------------------------------------------
     def start(self) -> None:
@@ -201,6 +202,10 @@ class Worker:
                 ticket.send("done", index, self.engine.result(out.id))
                 self._close(ticket, out.id)
         self.metrics.output_tokens.labels(self.name).inc(len(outs))
+        reused = getattr(self.engine, "reused", 0)               # prompt tokens from the prefix cache
+        if reused > self._reused:
+            self.metrics.cached_tokens.labels(self.name).inc(reused - self._reused)
+            self._reused = reused
         self._rate(now, len(outs), now - t0)
         self._gauges()
 
