@@ -215,3 +215,33 @@ def test_verify_with_a_deterministic_draft_keeps_it_with_the_target_probability(
     accepted, first, _ = verify_many(None, n, 1.0, seed=2)
     assert_rate(accepted, n, float(P[0]), "one-hot draft of token 0")
     assert_follows(first, P, "first emitted token")
+
+
+def test_the_engine_decodes_a_sequence_alone_by_speculative_rounds_and_joins_the_batch_after(pair, tiny_tok):
+    """Engine(speculator=...): a sequence running alone takes several tokens per target forward,
+    a second arriving makes both decode in the batch, and every greedy token is the target's own."""
+    from slmkit.collab.speculative import Speculator
+    from slmkit.generate import Engine, Sampling
+
+    target, draft = pair
+    g = torch.Generator().manual_seed(5)
+    first, second = (torch.randint(3, 500, (n,), generator=g).tolist() for n in (12, 7))
+    greedy = Sampling(max_new_tokens=30, temperature=0, ignore_eos=True)
+    want = [greedy_reference(target, p, 30) for p in (first, second)]
+    speculator = Speculator(ModelDrafter(draft), k=3)
+    engine = Engine(target.model, tiny_tok, speculator=speculator)
+    a = engine.add(first, greedy)
+    steps = 0
+    while len(engine._running) == 0 or len(engine._running[0].done.token_ids) < 10:
+        engine.step()
+        steps += 1
+    assert steps < 10 and speculator.stats.accepted > 0        # alone: more than a token per step
+    b = engine.add(second, greedy)
+    rounds = speculator.stats.rounds
+    engine.run()
+    assert speculator.stats.rounds > rounds                     # alone again once `second` finished
+    assert [engine.result(a).token_ids, engine.result(b).token_ids] == want
+    sampled = Engine(target.model, tiny_tok, speculator=Speculator(ModelDrafter(draft)))
+    ids = [sampled.add(first, Sampling(max_new_tokens=12, temperature=0.8, seed=1, ignore_eos=True))]
+    sampled.run()
+    assert len(sampled.result(ids[0]).token_ids) == 12

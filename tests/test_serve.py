@@ -231,3 +231,24 @@ def test_names_and_sizes(tmp_path):
     assert parse_bytes("2GB") == 2 << 30 and parse_bytes("512MiB") == 512 << 20 and parse_bytes("100") == 100
     with pytest.raises(SlmkitError):
         parse_bytes("lots")
+
+
+def test_a_draft_decodes_a_lone_request_by_speculative_rounds_and_changes_no_token(tiny_dir):
+    from slmkit.serve import load_served
+
+    folder = str(tiny_dir("llama"))
+    plain = load_served([f"m={folder}"], dtype="float32", kv_memory=64 << 20)
+    drafted = load_served([f"m={folder}"], dtype="float32", kv_memory=64 << 20, draft=folder)
+    prompt = "The quick brown fox jumps"
+    texts = []
+    for served in (plain, drafted):
+        with serving(served) as url:
+            texts.append(client(url).completions.create(model="m", prompt=prompt, max_tokens=20,
+                                                        temperature=0).choices[0].text)
+            metrics = httpx.get(url + "/metrics").text
+    assert texts[0] == texts[1]
+    assert 'slmkit_draft_tokens_total{model="m",outcome="accepted"}' in metrics
+    stats = drafted["m"].worker.engine.speculator.stats
+    assert stats.accepted > 0 and stats.target_forwards < 20
+    with pytest.raises(SlmkitError, match="drafts for one served model"):
+        load_served([f"a={folder}", f"b={folder}"], draft=folder)

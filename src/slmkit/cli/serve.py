@@ -40,6 +40,9 @@ def add_parser(sub, argv=()):
     p.add_argument("--max-model-len", type=int, default=None,
                    help="longest prompt + output a request may have, in tokens (default: the model's context; "
                         "on llama.cpp at most 4096, where each running sequence holds this much KV cache)")
+    p.add_argument("--draft", default=None, metavar="MODEL",
+                   help="a smaller model with the same tokenizer: a request running alone decodes by "
+                        "speculative rounds it drafts (PyTorch engine; greedy or temperature-only sampling)")
     p.add_argument("--dtype", default="auto", help="decode dtype of the PyTorch engine (auto picks per CPU)")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "llamacpp"],
                    help="auto: .gguf files on llama.cpp where llama-cpp-python is installed, everything "
@@ -67,7 +70,8 @@ def run(ns) -> int:
     except ImportError:
         raise SlmkitError("serving needs the serve extra: pip install 'slmkit[serve]'") from None
     served = load_served(ns.models, dtype=ns.dtype, kv_memory=kv, max_seqs=ns.max_seqs, max_queue=ns.max_queue,
-                         engine=ns.engine, prefill_chunk=ns.prefill_chunk or None, max_model_len=ns.max_model_len)
+                         engine=ns.engine, prefill_chunk=ns.prefill_chunk or None, max_model_len=ns.max_model_len,
+                         draft=ns.draft)
     for name, s in served.items():
         print(f"serving {name!r}: up to {s.worker.max_seqs} sequences of up to {s.context:,} tokens, KV budget "
               f"{s.worker.kv_budget:,} tokens",

@@ -187,6 +187,44 @@ def _verify(p_logits: "torch.Tensor", drafts: list[int], q: "torch.Tensor | None
     return len(drafts), int(torch.multinomial(p[len(drafts)], 1, generator=generator))
 
 
+class Speculator:
+    """Speculative rounds inside slmkit's engine (`slmkit.generate.Engine(speculator=...)`): while
+    one sequence runs alone, each step drafts up to k tokens and checks them in one forward of the
+    target over the sequence's own state (`KVBatch.verify`, then `crop` to what was kept).
+    Adaptive k as in `speculative_generate`; `stats` counts every round."""
+
+    def __init__(self, drafter: Drafter, k: int = 4, max_k: int = 12):
+        if k < 1 or max_k < k:
+            raise SlmkitError(f"need 1 <= k <= max_k, got {k}, {max_k}")
+        self.drafter, self.k, self.max_k = drafter, k, max_k
+        self.stats = SpecStats()
+        self._sequence = None
+
+    def advance(self, sequence, seq: list[int], state, temperature: float, budget: int,
+                generator: "torch.Generator | None" = None) -> list[int]:
+        """One round for `sequence` (any id; a new one restarts the drafter), whose tokens are
+        `seq` and whose `state` caches all of them but the last -> the new tokens (1 to k + 1, at
+        most `budget`); `state` then caches all but the last new one."""
+        if sequence != self._sequence:
+            if isinstance(self.drafter, ModelDrafter):
+                self.drafter.session = None
+            self._sequence = sequence
+        drafts, q = self.drafter.propose(seq, min(self.k, budget - 1), temperature, generator) \
+            if budget > 1 else ([], None)
+        logits = state.verify([seq[-1]] + drafts)
+        n_ok, token = _verify(logits, drafts, q, temperature, generator)
+        state.crop(len(seq) + n_ok)
+        self.drafter.accepted(len(seq) + n_ok)
+        st = self.stats
+        st.rounds, st.proposed, st.accepted, st.target_forwards = (st.rounds + 1, st.proposed + len(drafts),
+                                                                    st.accepted + n_ok, st.target_forwards + 1)
+        st.new_tokens += n_ok + 1
+        if drafts:
+            self.k = min(self.max_k, self.k + 1) if n_ok == len(drafts) else \
+                max(1, self.k - 1) if n_ok == 0 else self.k
+        return drafts[:n_ok] + [token]
+
+
 def speculative_generate(target: LocalLM, drafter: Drafter, prompt_ids: list[int], max_new_tokens: int,
                          *, k: int = 4, temperature: float = 0.0, adaptive: bool = True,
                          max_k: int = 12, eos_token_id: int | None = None,

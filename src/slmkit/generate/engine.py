@@ -16,7 +16,10 @@ per-sequence state is `slmkit.generate.kv.KVBatch` for a PyTorch model; any othe
 same loop (`slmkit.runtime.llamacpp_batch.LlamaCppContext`: llama.cpp's kernels). A prefix
 cache (`prefix_cache`: `slmkit.generate.prefix.PrefixCache` for a PyTorch model; llama.cpp's
 context is its own) gives prompts the KV of a prefix seen before, and only the tokens it does not
-hold count against `prefill_chunk`. `generate()` is the simple call on top.
+hold count against `prefill_chunk`. A `speculator` (`slmkit.collab.speculative.Speculator`, a
+draft model) makes each step of a sequence running alone a speculative round: several tokens
+per forward of the model, the same tokens greedy, the same distribution sampled. `generate()` is
+the simple call on top.
 
 A `picker` replaces the per-sequence draw with one choice over all rows of a forward: it gets the
 rows' float32 logits [rows, vocab] and their completions so far, and returns one token per row
@@ -85,7 +88,8 @@ class Engine:
 token choice over all rows of a forward instead of each sequence's own (see the module docstring)."""
 
     def __init__(self, model, tokenizer=None, *, max_batch: int = 16, narrow: bool = True,
-                 picker: Picker | None = None, prefill_chunk: int | None = None, prefix_cache=None):
+                 picker: Picker | None = None, prefill_chunk: int | None = None, prefix_cache=None,
+                 speculator=None):
         if max_batch < 1:
             raise SlmkitError(f"max_batch must be >= 1, not {max_batch!r}")
         if prefill_chunk is not None and prefill_chunk < 1:
@@ -99,6 +103,10 @@ token choice over all rows of a forward instead of each sequence's own (see the 
         if prefix_cache is None and callable(getattr(model, "cached", None)):
             prefix_cache = model                # llama.cpp: its streams keep finished sequences' caches
         self.prefixes = prefix_cache
+        if speculator is not None and not isinstance(model, torch.nn.Module):
+            raise SlmkitError("speculative decoding runs on a PyTorch model's engine, not on "
+                              f"{type(model).__name__}")
+        self.speculator = speculator
         self.max_batch, self.narrow, self.picker = max_batch, narrow, picker
         self.eos = eos_ids(model, tokenizer)
         self.pad = pad_id(tokenizer) if tokenizer is not None else 0
@@ -132,7 +140,9 @@ token choice over all rows of a forward instead of each sequence's own (see the 
         comes with its last chunk), so a long prompt never stalls the running sequences for more
         than a chunk."""
         outs: list[StepOutput] = []
-        if self._running:
+        if self._alone():
+            outs += self._speculate(self._running[0])
+        elif self._running:
             logits = self._state.decode([q.done.token_ids[-1] for q in self._running])
             outs += self._advance(self._running, logits)
         room = self.max_batch - len(self._running) - (self._chunked is not None)
@@ -218,6 +228,26 @@ token choice over all rows of a forward instead of each sequence's own (see the 
     def reused(self) -> int:
         """Prompt tokens taken from the prefix cache so far (0 without one)."""
         return getattr(self.prefixes, "reused", 0)
+
+    def _alone(self) -> bool:
+        """Whether this step is a speculative round: one sequence running, none waiting, and its
+        sampling one the rejection rule keeps exact (a temperature alone, no log-probabilities)."""
+        if self.speculator is None or len(self._running) != 1 or self._waiting or self._chunked or self.picker:
+            return False
+        s = self._running[0].s
+        return (s.logprobs is None and s.top_p == 1.0 and not s.top_k and s.repetition_penalty == 1.0)
+
+    def _speculate(self, q: _Seq) -> list[StepOutput]:
+        d = q.done
+        temperature = 0.0 if q.s.greedy else q.s.temperature
+        new = self.speculator.advance(d.id, d.prompt_ids + d.token_ids, self._state, temperature,
+                                      q.s.max_new_tokens - len(d.token_ids), q.generator)
+        outs = []
+        for token in new:
+            outs.append(self._record(q, token, None, None))
+            if d.finish_reason is not None:
+                break
+        return outs
 
     def _new_tokens(self, prompt: list[int]) -> int:
         """Tokens of `prompt` a prefill computes: all but what the prefix cache holds."""

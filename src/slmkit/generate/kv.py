@@ -79,12 +79,34 @@ class KVBatch:
         positions = self.positions[:, None] + 1 + torch.arange(n)[None, :]
         return self._forward(torch.tensor([ids]), positions)
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def verify(self, ids: list[int]) -> torch.Tensor:
+        """Append `ids` to a one-row state -> the next-token logits after each of them
+        [len(ids), vocab] float32 (speculative decoding checks draft tokens with these)."""
+        if self.rows != 1 or not ids:
+            raise SlmkitError("verify() takes a non-empty list of tokens for a state of one row")
+        n = len(ids)
+        self.mask = torch.cat([self.mask, torch.ones(1, n, dtype=torch.long)], 1)
+        positions = self.positions[:, None] + 1 + torch.arange(n)[None, :]
+        logits = self._forward(torch.tensor([ids]), positions, keep=n)
+        return logits if n == 1 else logits[0]        # [1, vocab] for one token, else [1, n, vocab]
+
+    def crop(self, length: int) -> None:
+        """Keep the first `length` tokens of a one-row state without padding (rejected drafts out)."""
+        if self.rows != 1 or int(self.mask.sum()) != self.mask.shape[1]:
+            raise SlmkitError("crop() takes a state of one row without padding")
+        if length < self.mask.shape[1]:
+            self.cache.crop(length - self.mask.shape[1])  # transformers 5.2x: minus the tokens to drop
+            self.mask = self.mask[:, :length]
+            self.positions = torch.tensor([length - 1])
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """Logits after the last `keep` tokens of each row ([rows, vocab] for 1, else [rows, keep, vocab])."""
+        extra = {"logits_to_keep": keep} if self._extra else {}
         with torch.inference_mode(), _narrow(self.model, self.narrow):
             out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=positions,
-                             use_cache=True, **cache_kwargs(self.model, self.cache), **self._extra)
+                             use_cache=True, **cache_kwargs(self.model, self.cache), **extra)
         self.cache, self.positions = output_cache(out), positions[:, -1]
-        return out.logits[:, -1].float()
+        return out.logits[:, -1].float() if keep == 1 else out.logits[:, -keep:].float()
 
     def merge(self, other: "KVBatch") -> "KVBatch":
         """Stack `other`'s rows under this state's (both padded on the left to one length)."""

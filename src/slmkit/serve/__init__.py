@@ -56,14 +56,17 @@ def model_name(spec: str) -> tuple[str, str]:
 
 def load_served(specs: list[str], *, dtype: str = "auto", kv_memory: int | None = None,
                 max_seqs: int = 64, max_queue: int = 64, engine: str = "auto",
-                prefill_chunk: int | None = 512, max_model_len: int | None = None) -> dict[str, Served]:
+                prefill_chunk: int | None = 512, max_model_len: int | None = None,
+                draft: str | None = None) -> dict[str, Served]:
     """Load every model (names checked unique before any loads) with a worker each; the KV memory
     is split evenly between them. `engine`: "llamacpp" runs .gguf files on llama.cpp (one context,
     a KV stream of `max_model_len` tokens per sequence, as many sequences as the memory holds),
     "torch" on slmkit's PyTorch engine (dequantized); "auto" picks llama.cpp for .gguf files where
     llama-cpp-python is installed. `prefill_chunk`: prompt tokens prefilled per engine step at most
     (a longer prompt goes in chunks between decode steps). `max_model_len`: the longest prompt +
-    output a request may have (default: the model's context; on llama.cpp at most 4096)."""
+    output a request may have (default: the model's context; on llama.cpp at most 4096). `draft`: a
+    model with the same tokenizer that drafts for the one model served (PyTorch engine): a
+    request running alone then decodes by speculative rounds."""
     import torch
 
     from slmkit.runtime import llamacpp
@@ -83,13 +86,18 @@ def load_served(specs: list[str], *, dtype: str = "auto", kv_memory: int | None 
         not_gguf = [src for _, src in named if not src.endswith(".gguf")]
         if not_gguf:
             raise SlmkitError(f"--engine llamacpp serves .gguf files; not: {', '.join(not_gguf)}")
+    if draft is not None and len(named) != 1:
+        raise SlmkitError(f"--draft drafts for one served model, not {len(named)}")
     memory = (kv_memory or kv_memory_default()) // len(named)
     metrics = Metrics()
     served = {}
     for name, source in named:
         on_llama = source.endswith(".gguf") and engine != "torch" and not llamacpp.missing()
         load_one = _llamacpp_served if on_llama else _torch_served
-        lim = Limits(max_seqs, max_queue, prefill_chunk, max_model_len)
+        if draft is not None and on_llama:
+            raise SlmkitError(f"--draft runs on slmkit's PyTorch engine; {source} would run on llama.cpp "
+                              "(serve it with --engine torch, or without --draft)")
+        lim = Limits(max_seqs, max_queue, prefill_chunk, max_model_len, draft)
         served[name] = load_one(name, source, dtype, memory, lim, metrics)
     if all(not isinstance(s.model, torch.nn.Module) for s in served.values()):
         torch.set_num_threads(1)   # only sampling runs in torch; llama.cpp's threads need the cores
@@ -102,6 +110,7 @@ class Limits:
     max_queue: int
     prefill_chunk: int | None
     max_model_len: int | None = None
+    draft: str | None = None
 
 
 def _torch_served(name, source, dtype, memory, lim: Limits, metrics) -> Served:
@@ -113,10 +122,24 @@ def _torch_served(name, source, dtype, memory, lim: Limits, metrics) -> Served:
     model, tok = load(source, dtype, phase="decode")
     prefixes = PrefixCache(model, memory // 4)          # a quarter for recent prompts, the rest for running ones
     budget = (memory - prefixes.max_bytes) // (kv_bytes_per_token(model) or 1)
+    speculator = _speculator(model, tok, lim.draft, dtype) if lim.draft else None
     worker = Worker(name, lambda: Engine(model, tok, max_batch=lim.max_seqs, prefill_chunk=lim.prefill_chunk,
-                                         prefix_cache=prefixes),
+                                         prefix_cache=prefixes, speculator=speculator),
                     kv_budget_tokens=budget, max_seqs=lim.max_seqs, max_queue=lim.max_queue, metrics=metrics)
     return Served(worker, model, tok, lim.max_model_len)
+
+
+def _speculator(model, tok, source: str, dtype: str):
+    """Speculative rounds drafted by the model at `source` (checked to share the tokenizer)."""
+    from slmkit.collab.speculative import ModelDrafter, Speculator
+    from slmkit.generate.lm import LocalLM, same_vocabulary
+    from slmkit.models import load
+
+    draft = LocalLM(*load(source, dtype, phase="decode"), name=source)
+    if not same_vocabulary(draft, LocalLM(model, tok)):
+        raise SlmkitError(f"--draft {source} uses another tokenizer than the served model; a draft must "
+                          "share its vocabulary (e.g. a smaller model of the same family)")
+    return Speculator(ModelDrafter(draft))
 
 
 def _llamacpp_served(name, source, dtype, memory, lim: Limits, metrics) -> Served:

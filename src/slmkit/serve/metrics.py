@@ -25,6 +25,8 @@ class Metrics:
         self.prompt_tokens = Counter("slmkit_prompt_tokens", "prompt tokens prefilled", ["model"], registry=r)
         self.cached_tokens = Counter("slmkit_prompt_tokens_cached", "prompt tokens taken from the prefix cache "
                                      "instead of computed", ["model"], registry=r)
+        self.draft_tokens = Counter("slmkit_draft_tokens", "draft tokens proposed and accepted (--draft)",
+                                    ["model", "outcome"], registry=r)
         self.output_tokens = Counter("slmkit_generation_tokens", "tokens generated", ["model"], registry=r)
         self.tok_s = Gauge("slmkit_generation_tokens_per_second",
                            "tokens generated per second (over the last second of steps)", ["model"], registry=r)

@@ -85,6 +85,7 @@ class Worker:
         self.inline = False        # True: the caller steps the engine (`run_here`), no thread of its own
         self._done = threading.Event()
         self._reused = 0                 # the engine's `reused` count already in the metrics
+        self._drafted = (0, 0)           # and its speculator's proposed / accepted counts
 
     # ---- called from the event loop ---------------------------------------------------------
     def start(self) -> None:
@@ -202,6 +203,11 @@ class Worker:
                 ticket.send("done", index, self.engine.result(out.id))
                 self._close(ticket, out.id)
         self.metrics.output_tokens.labels(self.name).inc(len(outs))
+        spec = getattr(getattr(self.engine, "speculator", None), "stats", None)
+        if spec is not None and spec.proposed > self._drafted[0]:
+            self.metrics.draft_tokens.labels(self.name, "proposed").inc(spec.proposed - self._drafted[0])
+            self.metrics.draft_tokens.labels(self.name, "accepted").inc(spec.accepted - self._drafted[1])
+            self._drafted = (spec.proposed, spec.accepted)
         reused = getattr(self.engine, "reused", 0)               # prompt tokens from the prefix cache
         if reused > self._reused:
             self.metrics.cached_tokens.labels(self.name).inc(reused - self._reused)
