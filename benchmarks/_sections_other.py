@@ -229,13 +229,21 @@ def serving() -> Section:
             rows.append([model, "mixed: short streams' TTFT p99 (ms)", "", "", "",
                          f"{ours['short_ttft_ms_p99']:.0f} / {peer['short_ttft_ms_p99']:.0f} "
                          f"({x(ours['short_ttft_ms_p99'] / peer['short_ttft_ms_p99'])})", ""])
+        ours, peer, torch_ = (r.get(f"{e}@prefix") for e in ("slmkit-llamacpp", "llama-server", "slmkit-torch"))
+        if ours:
+            def cut(row):
+                return f"{row['first_ttft_ms']:.0f} -> {row['later_ttft_ms']:.0f} ({row['ttft_cut']:.1f}x)" if row else "-"
+            rows.append([model, "repeated 1,000-token system prompt: TTFT first -> later (ms)", "", "", "",
+                         f"{cut(ours)} / {cut(peer)}", cut(torch_)])
     body = table(["GGUF", "load", "slmkit tok/s", "llama-server tok/s", "ratio", "TTFT p99 ms slmkit / llama-server",
                   "slmkit PyTorch int4 tok/s"], rows, left=2)
     intro = ["`slmkit serve` (llama.cpp's kernels under slmkit's scheduler) beside llama.cpp's own `llama-server` on "
              "the same GGUF, both driven by GuideLLM at fixed concurrency (256-token prompts, 128 output tokens), "
              "the servers one at a time; the last column is slmkit's PyTorch engine on an HF-format int4 folder "
-             "of the same model. The mixed load sends one 2,000-token prompt, then four short streams. GuideLLM "
-             "runs on the same 2 cores as the server it drives."]
+             "of the same model. The mixed load sends one 2,000-token prompt, then four short streams; the prefix "
+             "load sends six requests one after another that share a 1,000-token system prompt (prefix reuse: the "
+             "first computes it, the later ones take it from the cache). GuideLLM runs on the same 2 cores as the "
+             "server it drives."]
     return section("Serving under load", intro, body, runs, "serving")
 
 

@@ -218,9 +218,11 @@ async def _prefix_rounds(url: str, vocab: int, rng, requests: int) -> list[float
     import httpx
 
     system = [int(rng.integers(100, vocab)) for _ in range(SYSTEM)]
-    async with httpx.AsyncClient() as client:
-        return [await _stream(client, url, system + [int(rng.integers(100, vocab)) for _ in range(24)], 8)
-                for _ in range(requests)]
+    out = []
+    for _ in range(requests):   # a connection each: llama-server's HTTP library closes one after 5 requests
+        async with httpx.AsyncClient() as client:
+            out.append(await _stream(client, url, system + [int(rng.integers(100, vocab)) for _ in range(24)], 8))
+    return out
 
 
 def prefix(url: str, requests: int, vocab: int) -> dict:
