@@ -210,7 +210,8 @@ def shrink() -> Section:
 
 def serving() -> Section:
     names = [n for n in ("serve_smollm2.json", "serve_qwen05b.json") if (RESULTS / n).exists()]
-    runs = Runs(*names)
+    extra = [n for n in ("serve_draft_qwen15b.json", "serve_load_smollm2_5min.json") if (RESULTS / n).exists()]
+    runs = Runs(*names, *extra)
     rows = []
     for n in names:
         r = runs[n]["rows"]
@@ -237,6 +238,22 @@ def serving() -> Section:
                          f"{cut(ours)} / {cut(peer)}", cut(torch_)])
     body = table(["GGUF", "load", "slmkit tok/s", "llama-server tok/s", "ratio", "TTFT p99 ms slmkit / llama-server",
                   "slmkit PyTorch int4 tok/s"], rows, left=2)
+    lines = []
+    if "serve_draft_qwen15b.json" in extra:
+        d = runs["serve_draft_qwen15b.json"]
+        lines.append(f"- `--draft`: {Path(d['model']).name} alone {d['alone_tok_s']:.2f} tok/s, drafted by "
+                     f"{Path(d['draft']).name} {d['draft_tok_s']:.2f} tok/s ({x(d['speedup'])}; "
+                     f"{d['acceptance_rate']:.0%} of draft tokens accepted), single stream, greedy, "
+                     f"{d['max_tokens']} new tokens [{runs.key('serve_draft_qwen15b.json')}]")
+    if "serve_load_smollm2_5min.json" in extra:
+        ld = runs["serve_load_smollm2_5min.json"]
+        lines.append(f"- Load: {ld['clients']} streaming clients for {ld['seconds']:.0f} s on "
+                     f"{Path(ld['model']).name}: {ld['complete']} complete, {ld['refused']} refused (429), "
+                     f"{ld['errors']} errors; resident memory {ld['rss_mb_after_warmup']:.0f} MB after warm-up, "
+                     f"{ld['rss_mb_last_minute']:.0f} MB in the last minute ({ld['rss_growth']:+.1%}) "
+                     f"[{runs.key('serve_load_smollm2_5min.json')}]")
+    if lines:
+        body += "\n\n" + "\n".join(lines)
     intro = ["`slmkit serve` (llama.cpp's kernels under slmkit's scheduler) beside llama.cpp's own `llama-server` on "
              "the same GGUF, both driven by GuideLLM at fixed concurrency (256-token prompts, 128 output tokens), "
              "the servers one at a time; the last column is slmkit's PyTorch engine on an HF-format int4 folder "
