@@ -253,7 +253,7 @@ def serving() -> Section:
                      f"{ld['rss_mb_last_minute']:.0f} MB in the last minute ({ld['rss_growth']:+.1%}) "
                      f"[{runs.key('serve_load_smollm2_5min.json')}]")
     if lines:
-        body += "\n\n" + "\n".join(lines)
+        body += [""] + lines
     intro = ["`slmkit serve` (llama.cpp's kernels under slmkit's scheduler) beside llama.cpp's own `llama-server` on "
              "the same GGUF, both driven by GuideLLM at fixed concurrency (256-token prompts, 128 output tokens), "
              "the servers one at a time; the last column is slmkit's PyTorch engine on an HF-format int4 folder "
