@@ -194,3 +194,5 @@ def test_a_long_prompt_goes_in_chunks_while_the_others_keep_decoding(model, tiny
     c = engine.add(long, greedy(4))
     engine.step()
     assert engine.remove(c).finish_reason == "abort" and not engine.has_work()   # removed mid-prefill
+    d = engine.add(PROMPTS[1], greedy(4))
+    assert engine.remove(d).finish_reason == "abort" and engine.result(d) is None  # waiting: handed out once

@@ -216,12 +216,15 @@ class Speculator:
         state.crop(len(seq) + n_ok)
         self.drafter.accepted(len(seq) + n_ok)
         st = self.stats
-        st.rounds, st.proposed, st.accepted, st.target_forwards = (st.rounds + 1, st.proposed + len(drafts),
-                                                                    st.accepted + n_ok, st.target_forwards + 1)
+        st.rounds += 1
+        st.target_forwards += 1
+        st.proposed += len(drafts)
+        st.accepted += n_ok
         st.new_tokens += n_ok + 1
-        if drafts:
-            self.k = min(self.max_k, self.k + 1) if n_ok == len(drafts) else \
-                max(1, self.k - 1) if n_ok == 0 else self.k
+        if drafts and n_ok == len(drafts):
+            self.k = min(self.max_k, self.k + 1)
+        elif drafts and n_ok == 0:
+            self.k = max(1, self.k - 1)
         return drafts[:n_ok] + [token]
 
 

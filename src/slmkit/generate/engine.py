@@ -199,7 +199,8 @@ token choice over all rows of a forward instead of each sequence's own (see the 
         for q in self._waiting:
             if q.done.id == seq_id:
                 self._waiting.remove(q)
-                return self._finish(q, "abort")
+                self._finish(q, "abort")
+                return self._finished.pop(seq_id)
         if self._chunked is not None and self._chunked.done.id == seq_id:
             q, self._chunked = self._chunked, None
             if self._chunk_state is not None:
