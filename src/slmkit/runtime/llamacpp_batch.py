@@ -116,9 +116,10 @@ class LlamaCppContext:
     def _take(self, prompt: list[int]) -> tuple[int, int]:
         """The free stream sharing the longest prefix with `prompt` (the least recently released
         among equals), its cache cut to that prefix -> (sequence id, tokens kept)."""
-        seq = max(self._free, key=lambda s: common_prefix(self._held[s], prompt))
-        self._free.remove(seq)
-        keep = min(common_prefix(self._held[seq], prompt), len(prompt) - 1)
+        matches = [common_prefix(self._held[s], prompt) for s in self._free]
+        i = matches.index(max(matches))             # the first, least recently released, among equals
+        seq = self._free.pop(i)
+        keep = min(matches[i], len(prompt) - 1)
         if not self.lc.llama_memory_seq_rm(self.memory, seq, keep, -1):
             self.lc.llama_memory_seq_rm(self.memory, seq, -1, -1)
             keep = 0
